@@ -1,0 +1,66 @@
+// Exceptions of multiprocess: Python's names, C++ shapes.
+#pragma once
+
+#include <optional>
+#include <stdexcept>
+#include <string>
+
+namespace mp {
+
+/// Base of the library's runtime errors (Python's multiprocessing.ProcessError).
+class ProcessError : public std::runtime_error {
+ public:
+  using std::runtime_error::runtime_error;
+};
+
+/// A bounded wait ran out (multiprocessing.TimeoutError).
+class TimeoutError : public ProcessError {
+ public:
+  using ProcessError::ProcessError;
+};
+
+/// A peer failed the authkey challenge (multiprocessing.AuthenticationError).
+class AuthenticationError : public ProcessError {
+ public:
+  using ProcessError::ProcessError;
+};
+
+/// A receive buffer was too small; the message is kept (multiprocessing.BufferTooShort).
+class BufferTooShort : public ProcessError {
+ public:
+  explicit BufferTooShort(std::string message)
+      : ProcessError("BufferTooShort"), message_(std::move(message)) {}
+  /// The whole message that did not fit.
+  const std::string& message() const noexcept { return message_; }
+
+ private:
+  std::string message_;
+};
+
+/// An object cannot cross to a child (pickle.PicklingError): no serializer, or a capturing lambda.
+class PicklingError : public ProcessError {
+ public:
+  using ProcessError::ProcessError;
+};
+
+/// Ends the current child process with `code()` (Python's SystemExit). Deliberately not a
+/// std::exception, so `catch (const std::exception&)` does not swallow it, as in Python.
+class SystemExit {
+ public:
+  /// Exit code n (0 when none is given).
+  explicit SystemExit(int code = 0) : code_(code) {}
+  /// A message: printed to stderr, exit code 1 (Python's sys.exit("text")).
+  explicit SystemExit(std::string message) : message_(std::move(message)) {}
+  std::optional<int> code() const { return message_ ? std::nullopt : std::optional<int>(code_); }
+  const std::optional<std::string>& message() const { return message_; }
+
+ private:
+  int code_ = 0;
+  std::optional<std::string> message_;
+};
+
+/// End this process with exit code `code`: inside a child's run() it throws SystemExit (stack
+/// unwinds, the parent sees `code`); elsewhere it flushes the streams and exits.
+[[noreturn]] void exit(int code = 0);
+
+}  // namespace mp

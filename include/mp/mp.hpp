@@ -1,0 +1,8 @@
+// multiprocess: Python's multiprocessing in C++20. Include this one header.
+#pragma once
+
+#include "mp/context.hpp"
+#include "mp/errors.hpp"
+#include "mp/process.hpp"
+#include "mp/reduction.hpp"
+#include "mp/spawn.hpp"

@@ -1,0 +1,161 @@
+// The pickle layer: what may cross to a spawned child, and how.
+//
+// Values cross as cereal binary archives: the standard library's types (included below) and any
+// user type with a cereal `serialize(Archive&)` (or save/load) function. Plain functions and
+// captureless lambdas cross as a reference into the child's copy of the same binary, without
+// registration. Everything else (a capturing lambda, a type with no serializer) is refused: at
+// compile time where the start method is known then, else by mp::PicklingError from start().
+#pragma once
+
+#include <array>
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <string_view>
+#include <type_traits>
+#include <typeinfo>
+#include <vector>
+
+#include <cereal/archives/binary.hpp>
+#include <cereal/types/array.hpp>
+#include <cereal/types/bitset.hpp>
+#include <cereal/types/chrono.hpp>
+#include <cereal/types/complex.hpp>
+#include <cereal/types/deque.hpp>
+#include <cereal/types/list.hpp>
+#include <cereal/types/map.hpp>
+#include <cereal/types/memory.hpp>
+#include <cereal/types/optional.hpp>
+#include <cereal/types/set.hpp>
+#include <cereal/types/string.hpp>
+#include <cereal/types/tuple.hpp>
+#include <cereal/types/unordered_map.hpp>
+#include <cereal/types/unordered_set.hpp>
+#include <cereal/types/utility.hpp>
+#include <cereal/types/variant.hpp>
+#include <cereal/types/vector.hpp>
+
+#include "mp/errors.hpp"
+
+namespace mp {
+
+class Process;
+
+namespace reduction {
+
+using OutArchive = cereal::BinaryOutputArchive;
+using InArchive = cereal::BinaryInputArchive;
+
+/// The readable name of a type ("std::vector<int>", "main::{lambda(int)#1}").
+std::string demangle(const std::type_info& type);
+template <class T>
+std::string type_name() {
+  return demangle(typeid(T));
+}
+
+/// A value of T can be written to and read back from a binary archive.
+template <class T>
+concept Value = std::is_default_constructible_v<T> &&
+                cereal::traits::is_output_serializable<T, OutArchive>::value &&
+                cereal::traits::is_input_serializable<T, InArchive>::value;
+
+/// A callable the child can rebuild: a function pointer, a captureless lambda (empty and
+/// default-constructible in C++20), or a function object that is itself a Value.
+template <class F>
+concept Callable = std::is_pointer_v<F> && std::is_function_v<std::remove_pointer_t<F>> ||
+                   (std::is_empty_v<F> && std::is_default_constructible_v<F>) || Value<F>;
+
+/// A reference to code in this program, valid in a spawned copy of the same binary:
+/// the loaded module (empty for the executable) and the offset from its load address.
+struct CodeRef {
+  std::string module;
+  std::uint64_t offset = 0;
+  template <class Archive>
+  void serialize(Archive& ar) {
+    ar(module, offset);
+  }
+};
+/// Throws PicklingError if `address` lies in no loaded module.
+CodeRef code_ref(const void* address);
+/// Throws PicklingError if the module is not loaded here.
+const void* resolve(const CodeRef& ref);
+
+template <class F>
+void save_callable(OutArchive& ar, const F& f) {
+  if constexpr (std::is_pointer_v<F>) {
+    ar(code_ref(reinterpret_cast<const void*>(f)));
+  } else if constexpr (std::is_empty_v<F> && std::is_default_constructible_v<F>) {
+    // The type is the whole value: the loader's own instantiation names it.
+  } else {
+    ar(f);
+  }
+}
+
+template <class F>
+F load_callable(InArchive& ar) {
+  if constexpr (std::is_pointer_v<F>) {
+    CodeRef ref;
+    ar(ref);
+    return reinterpret_cast<F>(const_cast<void*>(resolve(ref)));
+  } else if constexpr (std::is_empty_v<F> && std::is_default_constructible_v<F>) {
+    return F{};
+  } else {
+    F f;
+    ar(f);
+    return f;
+  }
+}
+
+/// Rebuilds a Process (of the class the pointer was instantiated for) in a spawned child.
+using ProcessLoader = std::unique_ptr<Process> (*)(InArchive&);
+
+/// Writes each field in turn; zero fields are allowed.
+template <class Archive, class... Fields>
+void fields(Archive& ar, Fields&&... f) {
+  (ar(std::forward<Fields>(f)), ...);
+}
+
+/// True only on the thread that is writing a spawned child's preparation data.
+bool spawning();
+/// Marks this thread as spawning for its lifetime (lets the authkey be written).
+class SpawningScope {
+ public:
+  SpawningScope();
+  ~SpawningScope();
+  SpawningScope(const SpawningScope&) = delete;
+  SpawningScope& operator=(const SpawningScope&) = delete;
+
+ private:
+  bool previous_;
+};
+
+}  // namespace reduction
+
+/// The authentication key of a process (Python's AuthenticationString): 32 random bytes by
+/// default. Serializing it outside spawning throws std::logic_error, as in Python.
+class AuthenticationString {
+ public:
+  AuthenticationString() = default;
+  explicit AuthenticationString(std::vector<std::byte> bytes) : bytes_(std::move(bytes)) {}
+  explicit AuthenticationString(std::string_view bytes);
+  const std::vector<std::byte>& bytes() const { return bytes_; }
+  std::size_t size() const { return bytes_.size(); }
+  friend bool operator==(const AuthenticationString&, const AuthenticationString&) = default;
+
+  template <class Archive>
+  void save(Archive& ar) const {
+    check_pickling_allowed();
+    ar(bytes_);
+  }
+  template <class Archive>
+  void load(Archive& ar) {
+    ar(bytes_);
+  }
+
+ private:
+  static void check_pickling_allowed();
+  std::vector<std::byte> bytes_;
+};
+
+}  // namespace mp

@@ -1,0 +1,125 @@
+// Start methods and contexts (CPython context.py).
+#include "mp/context.hpp"
+
+#include <mutex>
+#include <stdexcept>
+
+#include "runtime.hpp"
+
+namespace mp {
+namespace detail {
+namespace {
+std::mutex g_mu;
+std::optional<StartMethod> g_default;  // unset until fixed by use or set_start_method
+
+std::optional<StartMethod> parse(std::string_view m) {
+  if (m == "fork") return StartMethod::fork;
+  if (m == "spawn") return StartMethod::spawn;
+  return std::nullopt;  // "forkserver" comes with the fork server
+}
+}  // namespace
+
+StartMethod default_start_method() {
+  std::lock_guard l(g_mu);
+  if (!g_default) g_default = StartMethod::spawn;  // DESIGN decision 1
+  return *g_default;
+}
+
+void force_default_start_method(StartMethod m) {
+  std::lock_guard l(g_mu);
+  g_default = m;
+}
+
+std::string context_class_token(StartMethod m) {
+  switch (m) {
+    case StartMethod::fork:
+      return "ForkProcess";
+    case StartMethod::spawn:
+      return "SpawnProcess";
+    case StartMethod::forkserver:
+      return "ForkServerProcess";
+  }
+  return "Process";
+}
+}  // namespace detail
+
+std::string_view to_string(StartMethod method) {
+  switch (method) {
+    case StartMethod::fork:
+      return "fork";
+    case StartMethod::spawn:
+      return "spawn";
+    case StartMethod::forkserver:
+      return "forkserver";
+  }
+  return "?";
+}
+
+void Context::set_start_method(std::string_view, bool) const {
+  throw std::logic_error("cannot set start method of concrete context");
+}
+
+void Context::bind_to(mp::Process& p) const { detail::ProcessState::of(p).method = method_; }
+
+mp::Process Context::bind(mp::Process p) const {
+  auto& s = detail::ProcessState::of(p);
+  s.method = method_;
+  s.class_token = detail::context_class_token(method_);
+  return p;
+}
+
+static const Context& context_for(StartMethod m) {
+  static const Context forkserver(StartMethod::forkserver);
+  switch (m) {
+    case StartMethod::fork:
+      return fork_context;
+    case StartMethod::spawn:
+      return spawn_context;
+    case StartMethod::forkserver:
+      return forkserver;
+  }
+  return spawn_context;
+}
+
+const Context& get_context(std::optional<std::string_view> method) {
+  if (!method) return context_for(detail::default_start_method());
+  auto m = detail::parse(*method);
+  if (!m) throw std::logic_error("cannot find context for '" + std::string(*method) + "'");
+  return context_for(*m);
+}
+
+void set_start_method(std::optional<std::string_view> method, bool force) {
+  std::optional<StartMethod> m;
+  if (method) {
+    m = detail::parse(*method);
+    if (!m) throw std::logic_error("cannot find context for '" + std::string(*method) + "'");
+  }
+  std::lock_guard l(detail::g_mu);
+  if (detail::g_default && !force) throw std::runtime_error("context has already been set");
+  detail::g_default = m;
+}
+
+std::string get_start_method() { return std::string(to_string(detail::default_start_method())); }
+
+std::optional<std::string> get_start_method(bool allow_none) {
+  {
+    std::lock_guard l(detail::g_mu);
+    if (!detail::g_default && allow_none) return std::nullopt;
+  }
+  return get_start_method();
+}
+
+std::vector<std::string> get_all_start_methods() {
+  std::optional<StartMethod> current;
+  {
+    std::lock_guard l(detail::g_mu);
+    current = detail::g_default;
+  }
+  auto first = current.value_or(StartMethod::spawn);
+  std::vector<std::string> out = {std::string(to_string(first))};
+  for (auto m : {StartMethod::spawn, StartMethod::fork})
+    if (m != first) out.emplace_back(to_string(m));
+  return out;
+}
+
+}  // namespace mp

@@ -1,0 +1,114 @@
+#include <fcntl.h>
+#include <poll.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <chrono>
+#include <system_error>
+
+#include "posix/posix.hpp"
+
+namespace mp::posix {
+
+void unique_fd::reset(int fd) noexcept {
+  if (fd_ >= 0) ::close(fd_);
+  fd_ = fd;
+}
+
+int check(int r, const char* call) {
+  if (r < 0) throw std::system_error(errno, std::system_category(), call);
+  return r;
+}
+
+std::pair<unique_fd, unique_fd> make_pipe() {
+  int fds[2];
+  check(::pipe2(fds, O_CLOEXEC), "pipe2");
+  return {unique_fd(fds[0]), unique_fd(fds[1])};
+}
+
+std::pair<unique_fd, unique_fd> make_socketpair() {
+  int fds[2];
+  check(::socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, fds), "socketpair");
+  return {unique_fd(fds[0]), unique_fd(fds[1])};
+}
+
+unique_fd open_devnull(int flags) {
+  return unique_fd(check(::open("/dev/null", flags | O_CLOEXEC), "open /dev/null"));
+}
+
+void set_cloexec(int fd, bool on) {
+  int flags = check(::fcntl(fd, F_GETFD), "fcntl F_GETFD");
+  check(::fcntl(fd, F_SETFD, on ? (flags | FD_CLOEXEC) : (flags & ~FD_CLOEXEC)), "fcntl F_SETFD");
+}
+
+// poll() one descriptor; EINTR is retried with the time that is left.
+static bool poll_one(int fd, short events, std::optional<Duration> timeout) {
+  using clock = std::chrono::steady_clock;
+  const auto deadline =
+      timeout ? clock::now() + std::chrono::duration_cast<clock::duration>(
+                                   std::max(*timeout, Duration::zero()))
+              : clock::time_point::max();
+  for (;;) {
+    int ms = -1;
+    if (timeout) {
+      auto left = deadline - clock::now();
+      // Round up so a wait never returns early and then spins on a 0 ms poll.
+      ms = left <= clock::duration::zero()
+               ? 0
+               : static_cast<int>(std::min<long long>(
+                     std::chrono::ceil<std::chrono::milliseconds>(left).count(), 1 << 30));
+    }
+    pollfd p{fd, events, 0};
+    int r = ::poll(&p, 1, ms);
+    if (r > 0) {
+      if (p.revents & POLLNVAL) throw std::system_error(EBADF, std::system_category(), "poll");
+      return true;
+    }
+    if (r == 0) {
+      if (!timeout || clock::now() >= deadline) return false;
+      continue;
+    }
+    if (errno != EINTR) check(r, "poll");
+  }
+}
+
+bool wait_readable(int fd, std::optional<Duration> timeout) {
+  return poll_one(fd, POLLIN, timeout);
+}
+
+bool send_all(int fd, std::span<const std::byte> data, int abort_fd) {
+  while (!data.empty()) {
+    ssize_t n = ::send(fd, data.data(), data.size(), MSG_NOSIGNAL | MSG_DONTWAIT);
+    if (n >= 0) {
+      data = data.subspan(static_cast<std::size_t>(n));
+      continue;
+    }
+    if (errno == EINTR) continue;
+    if (errno == EPIPE || errno == ECONNRESET) return false;
+    if (errno != EAGAIN) check(-1, "send");
+    // The reader is slow: wait for room, or for the reader to die.
+    pollfd p[2] = {{fd, POLLOUT, 0}, {abort_fd, POLLIN, 0}};
+    int r = ::poll(p, abort_fd >= 0 ? 2 : 1, -1);
+    if (r < 0 && errno != EINTR) check(r, "poll");
+    if (r > 0 && abort_fd >= 0 && (p[1].revents & (POLLIN | POLLHUP))) return false;
+  }
+  return true;
+}
+
+std::size_t read_full(int fd, std::span<std::byte> data) {
+  std::size_t got = 0;
+  while (got < data.size()) {
+    ssize_t n = ::read(fd, data.data() + got, data.size() - got);
+    if (n > 0) {
+      got += static_cast<std::size_t>(n);
+    } else if (n == 0) {
+      break;
+    } else if (errno != EINTR) {
+      check(-1, "read");
+    }
+  }
+  return got;
+}
+
+}  // namespace mp::posix

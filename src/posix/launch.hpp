@@ -1,0 +1,33 @@
+// The launchers, one per start method.
+#pragma once
+
+#include <cstddef>
+#include <functional>
+#include <memory>
+#include <span>
+#include <string>
+
+#include "popen.hpp"
+
+namespace mp::posix {
+
+/// Whether pidfd_open works here (Linux 5.3+, and no seccomp filter refusing it).
+bool have_pidfd();
+
+/// What a fork child runs: given the descriptor that becomes readable when the parent ends
+/// and its own sentinel pipe end (-1 with pidfds). Must not return.
+using ForkChildMain = void (*)(void* arg, int parent_sentinel, int own_sentinel_w);
+
+/// fork(): the child runs child_main(arg, ...) and never returns here.
+std::shared_ptr<detail::Popen> popen_fork(ForkChildMain child_main, void* arg);
+
+/// A fresh exec of `exe` reading `frame` (preparation data + pickled process) from an
+/// inherited socket named on its command line.
+/// `argv0` is what the child sees as its program name.
+std::shared_ptr<detail::Popen> popen_spawn(const std::string& exe, const std::string& argv0,
+                                           std::span<const std::byte> frame);
+
+/// The marker argument of a spawned child's command line.
+inline constexpr const char* kSpawnFlag = "--multiprocess-spawn";
+
+}  // namespace mp::posix

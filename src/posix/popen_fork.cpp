@@ -1,0 +1,34 @@
+// The fork start method (CPython popen_fork.py).
+#include <unistd.h>
+
+#include "posix/child.hpp"
+#include "posix/launch.hpp"
+
+namespace mp::posix {
+
+bool have_pidfd() {
+  static const bool ok = static_cast<bool>(open_pidfd(::getpid()));
+  return ok;
+}
+
+std::shared_ptr<detail::Popen> popen_fork(ForkChildMain child_main, void* arg) {
+  // The child keeps `child_r` open: it reads EOF there once this process (holding `parent_w`)
+  // has ended. That is how parent_process().is_alive() works in the child.
+  auto [child_r, parent_w] = make_pipe();
+  unique_fd sentinel_r, sentinel_w;
+  if (!have_pidfd()) std::tie(sentinel_r, sentinel_w) = make_pipe();
+
+  int pid = fork_process();
+  if (pid == 0) {
+    parent_w.reset();
+    sentinel_r.reset();
+    child_main(arg, child_r.release(), sentinel_w.release());
+    ::_exit(1);  // child_main never returns; this only documents it
+  }
+  child_r.reset();
+  sentinel_w.reset();
+  unique_fd pidfd = open_pidfd(pid);
+  return std::make_shared<Child>(pid, std::move(pidfd), std::move(sentinel_r), std::move(parent_w));
+}
+
+}  // namespace mp::posix

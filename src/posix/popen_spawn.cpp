@@ -1,0 +1,44 @@
+// The spawn start method (CPython popen_spawn_posix.py): a fresh exec of the program that reads
+// its preparation data and process object from an inherited socket.
+#include <signal.h>
+
+#include <string>
+#include <vector>
+
+#include "posix/child.hpp"
+#include "posix/launch.hpp"
+
+namespace mp::posix {
+
+std::shared_ptr<detail::Popen> popen_spawn(const std::string& exe, const std::string& argv0,
+                                           std::span<const std::byte> frame) {
+  // One socket carries the data and then serves as the child's view of this parent: we keep
+  // our end open for the child's whole life, so EOF there means the parent has gone.
+  // A socket rather than a pipe: send(MSG_NOSIGNAL) cannot raise SIGPIPE if the child dies.
+  auto [parent_end, child_end] = make_socketpair();
+  unique_fd sentinel_r, sentinel_w;
+  if (!have_pidfd()) std::tie(sentinel_r, sentinel_w) = make_pipe();
+
+  std::vector<std::string> argv = {argv0, kSpawnFlag, std::to_string(child_end.get()),
+                                   std::to_string(sentinel_w ? sentinel_w.get() : -1)};
+  std::vector<int> keep = {child_end.get()};
+  if (sentinel_w) keep.push_back(sentinel_w.get());
+  int pid = spawn_process(exe, argv, keep);
+  child_end.reset();
+  sentinel_w.reset();
+  unique_fd pidfd = open_pidfd(pid);
+  int watch = pidfd ? pidfd.get() : sentinel_r.get();
+  try {
+    // A child that dies before reading everything (it never called mp::init, say) is not an
+    // error here: its exit code tells the story, as in CPython.
+    send_all(parent_end.get(), frame, watch);
+  } catch (...) {
+    send_signal(pidfd.get(), pid, SIGKILL);
+    reap(pid, true);
+    throw;
+  }
+  return std::make_shared<Child>(pid, std::move(pidfd), std::move(sentinel_r),
+                                 std::move(parent_end));
+}
+
+}  // namespace mp::posix

@@ -1,0 +1,106 @@
+// Every platform call the library makes, behind small functions. Only src/posix/ includes
+// <unistd.h> and <sys/*.h>; portable code calls mp::posix::.
+#pragma once
+
+#include <chrono>
+#include <cstddef>
+#include <optional>
+#include <span>
+#include <string>
+#include <utility>
+#include <vector>
+
+namespace mp::posix {
+
+using Duration = std::chrono::duration<double>;
+
+/// Owns one descriptor.
+class unique_fd {
+ public:
+  explicit unique_fd(int fd = -1) noexcept : fd_(fd) {}
+  unique_fd(unique_fd&& o) noexcept : fd_(std::exchange(o.fd_, -1)) {}
+  unique_fd& operator=(unique_fd&& o) noexcept {
+    if (this != &o) reset(std::exchange(o.fd_, -1));
+    return *this;
+  }
+  unique_fd(const unique_fd&) = delete;
+  unique_fd& operator=(const unique_fd&) = delete;
+  ~unique_fd() { reset(); }
+  int get() const noexcept { return fd_; }
+  explicit operator bool() const noexcept { return fd_ >= 0; }
+  int release() noexcept { return std::exchange(fd_, -1); }
+  void reset(int fd = -1) noexcept;  // closes the old one; no EINTR retry: Linux freed it already
+
+ private:
+  int fd_;
+};
+
+/// Throws std::system_error(errno, call) when r < 0.
+int check(int r, const char* call);
+
+/// pipe2(O_CLOEXEC): {read end, write end}.
+std::pair<unique_fd, unique_fd> make_pipe();
+/// socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC).
+std::pair<unique_fd, unique_fd> make_socketpair();
+/// open("/dev/null") with O_CLOEXEC.
+unique_fd open_devnull(int flags);
+
+/// Wait until fd is readable (or hung up); nullopt timeout waits forever. EINTR is retried
+/// with the time left. Negative timeouts mean 0.
+bool wait_readable(int fd, std::optional<Duration> timeout);
+
+/// Writes everything (EINTR retried); false if the peer is gone (EPIPE, never SIGPIPE).
+/// `abort_fd` (if >= 0) readable ends the wait for a slow reader: returns false.
+bool send_all(int fd, std::span<const std::byte> data, int abort_fd);
+/// Reads exactly data.size() bytes unless EOF comes first; returns the count read.
+std::size_t read_full(int fd, std::span<std::byte> data);
+
+/// pidfd_open(2); an invalid fd where the kernel (or a seccomp filter) has none.
+unique_fd open_pidfd(int pid);
+/// Sends sig through the pidfd when valid, else kill(pid). ESRCH is ignored.
+void send_signal(int pidfd, int pid, int sig);
+/// waitpid; the exit code (-signum when signalled) once the child has ended, else nullopt.
+std::optional<int> reap(int pid, bool block);
+
+/// Fork the caller. In the child, `child` runs and must not return.
+int fork_process();
+
+/// posix_spawn of `exe` with `argv`, keeping `keep_fds` open in the child (their close-on-exec
+/// flag is cleared in the child only). Returns the pid; throws std::system_error naming the
+/// step and the path.
+int spawn_process(const std::string& exe, const std::vector<std::string>& argv,
+                  std::span<const int> keep_fds);
+
+/// Close-on-exec flag on `fd` in this process.
+void set_cloexec(int fd, bool on);
+
+int getpid();
+int getppid();
+bool is_main_thread();
+/// PR_SET_PDEATHSIG: `sig` when the parent thread ends; false if the parent is already gone.
+bool set_parent_death_signal(int sig, int expected_parent);
+/// stdin becomes /dev/null (read returns 0 at once).
+void close_stdin();
+/// Number of CPUs this process may run on.
+int cpu_count();
+/// Cryptographically random bytes (getrandom).
+std::vector<std::byte> random_bytes(std::size_t n);
+/// "TERM" for SIGTERM; empty when the signal has no name.
+std::string signal_abbrev(int sig);
+std::string getcwd();
+void chdir(const std::string& dir);
+/// The running program's path (/proc/self/exe resolved).
+std::string self_exe();
+/// The executable's GNU build-id in hex (empty if it has none).
+std::string build_id();
+
+/// Code addresses as (module, offset) pairs valid in another copy of this program.
+bool code_address_module(const void* address, std::string& module, std::uint64_t& offset);
+const void* code_address_resolve(const std::string& module, std::uint64_t offset);
+
+/// Number of open descriptors (counts /proc/self/fd).
+int count_open_fds();
+/// Raise sig with the default action (used to test signal exit codes).
+[[noreturn]] void exit_now(int code);
+
+}  // namespace mp::posix

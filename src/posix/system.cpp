@@ -1,0 +1,181 @@
+// Process-level system calls: pidfds, signals, reaping, spawning, and small queries.
+#include <fcntl.h>
+#include <sched.h>
+#include <signal.h>
+#include <spawn.h>
+#include <sys/prctl.h>
+#include <sys/random.h>
+#include <sys/syscall.h>
+#include <sys/types.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <climits>
+#include <cstring>
+#include <filesystem>
+#include <system_error>
+#include <type_traits>
+
+#include "mp/process.hpp"
+#include "posix/posix.hpp"
+
+extern char** environ;
+
+static_assert(std::is_same_v<mp::pid_t, ::pid_t>, "mp::pid_t must be the platform's pid_t");
+
+namespace mp::posix {
+
+unique_fd open_pidfd(int pid) {
+#ifdef SYS_pidfd_open
+  // Linux 5.3+. Opened while the child is unreaped, so the pid cannot have been reused.
+  long fd = ::syscall(SYS_pidfd_open, pid, 0);
+  if (fd >= 0) {
+    // pidfd_open sets close-on-exec itself (man 2 pidfd_open).
+    return unique_fd(static_cast<int>(fd));
+  }
+#else
+  (void)pid;
+#endif
+  return unique_fd();
+}
+
+void send_signal(int pidfd, int pid, int sig) {
+#ifdef SYS_pidfd_send_signal
+  if (pidfd >= 0) {
+    if (::syscall(SYS_pidfd_send_signal, pidfd, sig, nullptr, 0) == 0 || errno == ESRCH) return;
+    if (errno != ENOSYS && errno != EPERM) check(-1, "pidfd_send_signal");
+  }
+#else
+  (void)pidfd;
+#endif
+  // Safe without a pidfd too: the caller only signals a child it has not reaped, and an
+  // unreaped child keeps its pid.
+  if (::kill(pid, sig) < 0 && errno != ESRCH) check(-1, "kill");
+}
+
+static int status_to_exitcode(int status) {
+  if (WIFSIGNALED(status)) return -WTERMSIG(status);
+  return WEXITSTATUS(status);
+}
+
+std::optional<int> reap(int pid, bool block) {
+  for (;;) {
+    int status = 0;
+    ::pid_t r = ::waitpid(pid, &status, block ? 0 : WNOHANG);
+    if (r == pid) {
+      if (WIFEXITED(status) || WIFSIGNALED(status)) return status_to_exitcode(status);
+      continue;  // stopped/continued: not an end
+    }
+    if (r == 0) return std::nullopt;
+    if (errno == EINTR) continue;
+    check(-1, "waitpid");
+  }
+}
+
+int spawn_process(const std::string& exe, const std::vector<std::string>& argv,
+                  std::span<const int> keep_fds) {
+  std::vector<char*> args;
+  args.reserve(argv.size() + 1);
+  for (const auto& a : argv) args.push_back(const_cast<char*>(a.c_str()));
+  args.push_back(nullptr);
+
+  posix_spawn_file_actions_t actions;
+  if (int e = ::posix_spawn_file_actions_init(&actions))
+    throw std::system_error(e, std::system_category(), "posix_spawn_file_actions_init");
+  struct Guard {
+    posix_spawn_file_actions_t* a;
+    ~Guard() { ::posix_spawn_file_actions_destroy(a); }
+  } guard{&actions};
+  for (int fd : keep_fds) {
+    // dup2(fd, fd) clears close-on-exec in the child only (POSIX 2024; glibc >= 2.29): the
+    // parent's copy stays close-on-exec, so no other exec in the parent inherits it.
+    if (int e = ::posix_spawn_file_actions_adddup2(&actions, fd, fd))
+      throw std::system_error(e, std::system_category(), "posix_spawn_file_actions_adddup2");
+  }
+  ::pid_t pid = -1;
+  // glibc's posix_spawn uses clone(CLONE_VM | CLONE_VFORK): cost independent of our memory
+  // size, and exec failures (ENOENT, EACCES, ...) come back as its return value.
+  if (int e = ::posix_spawn(&pid, exe.c_str(), &actions, nullptr, args.data(), environ))
+    throw std::system_error(e, std::system_category(), "posix_spawn " + exe);
+  return pid;
+}
+
+int fork_process() {
+  ::pid_t pid = ::fork();
+  return check(pid, "fork");
+}
+
+int getpid() { return ::getpid(); }
+int getppid() { return ::getppid(); }
+bool is_main_thread() { return ::gettid() == ::getpid(); }
+
+bool set_parent_death_signal(int sig, int expected_parent) {
+  if (::prctl(PR_SET_PDEATHSIG, sig) < 0) return true;  // not available: nothing to race
+  // Close the race: the parent may have died before prctl took effect.
+  return ::getppid() == expected_parent;
+}
+
+void close_stdin() {
+  int fd = ::open("/dev/null", O_RDONLY | O_CLOEXEC);
+  if (fd < 0) return;
+  if (fd != 0) {
+    ::dup2(fd, 0);  // dup2 clears close-on-exec on fd 0
+    ::close(fd);
+  } else {
+    set_cloexec(0, false);
+  }
+}
+
+int cpu_count() {
+  cpu_set_t set;
+  if (::sched_getaffinity(0, sizeof set, &set) == 0) {
+    int n = CPU_COUNT(&set);
+    if (n > 0) return n;
+  }
+  long n = ::sysconf(_SC_NPROCESSORS_ONLN);
+  return n > 0 ? static_cast<int>(n) : 1;
+}
+
+std::vector<std::byte> random_bytes(std::size_t n) {
+  std::vector<std::byte> out(n);
+  std::size_t got = 0;
+  while (got < n) {
+    ssize_t r = ::getrandom(out.data() + got, n - got, 0);
+    if (r < 0) {
+      if (errno == EINTR) continue;
+      check(-1, "getrandom");
+    }
+    got += static_cast<std::size_t>(r);
+  }
+  return out;
+}
+
+std::string signal_abbrev(int sig) {
+  const char* name = ::sigabbrev_np(sig);
+  return name ? name : "";
+}
+
+std::string getcwd() {
+  std::error_code ec;
+  auto p = std::filesystem::current_path(ec);
+  return ec ? std::string() : p.string();
+}
+
+void chdir(const std::string& dir) { check(::chdir(dir.c_str()), ("chdir " + dir).c_str()); }
+
+std::string self_exe() {
+  char buf[PATH_MAX];
+  ssize_t n = ::readlink("/proc/self/exe", buf, sizeof buf - 1);
+  if (n < 0) check(-1, "readlink /proc/self/exe");
+  return std::string(buf, static_cast<std::size_t>(n));
+}
+
+int count_open_fds() {
+  int n = 0;
+  for ([[maybe_unused]] auto& e : std::filesystem::directory_iterator("/proc/self/fd")) ++n;
+  return n - 1;  // the iterator's own descriptor
+}
+
+void exit_now(int code) { ::_exit(code); }
+
+}  // namespace mp::posix

@@ -1,0 +1,510 @@
+// The process object (CPython process.py) and this process's registry of children.
+#include "mp/process.hpp"
+
+#include <cxxabi.h>
+#include <signal.h>
+
+#include <algorithm>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <iostream>
+#include <sstream>
+
+#include "mp/context.hpp"
+#include "mp/spawn.hpp"
+#include "posix/launch.hpp"
+#include "posix/posix.hpp"
+#include "runtime.hpp"
+
+namespace mp {
+namespace detail {
+
+Runtime& runtime() {
+  // Never destroyed: children are joined by an atexit handler that may run after static
+  // destructors of objects constructed later.
+  static Runtime* r = new Runtime;
+  return *r;
+}
+
+const char* const kBootstrappingError =
+    "An attempt has been made to start a new process before the current process has finished "
+    "its bootstrapping phase. This probably means that this program was started as a spawned "
+    "child and its main() does not call mp::init(argc, argv) as its first statement: "
+    "int main(int argc, char** argv) { mp::init(argc, argv); ... }";
+
+void flush_std_streams() {
+  // A closed or failed stream must not stop the child from exiting (CPython test_stdio).
+  std::cout.flush();
+  std::cerr.flush();
+  std::clog.flush();
+  std::fflush(nullptr);
+}
+
+namespace {
+
+thread_local bool t_in_run = false;
+
+std::string join_identity(const std::vector<int>& id) {
+  std::string s;
+  for (std::size_t i = 0; i < id.size(); ++i) s += (i ? ":" : "") + std::to_string(id[i]);
+  return s;
+}
+
+// Drops finished children from the registry (CPython process._cleanup).
+void cleanup_children(Runtime& r) {
+  std::lock_guard l(r.mu);
+  std::erase_if(r.children, [](const auto& e) { return e->popen->poll().has_value(); });
+}
+
+void discard_child(const std::shared_ptr<ChildEntry>& e) {
+  auto& r = runtime();
+  std::lock_guard l(r.mu);
+  std::erase(r.children, e);
+}
+
+extern "C" void exit_function_c() { exit_function(); }
+
+void register_exit_function() {
+  static std::once_flag once;
+  std::call_once(once, [] { std::atexit(exit_function_c); });
+}
+
+std::string current_exception_type() {
+  auto* t = abi::__cxa_current_exception_type();
+  return t ? reduction::demangle(*t) : "unknown exception";
+}
+
+// What a fork child runs right after fork(): this process is now the child.
+bool g_fork_from_main_thread = false;
+
+[[noreturn]] void fork_child_main(void* arg, int parent_sentinel, int own_sentinel_w) {
+  auto& self = *static_cast<Process*>(arg);
+  auto& r = runtime();
+  // Another thread of the parent may have held the lock at fork(): the child has only us.
+  new (&r.mu) std::mutex;
+  r.fork_child = true;
+  // The parent's children are not ours: drop their descriptors, never wait for them.
+  for (auto& e : r.children) e->popen->forget();
+  r.children.clear();
+  if (r.own_sentinel_w >= 0) posix::unique_fd(r.own_sentinel_w).reset();
+  r.own_sentinel_w = own_sentinel_w;
+  ParentInfo parent{current_process().name(), ProcessState::of(self).parent_pid,
+                    parent_sentinel};
+  force_default_start_method(StartMethod::fork);
+  if (self.daemon() && g_fork_from_main_thread &&
+      !posix::set_parent_death_signal(SIGKILL, parent.pid))
+    posix::exit_now(1);
+  int code = bootstrap(self, std::move(parent));
+  posix::exit_now(code);
+}
+
+}  // namespace
+
+void exit_function() {
+  auto& r = runtime();
+  std::vector<std::shared_ptr<ChildEntry>> live;
+  {
+    std::lock_guard l(r.mu);
+    if (r.exiting) return;
+    r.exiting = true;
+  }
+  cleanup_children(r);
+  {
+    std::lock_guard l(r.mu);
+    live = r.children;
+  }
+  for (auto& e : live)
+    if (e->daemon) e->popen->terminate();
+  for (auto& e : live) e->popen->wait(std::nullopt);
+  std::lock_guard l(r.mu);
+  r.children.clear();
+}
+
+int bootstrap(Process& self, ParentInfo parent) {
+  auto& r = runtime();
+  auto& s = ProcessState::of(self);
+  {
+    std::lock_guard l(r.mu);
+    r.counter = 1;
+    r.identity = s.identity;
+    r.children.clear();
+    r.exiting = false;
+  }
+  r.current = &self;
+  r.parent.emplace(std::move(parent.name), parent.pid, parent.sentinel);
+  posix::close_stdin();
+  std::cin.clear();
+  std::clearerr(stdin);
+
+  int code = 0;
+  t_in_run = true;
+  try {
+    try {
+      self.run();
+    } catch (...) {
+      exit_function();
+      throw;
+    }
+    exit_function();
+  } catch (const SystemExit& e) {
+    if (e.message()) {
+      std::cerr << *e.message() << '\n';
+      code = 1;
+    } else {
+      code = *e.code();
+    }
+  } catch (const std::exception& e) {
+    code = 1;
+    std::cerr << "Process " << self.name() << ":\n"
+              << reduction::demangle(typeid(e)) << ": " << e.what() << '\n';
+  } catch (...) {
+    code = 1;
+    std::cerr << "Process " << self.name() << ":\n"
+              << current_exception_type() << " (not derived from std::exception)\n";
+  }
+  t_in_run = false;
+  flush_std_streams();
+  return code;
+}
+
+void pickle_process(const Process& p, reduction::OutArchive& ar) {
+  auto& s = ProcessState::of(p);
+  if (s.target && typeid(p) == typeid(Process)) {
+    s.target->pickle(ar);
+  } else if (typeid(p) == typeid(Process)) {
+    ar(reduction::code_ref(reinterpret_cast<const void*>(&load_subclass<Process>)));
+  } else if (p.mp_declared_type() == typeid(p)) {
+    ar(reduction::code_ref(reinterpret_cast<const void*>(p.mp_loader())));
+    p.mp_save(ar);
+  } else {
+    auto type = reduction::demangle(typeid(p));
+    throw PicklingError("Can't pickle '" + type +
+                        "' for a spawned child: declare its class and fields with MP_FIELDS(" +
+                        type + ", field1, field2, ...) inside the class, or use the fork start "
+                        "method");
+  }
+}
+
+}  // namespace detail
+
+using detail::ProcessState;
+using detail::runtime;
+
+[[noreturn]] void exit(int code) {
+  if (detail::t_in_run) throw SystemExit(code);
+  detail::flush_std_streams();
+  if (runtime().fork_child) {
+    detail::exit_function();
+    detail::flush_std_streams();
+    posix::exit_now(code);
+  }
+  std::exit(code);
+}
+
+Process::Process() : Process(Options{}) {}
+
+Process::Process(Options options) : s_(std::make_unique<detail::ProcessState>()) {
+  auto& r = runtime();
+  const Process& creator = current_process();
+  {
+    std::lock_guard l(r.mu);
+    s_->identity = r.identity;
+    s_->identity.push_back(r.counter++);
+  }
+  s_->self = this;
+  s_->name = std::move(options.name);
+  s_->daemon = options.daemon.value_or(creator.daemon());
+  s_->authkey = creator.authkey();
+  s_->parent_pid = posix::getpid();
+}
+
+Process::Process(Options options, std::unique_ptr<detail::TargetBase> target)
+    : Process(std::move(options)) {
+  s_->target = std::move(target);
+}
+
+Process::Process(MainTag) : s_(std::make_unique<detail::ProcessState>()) {
+  s_->self = this;
+  s_->name = "MainProcess";
+  s_->class_token = "_MainProcess";
+  s_->authkey = AuthenticationString(posix::random_bytes(32));
+  s_->is_main = true;
+}
+
+Process::Process(Process&& o) noexcept : s_(std::move(o.s_)) {
+  if (!s_) return;
+  s_->self = this;
+  if (s_->child) {
+    std::lock_guard l(runtime().mu);
+    s_->child->owner = this;
+  }
+}
+
+Process& Process::operator=(Process&& o) noexcept {
+  if (this == &o) return *this;
+  std::lock_guard l(runtime().mu);
+  if (s_ && s_->child) s_->child->owner = nullptr;
+  s_ = std::move(o.s_);
+  if (s_) {
+    s_->self = this;
+    if (s_->child) s_->child->owner = this;
+  }
+  return *this;
+}
+
+Process::~Process() {
+  if (s_ && s_->child) {
+    std::lock_guard l(runtime().mu);
+    s_->child->owner = nullptr;
+  }
+}
+
+void Process::run() {
+  if (s_->target) s_->target->call();
+}
+
+static void check_closed(const detail::ProcessState& s) {
+  if (s.closed) throw std::logic_error("process object is closed");
+}
+
+static bool is_current(const Process& p) { return &current_process() == &p; }
+
+void Process::start() {
+  check_closed(*s_);
+  if (s_->child) throw std::logic_error("cannot start a process twice");
+  if (s_->parent_pid != posix::getpid())
+    throw std::logic_error("can only start a process object created by current process");
+  if (current_process().daemon())
+    throw std::logic_error("daemonic processes are not allowed to have children");
+  auto& r = runtime();
+  if (r.spawn_pending) throw std::runtime_error(detail::kBootstrappingError);
+  detail::cleanup_children(r);
+  detail::register_exit_function();
+
+  std::shared_ptr<detail::Popen> popen;
+  const StartMethod method = start_method();
+  if (method == StartMethod::fork) {
+    detail::flush_std_streams();  // or buffered text would be written twice
+    detail::g_fork_from_main_thread = posix::is_main_thread();
+    popen = posix::popen_fork(&detail::fork_child_main, this);
+  } else if (method == StartMethod::spawn) {
+    // Everything is pickled before any child exists: an unpicklable target leaves nothing.
+    auto frame = detail::spawn_frame(*this, method);
+    // /proc/self/exe is the running image even if its file was replaced since.
+    popen = posix::popen_spawn(detail::spawn_executable(), get_executable(), frame);
+  } else {
+    throw std::logic_error("the forkserver start method is not available yet");
+  }
+  auto entry = std::make_shared<detail::ChildEntry>();
+  entry->popen = std::move(popen);
+  entry->daemon = s_->daemon;
+  entry->owner = this;
+  {
+    std::lock_guard l(r.mu);
+    r.children.push_back(entry);
+  }
+  s_->child = std::move(entry);
+  // Drop the target and its arguments now, as CPython does (bpo-30775).
+  s_->target.reset();
+}
+
+void Process::join() {
+  check_closed(*s_);
+  if (s_->parent_pid != posix::getpid()) throw std::logic_error("can only join a child process");
+  if (!s_->child) throw std::logic_error("can only join a started process");
+  if (s_->child->popen->wait(std::nullopt)) detail::discard_child(s_->child);
+}
+
+void Process::join(Duration timeout) {
+  check_closed(*s_);
+  if (s_->parent_pid != posix::getpid()) throw std::logic_error("can only join a child process");
+  if (!s_->child) throw std::logic_error("can only join a started process");
+  if (s_->child->popen->wait(timeout)) detail::discard_child(s_->child);
+}
+
+bool Process::is_alive() const {
+  check_closed(*s_);
+  if (is_current(*this)) return true;
+  if (s_->parent_pid != posix::getpid()) throw std::logic_error("can only test a child process");
+  if (!s_->child) return false;
+  if (!s_->child->popen->poll()) return true;
+  detail::discard_child(s_->child);
+  return false;
+}
+
+void Process::terminate() {
+  check_closed(*s_);
+  if (!s_->child) throw std::logic_error("can only terminate a started process");
+  s_->child->popen->terminate();
+}
+
+void Process::kill() {
+  check_closed(*s_);
+  if (!s_->child) throw std::logic_error("can only kill a started process");
+  s_->child->popen->kill();
+}
+
+void Process::close() {
+  if (s_->child) {
+    if (!s_->child->popen->poll())
+      throw std::logic_error(
+          "Cannot close a process while it is still running. You should first call join() or "
+          "terminate().");
+    s_->child->popen->close();
+    detail::discard_child(s_->child);
+    {
+      std::lock_guard l(runtime().mu);
+      s_->child->owner = nullptr;
+    }
+    s_->child.reset();
+  }
+  s_->closed = true;
+}
+
+std::string_view Process::mp_class_name() const {
+  if (typeid(*this) == typeid(Process)) return "Process";
+  // A subclass without MP_FIELDS: its unqualified name, as Python's type(self).__name__.
+  static thread_local std::string name;
+  name = reduction::demangle(typeid(*this));
+  if (name.find('<') == std::string::npos) {
+    auto pos = name.rfind("::");
+    if (pos != std::string::npos) name = name.substr(pos + 2);
+  }
+  return name;
+}
+
+std::string Process::name() const {
+  if (s_->name) return *s_->name;
+  std::string token = s_->class_token.empty() ? std::string(mp_class_name()) : s_->class_token;
+  return token + "-" + detail::join_identity(s_->identity);
+}
+
+void Process::set_name(std::string name) { s_->name = std::move(name); }
+bool Process::daemon() const { return s_->daemon; }
+
+void Process::set_daemon(bool daemonic) {
+  if (s_->child) throw std::logic_error("process has already started");
+  s_->daemon = daemonic;
+}
+
+const AuthenticationString& Process::authkey() const { return s_->authkey; }
+void Process::set_authkey(AuthenticationString key) { s_->authkey = std::move(key); }
+
+std::optional<int> Process::exitcode() const {
+  check_closed(*s_);
+  if (!s_->child) return std::nullopt;
+  return s_->child->popen->poll();
+}
+
+std::optional<pid_t> Process::pid() const {
+  check_closed(*s_);
+  if (is_current(*this)) return posix::getpid();
+  if (!s_->child) return std::nullopt;
+  return s_->child->popen->pid();
+}
+
+int Process::sentinel() const {
+  check_closed(*s_);
+  if (!s_->child) throw std::logic_error("process not started");
+  return s_->child->popen->sentinel();
+}
+
+StartMethod Process::start_method() const {
+  return s_->method ? *s_->method : detail::default_start_method();
+}
+
+std::string exitcode_to_name(int exitcode) {
+  if (exitcode < 0) {
+    auto abbrev = posix::signal_abbrev(-exitcode);
+    if (!abbrev.empty()) return "-SIG" + abbrev;
+  }
+  return std::to_string(exitcode);
+}
+
+std::string Process::repr() const {
+  std::optional<int> code;
+  std::string status;
+  if (is_current(*this)) {
+    status = "started";
+  } else if (s_->closed) {
+    status = "closed";
+  } else if (s_->parent_pid != posix::getpid()) {
+    status = "unknown";
+  } else if (!s_->child) {
+    status = "initial";
+  } else {
+    code = s_->child->popen->poll();
+    status = code ? "stopped" : "started";
+  }
+  std::string token = s_->class_token.empty() ? std::string(mp_class_name()) : s_->class_token;
+  std::ostringstream os;
+  os << '<' << token << " name='" << name() << '\'';
+  if (s_->child) os << " pid=" << s_->child->popen->pid();
+  os << " parent=" << (s_->parent_pid ? std::to_string(s_->parent_pid) : "None") << ' ' << status;
+  if (code) os << " exitcode=" << exitcode_to_name(*code);
+  if (daemon()) os << " daemon";
+  os << '>';
+  return os.str();
+}
+
+std::ostream& operator<<(std::ostream& os, const Process& p) { return os << p.repr(); }
+
+bool ParentProcess::is_alive() const { return !posix::wait_readable(sentinel_, Duration::zero()); }
+void ParentProcess::join() const { posix::wait_readable(sentinel_, std::nullopt); }
+void ParentProcess::join(Duration timeout) const { posix::wait_readable(sentinel_, timeout); }
+
+std::ostream& operator<<(std::ostream& os, const ParentProcess& p) {
+  return os << "<_ParentProcess name='" << p.name() << "' parent=None unknown>";
+}
+
+Process& current_process() {
+  if (Process* p = runtime().current.load()) return *p;
+  // Never destroyed, like the runtime: the atexit handler may still ask for it.
+  static Process* main = new Process(Process::MainTag{});
+  return *main;
+}
+
+const ParentProcess* parent_process() {
+  auto& r = runtime();
+  return r.parent ? &*r.parent : nullptr;
+}
+
+std::vector<Process*> active_children() {
+  auto& r = runtime();
+  detail::cleanup_children(r);
+  std::vector<Process*> out;
+  std::lock_guard l(r.mu);
+  for (auto& e : r.children)
+    if (e->owner) out.push_back(e->owner);
+  return out;
+}
+
+int cpu_count() { return posix::cpu_count(); }
+
+namespace detail {
+namespace {
+// At load time, before main(): was this program started as a spawned child? If so, start()
+// refuses until main() calls mp::init (no fork bomb), and a main() that never calls it ends
+// with a nonzero code and a message naming the fix, instead of looking like success.
+extern "C" void spawn_pending_exit() {
+  if (!runtime().spawn_pending) return;
+  flush_std_streams();
+  std::fputs(
+      "multiprocess: this program was started as a spawned child process, but its main() "
+      "never called mp::init(argc, argv). Make mp::init(argc, argv) the first statement of "
+      "main().\n",
+      stderr);
+  posix::exit_now(1);
+}
+
+__attribute__((constructor)) void detect_spawn_child(int argc, char** argv, char**) {
+  if (argc >= 2 && argv && argv[1] && std::strcmp(argv[1], posix::kSpawnFlag) == 0) {
+    runtime().spawn_pending = true;
+    std::atexit(spawn_pending_exit);
+  }
+}
+}  // namespace
+}  // namespace detail
+
+}  // namespace mp

@@ -1,0 +1,91 @@
+// The library's per-process state and the pieces process.cpp, spawn.cpp and context.cpp share.
+#pragma once
+
+#include <atomic>
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "mp/process.hpp"
+#include "popen.hpp"
+
+namespace mp::detail {
+
+// A started child as the registry sees it: it outlives its Process object, so that a child
+// whose object was destroyed is still reaped, and at exit terminated (daemon) or joined.
+struct ChildEntry {
+  std::shared_ptr<Popen> popen;
+  bool daemon = false;
+  Process* owner = nullptr;  // null once the Process object is gone
+};
+
+struct ProcessState {
+  Process* self = nullptr;
+  std::vector<int> identity;       // (1, 2) for "Process-1:2"
+  std::optional<std::string> name;  // explicit name; else derived from class and identity
+  std::string class_token;          // "SpawnProcess" from a context; else the class name
+  bool daemon = false;
+  AuthenticationString authkey;
+  std::optional<StartMethod> method;  // from a context; else the default context's
+  std::unique_ptr<TargetBase> target;
+  std::shared_ptr<ChildEntry> child;  // set by start(), dropped by close()
+  int parent_pid = 0;                 // the creating process; 0 prints as None
+  bool closed = false;
+  bool is_main = false;
+
+  static ProcessState& of(const Process& p) { return *p.s_; }
+};
+
+// This process's view of itself (CPython process.py's module globals).
+struct Runtime {
+  std::mutex mu;  // guards counter, identity and children
+  int counter = 1;
+  std::vector<int> identity;
+  std::atomic<Process*> current{nullptr};  // null: the main process object
+  std::optional<ParentProcess> parent;
+  std::vector<std::shared_ptr<ChildEntry>> children;
+  bool exiting = false;
+  bool fork_child = false;    // this process is a fork child: it must leave through _exit
+  bool spawn_pending = false;  // started by spawn, and main() has not called mp::init yet
+  int own_sentinel_w = -1;     // without pidfds: our end of the parent's sentinel pipe
+};
+Runtime& runtime();
+
+struct ParentInfo {
+  std::string name;
+  int pid = 0;
+  int sentinel = -1;
+};
+
+// Runs the process object in this (child) process: CPython's BaseProcess._bootstrap.
+// Returns the exit code.
+int bootstrap(Process& self, ParentInfo parent);
+
+// Terminates daemonic children, then joins all children (CPython util._exit_function).
+void exit_function();
+
+// Flushes C and C++ standard streams (CPython util._flush_std_streams).
+void flush_std_streams();
+
+// Serializes the process object for a spawned child; throws PicklingError.
+void pickle_process(const Process& p, reduction::OutArchive& ar);
+
+// The spawn frame: preparation data and the pickled process object.
+std::vector<std::byte> spawn_frame(const Process& p, StartMethod method);
+
+// What spawn execs: the path given to set_executable, else /proc/self/exe.
+std::string spawn_executable();
+
+// The default start method, fixing it (to spawn) when unset.
+StartMethod default_start_method();
+void force_default_start_method(StartMethod m);
+
+// The class token a context gives its processes ("SpawnProcess").
+std::string context_class_token(StartMethod m);
+
+// The spawn-child startup text for start() when main() skipped mp::init.
+extern const char* const kBootstrappingError;
+
+}  // namespace mp::detail

@@ -1,0 +1,225 @@
+// Spawned children (CPython spawn.py): the preparation data and the process object travel down
+// an inherited socket as one checksummed frame; mp::init is the child's spawn_main.
+#include "mp/spawn.hpp"
+
+#include <signal.h>
+
+#include <cstdint>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <mutex>
+#include <sstream>
+
+#include "mp/context.hpp"
+#include "mp/process.hpp"
+#include "posix/launch.hpp"
+#include "posix/posix.hpp"
+#include "runtime.hpp"
+
+namespace mp {
+namespace detail {
+namespace {
+
+constexpr std::uint32_t kMagic = 0x3150534d;  // "MSP1"
+constexpr std::uint32_t kVersion = 1;
+
+struct Header {
+  std::uint32_t magic;
+  std::uint32_t version;
+  std::uint64_t length;
+  std::uint64_t check;  // of the fields above: a corrupted length is caught before allocating
+};
+
+std::uint64_t fnv1a(const void* data, std::size_t n) {
+  auto* p = static_cast<const unsigned char*>(data);
+  std::uint64_t h = 0xcbf29ce484222325ull;
+  for (std::size_t i = 0; i < n; ++i) h = (h ^ p[i]) * 0x100000001b3ull;
+  return h;
+}
+
+// What a child needs before it can rebuild its process object (spawn.get_preparation_data).
+struct PrepData {
+  std::string build_id;
+  std::string name;
+  std::string class_token;
+  std::vector<int> identity;
+  bool daemon = false;
+  AuthenticationString authkey;
+  std::string cwd;
+  int parent_pid = 0;
+  std::string parent_name;
+  int start_method = 0;
+  bool parent_death_signal = false;
+  std::string executable;
+
+  template <class Archive>
+  void serialize(Archive& ar) {
+    ar(build_id, name, class_token, identity, daemon, authkey, cwd, parent_pid, parent_name,
+       start_method, parent_death_signal, executable);
+  }
+};
+
+std::mutex g_exe_mu;
+std::string g_executable;  // empty: /proc/self/exe
+
+[[noreturn]] void die(const std::string& msg) {
+  flush_std_streams();
+  std::string line = "multiprocess: spawned child: " + msg + "\n";
+  std::fputs(line.c_str(), stderr);
+  std::fflush(stderr);
+  posix::exit_now(1);
+}
+
+int parse_fd(const char* s) {
+  char* end = nullptr;
+  long v = std::strtol(s, &end, 10);
+  if (!s[0] || *end || v < -1 || v > 1 << 30) die(std::string("bad descriptor argument '") + s + "'");
+  return static_cast<int>(v);
+}
+
+std::vector<std::byte> read_frame(int fd) {
+  Header h{};
+  auto got = posix::read_full(fd, {reinterpret_cast<std::byte*>(&h), sizeof h});
+  if (got != sizeof h)
+    die("the spawn data was truncated (got " + std::to_string(got) + " of " +
+        std::to_string(sizeof h) + " header bytes): the parent died or closed the pipe");
+  if (h.magic != kMagic || h.check != fnv1a(&h, offsetof(Header, check)))
+    die("the spawn data is corrupted (bad header)");
+  if (h.version != kVersion)
+    die("the spawn data has version " + std::to_string(h.version) + ", expected " +
+        std::to_string(kVersion) + ": the parent is a different build");
+  std::vector<std::byte> payload(h.length + sizeof(std::uint64_t));
+  got = posix::read_full(fd, payload);
+  if (got != payload.size())
+    die("the spawn data was truncated (got " + std::to_string(got) + " of " +
+        std::to_string(payload.size()) + " bytes): the parent died or closed the pipe");
+  std::uint64_t sum;
+  std::memcpy(&sum, payload.data() + h.length, sizeof sum);
+  if (sum != fnv1a(payload.data(), h.length)) die("the spawn data is corrupted (bad checksum)");
+  payload.resize(h.length);
+  return payload;
+}
+
+[[noreturn]] void spawn_main(int data_fd, int sentinel_w) {
+  auto& r = runtime();
+  // Our descriptors must not reach our own spawned children.
+  posix::set_cloexec(data_fd, true);
+  if (sentinel_w >= 0) posix::set_cloexec(sentinel_w, true);
+  r.own_sentinel_w = sentinel_w;
+
+  auto payload = read_frame(data_fd);
+  std::string text(reinterpret_cast<const char*>(payload.data()), payload.size());
+  std::istringstream is(std::move(text));
+  PrepData prep;
+  std::unique_ptr<Process> self;
+  try {
+    reduction::InArchive ar(is);
+    ar(prep.build_id);
+    if (prep.build_id != posix::build_id())
+      die("this program (" + posix::self_exe() + ", build-id " + posix::build_id() +
+          ") is a different build from its parent (build-id " + prep.build_id +
+          "); mp::set_executable must name a copy of the same binary");
+    ar(prep.name, prep.class_token, prep.identity, prep.daemon, prep.authkey, prep.cwd,
+       prep.parent_pid, prep.parent_name, prep.start_method, prep.parent_death_signal,
+       prep.executable);
+    if (prep.parent_death_signal && prep.daemon &&
+        !posix::set_parent_death_signal(SIGKILL, prep.parent_pid))
+      posix::exit_now(1);  // the parent is already gone: a daemon child has nothing to do
+    if (!prep.cwd.empty()) posix::chdir(prep.cwd);
+    if (!prep.executable.empty()) set_executable(prep.executable);
+    force_default_start_method(static_cast<StartMethod>(prep.start_method));
+    reduction::CodeRef loader_ref;
+    ar(loader_ref);
+    auto loader = reinterpret_cast<reduction::ProcessLoader>(
+        const_cast<void*>(reduction::resolve(loader_ref)));
+    self = loader(ar);
+  } catch (const std::exception& e) {
+    die(std::string("cannot rebuild the process object: ") + reduction::demangle(typeid(e)) +
+        ": " + e.what());
+  }
+  auto& s = ProcessState::of(*self);
+  s.identity = prep.identity;
+  s.name = prep.name;
+  s.class_token = prep.class_token;
+  s.daemon = prep.daemon;
+  s.authkey = prep.authkey;
+  s.parent_pid = prep.parent_pid;
+  s.method = static_cast<StartMethod>(prep.start_method);
+  // Kept for the process's life, like the object itself (CPython's _current_process).
+  Process& me = *self.release();
+  int code = bootstrap(me, ParentInfo{prep.parent_name, prep.parent_pid, data_fd});
+  // A spawned child is a program of its own: leave normally, so the atexit handlers and
+  // static destructors of this process run.
+  std::exit(code);
+}
+
+}  // namespace
+
+std::vector<std::byte> spawn_frame(const Process& p, StartMethod method) {
+  auto& s = ProcessState::of(p);
+  PrepData prep;
+  prep.build_id = posix::build_id();
+  prep.name = p.name();
+  prep.class_token = s.class_token.empty() ? std::string(p.mp_class_name()) : s.class_token;
+  prep.identity = s.identity;
+  prep.daemon = s.daemon;
+  prep.authkey = s.authkey;
+  prep.cwd = posix::getcwd();
+  prep.parent_pid = posix::getpid();
+  prep.parent_name = current_process().name();
+  prep.start_method = static_cast<int>(method);
+  prep.parent_death_signal = posix::is_main_thread();
+  {
+    std::lock_guard l(g_exe_mu);
+    prep.executable = g_executable;
+  }
+
+  std::ostringstream os;
+  os.write("\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0", sizeof(Header));
+  {
+    reduction::SpawningScope spawning;  // the authkey may cross here, and only here
+    reduction::OutArchive ar(os);
+    ar(prep);
+    pickle_process(p, ar);
+  }
+  std::string bytes = std::move(os).str();
+  const std::size_t length = bytes.size() - sizeof(Header);
+  Header h{kMagic, kVersion, length, 0};
+  h.check = fnv1a(&h, offsetof(Header, check));
+  std::uint64_t sum = fnv1a(bytes.data() + sizeof(Header), length);
+  std::vector<std::byte> frame(bytes.size() + sizeof sum);
+  std::memcpy(frame.data(), bytes.data(), bytes.size());
+  std::memcpy(frame.data(), &h, sizeof h);
+  std::memcpy(frame.data() + bytes.size(), &sum, sizeof sum);
+  return frame;
+}
+
+std::string spawn_executable() {
+  std::lock_guard l(g_exe_mu);
+  return g_executable.empty() ? std::string("/proc/self/exe") : g_executable;
+}
+
+}  // namespace detail
+
+void init(int argc, char** argv) {
+  if (argc < 4 || !argv || !argv[1] || std::strcmp(argv[1], posix::kSpawnFlag) != 0) return;
+  detail::runtime().spawn_pending = false;
+  detail::spawn_main(detail::parse_fd(argv[2]), detail::parse_fd(argv[3]));
+}
+
+void set_executable(std::string path) {
+  std::lock_guard l(detail::g_exe_mu);
+  detail::g_executable = std::move(path);
+}
+
+std::string get_executable() {
+  {
+    std::lock_guard l(detail::g_exe_mu);
+    if (!detail::g_executable.empty()) return detail::g_executable;
+  }
+  static const std::string self = posix::self_exe();
+  return self;
+}
+
+}  // namespace mp
