@@ -96,7 +96,8 @@ void set_start_method(std::optional<std::string_view> method, bool force) {
   }
   std::lock_guard l(detail::g_mu);
   if (detail::g_default && !force) throw std::runtime_error("context has already been set");
-  detail::g_default = m;
+  // As CPython: None with force unsets the default; None without force fixes it.
+  detail::g_default = m || force ? m : std::optional<StartMethod>(StartMethod::spawn);
 }
 
 std::string get_start_method() { return std::string(to_string(detail::default_start_method())); }

@@ -47,7 +47,10 @@ thread_local bool t_in_run = false;
 
 std::string join_identity(const std::vector<int>& id) {
   std::string s;
-  for (std::size_t i = 0; i < id.size(); ++i) s += (i ? ":" : "") + std::to_string(id[i]);
+  for (std::size_t i = 0; i < id.size(); ++i) {
+    if (i) s += ':';
+    s += std::to_string(id[i]);
+  }
   return s;
 }
 
@@ -75,11 +78,16 @@ std::string current_exception_type() {
   return t ? reduction::demangle(*t) : "unknown exception";
 }
 
-// What a fork child runs right after fork(): this process is now the child.
-bool g_fork_from_main_thread = false;
+// What start() hands to a fork child.
+struct ForkArg {
+  Process* self;
+  bool from_main_thread;  // PR_SET_PDEATHSIG follows the forking thread, not the process
+};
 
+// What a fork child runs right after fork(): this process is now the child.
 [[noreturn]] void fork_child_main(void* arg, int parent_sentinel, int own_sentinel_w) {
-  auto& self = *static_cast<Process*>(arg);
+  const auto fork_arg = *static_cast<ForkArg*>(arg);
+  auto& self = *fork_arg.self;
   auto& r = runtime();
   // Another thread of the parent may have held the lock at fork(): the child has only us.
   new (&r.mu) std::mutex;
@@ -92,7 +100,7 @@ bool g_fork_from_main_thread = false;
   ParentInfo parent{current_process().name(), ProcessState::of(self).parent_pid,
                     parent_sentinel};
   force_default_start_method(StartMethod::fork);
-  if (self.daemon() && g_fork_from_main_thread &&
+  if (self.daemon() && fork_arg.from_main_thread &&
       !posix::set_parent_death_signal(SIGKILL, parent.pid))
     posix::exit_now(1);
   int code = bootstrap(self, std::move(parent));
@@ -284,10 +292,12 @@ void Process::start() {
 
   std::shared_ptr<detail::Popen> popen;
   const StartMethod method = start_method();
+  // As CPython, for every method: under fork, buffered text would be written twice; and the
+  // parent's text should come before its child's.
+  detail::flush_std_streams();
   if (method == StartMethod::fork) {
-    detail::flush_std_streams();  // or buffered text would be written twice
-    detail::g_fork_from_main_thread = posix::is_main_thread();
-    popen = posix::popen_fork(&detail::fork_child_main, this);
+    detail::ForkArg arg{this, posix::is_main_thread()};
+    popen = posix::popen_fork(&detail::fork_child_main, &arg);
   } else if (method == StartMethod::spawn) {
     // Everything is pickled before any child exists: an unpicklable target leaves nothing.
     auto frame = detail::spawn_frame(*this, method);
@@ -346,6 +356,7 @@ void Process::kill() {
 }
 
 void Process::close() {
+  if (s_->is_main) return;  // as CPython's _MainProcess.close()
   if (s_->child) {
     if (!s_->child->popen->poll())
       throw std::logic_error(
@@ -365,11 +376,11 @@ void Process::close() {
 std::string_view Process::mp_class_name() const {
   if (typeid(*this) == typeid(Process)) return "Process";
   // A subclass without MP_FIELDS: its unqualified name, as Python's type(self).__name__.
-  static thread_local std::string name;
-  name = reduction::demangle(typeid(*this));
-  if (name.find('<') == std::string::npos) {
+  std::string& name = s_->undeclared_class_name;
+  if (name.empty()) {
+    name = reduction::demangle(typeid(*this));
     auto pos = name.rfind("::");
-    if (pos != std::string::npos) name = name.substr(pos + 2);
+    if (name.find('<') == std::string::npos && pos != std::string::npos) name.erase(0, pos + 2);
   }
   return name;
 }

@@ -34,6 +34,7 @@ struct ProcessState {
   int parent_pid = 0;                 // the creating process; 0 prints as None
   bool closed = false;
   bool is_main = false;
+  mutable std::string undeclared_class_name;  // cache for a subclass without MP_FIELDS
 
   static ProcessState& of(const Process& p) { return *p.s_; }
 };

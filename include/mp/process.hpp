@@ -95,8 +95,8 @@ inline constexpr bool is_process_v = std::derived_from<std::remove_cvref_t<T>, P
 
 /// Construction options (Python's name= and daemon= keywords).
 struct Options {
-  std::optional<std::string> name;  ///< default: "<Class>-<identity>", e.g. "Process-1:2"
-  std::optional<bool> daemon;       ///< default: the creating process's own daemon flag
+  std::optional<std::string> name = std::nullopt;  ///< default: "<Class>-<identity>", e.g. "Process-1:2"
+  std::optional<bool> daemon = std::nullopt;       ///< default: the creating process's own daemon flag
 };
 
 /// A process object: run() in a child process. Construct it from a callable and its arguments,

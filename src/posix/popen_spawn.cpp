@@ -19,11 +19,12 @@ std::shared_ptr<detail::Popen> popen_spawn(const std::string& exe, const std::st
   unique_fd sentinel_r, sentinel_w;
   if (!have_pidfd()) std::tie(sentinel_r, sentinel_w) = make_pipe();
 
-  std::vector<std::string> argv = {argv0, kSpawnFlag, std::to_string(child_end.get()),
-                                   std::to_string(sentinel_w ? sentinel_w.get() : -1)};
+  // The child's descriptors are 3 (the socket) and 4 (the sentinel pipe, when used).
+  std::vector<std::string> argv = {argv0, kSpawnFlag, "3", sentinel_w ? "4" : "-1"};
   std::vector<int> keep = {child_end.get()};
   if (sentinel_w) keep.push_back(sentinel_w.get());
-  int pid = spawn_process(exe, argv, keep);
+  int pid = -1;
+  spawn_process(exe, argv, keep, &pid);
   child_end.reset();
   sentinel_w.reset();
   unique_fd pidfd = open_pidfd(pid);

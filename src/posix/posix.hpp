@@ -65,11 +65,11 @@ std::optional<int> reap(int pid, bool block);
 /// Fork the caller. In the child, `child` runs and must not return.
 int fork_process();
 
-/// posix_spawn of `exe` with `argv`, keeping `keep_fds` open in the child (their close-on-exec
-/// flag is cleared in the child only). Returns the pid; throws std::system_error naming the
-/// step and the path.
-int spawn_process(const std::string& exe, const std::vector<std::string>& argv,
-                  std::span<const int> keep_fds);
+/// posix_spawn of `exe` with `argv`. The child gets `keep_fds` as descriptors 3, 4, ... (the
+/// numbers are returned; argv can name them as "{0}", "{1}") and no other descriptor above 2.
+/// Throws std::system_error naming the step and the path.
+std::vector<int> spawn_process(const std::string& exe, const std::vector<std::string>& argv,
+                               std::span<const int> keep_fds, int* pid);
 
 /// Close-on-exec flag on `fd` in this process.
 void set_cloexec(int fd, bool on);

@@ -72,13 +72,22 @@ std::optional<int> reap(int pid, bool block) {
   }
 }
 
-int spawn_process(const std::string& exe, const std::vector<std::string>& argv,
-                  std::span<const int> keep_fds) {
-  std::vector<char*> args;
-  args.reserve(argv.size() + 1);
-  for (const auto& a : argv) args.push_back(const_cast<char*>(a.c_str()));
-  args.push_back(nullptr);
-
+std::vector<int> spawn_process(const std::string& exe, const std::vector<std::string>& argv,
+                               std::span<const int> keep_fds, int* pid_out) {
+  // The kept descriptors become 3, 4, ... in the child and everything above is closed, so a
+  // child inherits exactly what it is meant to, even descriptors someone opened without
+  // close-on-exec (CPython's spawn closes them too). Sources are first moved above the target
+  // range, so no dup2 below overwrites a source still to be copied.
+  const int first = 3, limit = first + static_cast<int>(keep_fds.size());
+  std::vector<unique_fd> moved;
+  std::vector<int> sources;
+  for (int fd : keep_fds) {
+    if (fd < limit) {
+      moved.emplace_back(check(::fcntl(fd, F_DUPFD_CLOEXEC, limit), "fcntl F_DUPFD_CLOEXEC"));
+      fd = moved.back().get();
+    }
+    sources.push_back(fd);
+  }
   posix_spawn_file_actions_t actions;
   if (int e = ::posix_spawn_file_actions_init(&actions))
     throw std::system_error(e, std::system_category(), "posix_spawn_file_actions_init");
@@ -86,18 +95,28 @@ int spawn_process(const std::string& exe, const std::vector<std::string>& argv,
     posix_spawn_file_actions_t* a;
     ~Guard() { ::posix_spawn_file_actions_destroy(a); }
   } guard{&actions};
-  for (int fd : keep_fds) {
-    // dup2(fd, fd) clears close-on-exec in the child only (POSIX 2024; glibc >= 2.29): the
-    // parent's copy stays close-on-exec, so no other exec in the parent inherits it.
-    if (int e = ::posix_spawn_file_actions_adddup2(&actions, fd, fd))
+  std::vector<int> child_fds;
+  for (std::size_t i = 0; i < sources.size(); ++i) {
+    int target = first + static_cast<int>(i);
+    // dup2 onto another number clears close-on-exec on the copy, in the child only.
+    if (int e = ::posix_spawn_file_actions_adddup2(&actions, sources[i], target))
       throw std::system_error(e, std::system_category(), "posix_spawn_file_actions_adddup2");
+    child_fds.push_back(target);
   }
+  if (int e = ::posix_spawn_file_actions_addclosefrom_np(&actions, limit))
+    throw std::system_error(e, std::system_category(), "posix_spawn_file_actions_addclosefrom_np");
+
+  std::vector<char*> args;
+  args.reserve(argv.size() + 1);
+  for (const auto& a : argv) args.push_back(const_cast<char*>(a.c_str()));
+  args.push_back(nullptr);
   ::pid_t pid = -1;
-  // glibc's posix_spawn uses clone(CLONE_VM | CLONE_VFORK): cost independent of our memory
-  // size, and exec failures (ENOENT, EACCES, ...) come back as its return value.
+  // glibc's posix_spawn uses clone(CLONE_VM | CLONE_VFORK): its cost does not grow with our
+  // memory, and exec failures (ENOENT, EACCES, ...) come back as its return value.
   if (int e = ::posix_spawn(&pid, exe.c_str(), &actions, nullptr, args.data(), environ))
     throw std::system_error(e, std::system_category(), "posix_spawn " + exe);
-  return pid;
+  *pid_out = pid;
+  return child_fds;
 }
 
 int fork_process() {

@@ -1,0 +1,30 @@
+#!/bin/sh
+# Fresh Debian 12 machine -> the whole test suite: a normal build, the same suite under
+# AddressSanitizer + UndefinedBehaviorSanitizer, and a consumer project built against the
+# installed package (CMake and pkg-config).
+set -eu
+cd "$(dirname "$0")/.."
+sh tools/deps.sh cmake ninja-build g++ libcereal-dev libgtest-dev pkg-config
+
+echo "== build and test (RelWithDebInfo)"
+cmake --preset default >/dev/null
+cmake --build --preset default
+ctest --preset default
+
+echo "== build and test under ASan + UBSan"
+cmake --preset asan >/dev/null
+cmake --build --preset asan
+ctest --preset asan
+
+echo "== install, then build a consumer project against the installed package"
+prefix=$(pwd)/build/install
+rm -rf "$prefix" build/consumer
+cmake --install build/default --prefix "$prefix" >/dev/null
+cmake -S tests/consumer -B build/consumer -G Ninja -DCMAKE_PREFIX_PATH="$prefix" >/dev/null
+cmake --build build/consumer
+./build/consumer/consumer
+PKG_CONFIG_PATH="$prefix/lib/pkgconfig" \
+  g++ tests/consumer/main.cpp $(PKG_CONFIG_PATH="$prefix/lib/pkgconfig" pkg-config --cflags --libs multiprocess) \
+  -o build/consumer/consumer_pc
+./build/consumer/consumer_pc
+echo "== all tests passed"
