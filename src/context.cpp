@@ -59,7 +59,9 @@ void Context::set_start_method(std::string_view, bool) const {
   throw std::logic_error("cannot set start method of concrete context");
 }
 
-void Context::bind_to(mp::Process& p) const { detail::ProcessState::of(p).method = method_; }
+void Context::bind_to(mp::Process& p) const {
+  detail::ProcessState::of(p).method = method_;
+}
 
 mp::Process Context::bind(mp::Process p) const {
   auto& s = detail::ProcessState::of(p);
@@ -100,7 +102,9 @@ void set_start_method(std::optional<std::string_view> method, bool force) {
   detail::g_default = m || force ? m : std::optional<StartMethod>(StartMethod::spawn);
 }
 
-std::string get_start_method() { return std::string(to_string(detail::default_start_method())); }
+std::string get_start_method() {
+  return std::string(to_string(detail::default_start_method()));
+}
 
 std::optional<std::string> get_start_method(bool allow_none) {
   {

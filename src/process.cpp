@@ -66,7 +66,9 @@ void discard_child(const std::shared_ptr<ChildEntry>& e) {
   std::erase(r.children, e);
 }
 
-extern "C" void exit_function_c() { exit_function(); }
+extern "C" void exit_function_c() {
+  exit_function();
+}
 
 void register_exit_function() {
   static std::once_flag once;
@@ -97,8 +99,7 @@ struct ForkArg {
   r.children.clear();
   if (r.own_sentinel_w >= 0) posix::unique_fd(r.own_sentinel_w).reset();
   r.own_sentinel_w = own_sentinel_w;
-  ParentInfo parent{current_process().name(), ProcessState::of(self).parent_pid,
-                    parent_sentinel};
+  ParentInfo parent{current_process().name(), ProcessState::of(self).parent_pid, parent_sentinel};
   force_default_start_method(StartMethod::fork);
   if (self.daemon() && fork_arg.from_main_thread &&
       !posix::set_parent_death_signal(SIGKILL, parent.pid))
@@ -189,7 +190,8 @@ void pickle_process(const Process& p, reduction::OutArchive& ar) {
     auto type = reduction::demangle(typeid(p));
     throw PicklingError("Can't pickle '" + type +
                         "' for a spawned child: declare its class and fields with MP_FIELDS(" +
-                        type + ", field1, field2, ...) inside the class, or use the fork start "
+                        type +
+                        ", field1, field2, ...) inside the class, or use the fork start "
                         "method");
   }
 }
@@ -276,7 +278,9 @@ static void check_closed(const detail::ProcessState& s) {
   if (s.closed) throw std::logic_error("process object is closed");
 }
 
-static bool is_current(const Process& p) { return &current_process() == &p; }
+static bool is_current(const Process& p) {
+  return &current_process() == &p;
+}
 
 void Process::start() {
   check_closed(*s_);
@@ -391,16 +395,24 @@ std::string Process::name() const {
   return token + "-" + detail::join_identity(s_->identity);
 }
 
-void Process::set_name(std::string name) { s_->name = std::move(name); }
-bool Process::daemon() const { return s_->daemon; }
+void Process::set_name(std::string name) {
+  s_->name = std::move(name);
+}
+bool Process::daemon() const {
+  return s_->daemon;
+}
 
 void Process::set_daemon(bool daemonic) {
   if (s_->child) throw std::logic_error("process has already started");
   s_->daemon = daemonic;
 }
 
-const AuthenticationString& Process::authkey() const { return s_->authkey; }
-void Process::set_authkey(AuthenticationString key) { s_->authkey = std::move(key); }
+const AuthenticationString& Process::authkey() const {
+  return s_->authkey;
+}
+void Process::set_authkey(AuthenticationString key) {
+  s_->authkey = std::move(key);
+}
 
 std::optional<int> Process::exitcode() const {
   check_closed(*s_);
@@ -459,11 +471,19 @@ std::string Process::repr() const {
   return os.str();
 }
 
-std::ostream& operator<<(std::ostream& os, const Process& p) { return os << p.repr(); }
+std::ostream& operator<<(std::ostream& os, const Process& p) {
+  return os << p.repr();
+}
 
-bool ParentProcess::is_alive() const { return !posix::wait_readable(sentinel_, Duration::zero()); }
-void ParentProcess::join() const { posix::wait_readable(sentinel_, std::nullopt); }
-void ParentProcess::join(Duration timeout) const { posix::wait_readable(sentinel_, timeout); }
+bool ParentProcess::is_alive() const {
+  return !posix::wait_readable(sentinel_, Duration::zero());
+}
+void ParentProcess::join() const {
+  posix::wait_readable(sentinel_, std::nullopt);
+}
+void ParentProcess::join(Duration timeout) const {
+  posix::wait_readable(sentinel_, timeout);
+}
 
 std::ostream& operator<<(std::ostream& os, const ParentProcess& p) {
   return os << "<_ParentProcess name='" << p.name() << "' parent=None unknown>";
@@ -491,7 +511,9 @@ std::vector<Process*> active_children() {
   return out;
 }
 
-int cpu_count() { return posix::cpu_count(); }
+int cpu_count() {
+  return posix::cpu_count();
+}
 
 namespace detail {
 namespace {

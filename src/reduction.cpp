@@ -38,10 +38,16 @@ const void* resolve(const CodeRef& ref) {
   return p;
 }
 
-bool spawning() { return t_spawning; }
+bool spawning() {
+  return t_spawning;
+}
 
-SpawningScope::SpawningScope() : previous_(t_spawning) { t_spawning = true; }
-SpawningScope::~SpawningScope() { t_spawning = previous_; }
+SpawningScope::SpawningScope() : previous_(t_spawning) {
+  t_spawning = true;
+}
+SpawningScope::~SpawningScope() {
+  t_spawning = previous_;
+}
 
 }  // namespace reduction
 

@@ -23,7 +23,7 @@ struct ChildEntry {
 
 struct ProcessState {
   Process* self = nullptr;
-  std::vector<int> identity;       // (1, 2) for "Process-1:2"
+  std::vector<int> identity;        // (1, 2) for "Process-1:2"
   std::optional<std::string> name;  // explicit name; else derived from class and identity
   std::string class_token;          // "SpawnProcess" from a context; else the class name
   bool daemon = false;
@@ -48,7 +48,7 @@ struct Runtime {
   std::optional<ParentProcess> parent;
   std::vector<std::shared_ptr<ChildEntry>> children;
   bool exiting = false;
-  bool fork_child = false;    // this process is a fork child: it must leave through _exit
+  bool fork_child = false;     // this process is a fork child: it must leave through _exit
   bool spawn_pending = false;  // started by spawn, and main() has not called mp::init yet
   int own_sentinel_w = -1;     // without pidfds: our end of the parent's sentinel pipe
 };

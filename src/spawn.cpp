@@ -74,7 +74,8 @@ std::string g_executable;  // empty: /proc/self/exe
 int parse_fd(const char* s) {
   char* end = nullptr;
   long v = std::strtol(s, &end, 10);
-  if (!s[0] || *end || v < -1 || v > 1 << 30) die(std::string("bad descriptor argument '") + s + "'");
+  if (!s[0] || *end || v < -1 || v > 1 << 30)
+    die(std::string("bad descriptor argument '") + s + "'");
   return static_cast<int>(v);
 }
 
@@ -135,8 +136,8 @@ std::vector<std::byte> read_frame(int fd) {
         const_cast<void*>(reduction::resolve(loader_ref)));
     self = loader(ar);
   } catch (const std::exception& e) {
-    die(std::string("cannot rebuild the process object: ") + reduction::demangle(typeid(e)) +
-        ": " + e.what());
+    die(std::string("cannot rebuild the process object: ") + reduction::demangle(typeid(e)) + ": " +
+        e.what());
   }
   auto& s = ProcessState::of(*self);
   s.identity = prep.identity;

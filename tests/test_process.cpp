@@ -21,7 +21,9 @@ namespace {
 // ---- child targets: plain functions, so they cross to spawned children ----
 
 void noop() {}
-void block_on(std::string gate) { Channel::recv_line(gate); }
+void block_on(std::string gate) {
+  Channel::recv_line(gate);
+}
 void say_then_block(std::string out, std::string gate) {
   Channel::send(out, "ready");
   Channel::recv_line(gate);
@@ -30,11 +32,22 @@ void block_forever(std::string out) {
   Channel::send(out, std::to_string(::getpid()));
   for (;;) ::pause();
 }
-void exit_with(int code) { mp::exit(code); }
-void throw_system_exit(int code) { throw mp::SystemExit(code); }
-void system_exit_message(std::string msg) { throw mp::SystemExit(msg); }
-void throw_runtime_error(std::string msg) { throw std::runtime_error(msg); }
-void raise_sigsegv() { ::raise(SIGSEGV); }
+void exit_with(int code) {
+  mp::exit(code);
+}
+void throw_system_exit(int code) {
+  throw mp::SystemExit(code);
+}
+void system_exit_message(std::string msg) {
+  throw mp::SystemExit(msg);
+}
+void throw_runtime_error(std::string msg) {
+  throw std::runtime_error(msg);
+}
+void raise_sigsegv() {
+  ::signal(SIGSEGV, SIG_DFL);  // sanitizers install their own handler
+  ::raise(SIGSEGV);
+}
 
 void report_self(std::string out) {
   auto& me = mp::current_process();
@@ -109,7 +122,9 @@ void write_with_closed_stdio() {
   std::printf("lost\n");
 }
 
-void report_fds(std::string out) { Channel::send(out, std::to_string(open_fd_count())); }
+void report_fds(std::string out) {
+  Channel::send(out, std::to_string(open_fd_count()));
+}
 
 void report_fd_valid(std::string out, int fd) {
   Channel::send(out, ::fcntl(fd, F_GETFD) < 0 ? "EBADF" : "open");
@@ -450,7 +465,8 @@ TEST_P(ProcessTest, Recursion) {
   std::vector<std::string> got;
   for (int i = 0; i < 7; ++i) got.push_back(out.recv().value_or("timeout"));
   p.join(kHang);
-  EXPECT_EQ(got, (std::vector<std::string>{"[]", "[0]", "[0,0]", "[0,1]", "[1]", "[1,0]", "[1,1]"}));
+  EXPECT_EQ(got,
+            (std::vector<std::string>{"[]", "[0]", "[0,0]", "[0,1]", "[1]", "[1,0]", "[1,1]"}));
   EXPECT_EQ(p.exitcode(), 0);
 }
 
@@ -572,8 +588,8 @@ TEST_P(ProcessTest, ReprFollowsTheState) {
   EXPECT_EQ(p.repr(), "<Process name='P' pid=" + pid + " parent=" + me + " started daemon>");
   p.terminate();
   p.join(kHang);
-  EXPECT_EQ(p.repr(),
-            "<Process name='P' pid=" + pid + " parent=" + me + " stopped exitcode=-SIGTERM daemon>");
+  EXPECT_EQ(p.repr(), "<Process name='P' pid=" + pid + " parent=" + me +
+                          " stopped exitcode=-SIGTERM daemon>");
   p.close();
   EXPECT_EQ(p.repr(), "<Process name='P' parent=" + me + " closed daemon>");
 }
@@ -607,9 +623,9 @@ TEST_P(ProcessTest, ManyProcesses) {
 
 TEST_P(ProcessTest, ArgumentsArriveIntact) {
   Channel out;
-  auto p = make(report_args, out.path(), 7, 3.625, "text", std::vector<int>{1, 2, 3},
-                std::map<std::string, int>{{"a", 4}, {"b", 5}},
-                std::tuple<int, std::string>{6, "x"});
+  auto p =
+      make(report_args, out.path(), 7, 3.625, "text", std::vector<int>{1, 2, 3},
+           std::map<std::string, int>{{"a", 4}, {"b", 5}}, std::tuple<int, std::string>{6, "x"});
   p.start();
   EXPECT_EQ(out.recv(), "7|3.625000|text|1,2,3,|45|6x");
   p.join(kHang);
@@ -640,7 +656,9 @@ TEST_P(ProcessTest, TargetIsDroppedAfterStart) {
 // ---- threads and signals (SEMANTICS 40, 41) ----
 
 std::atomic<int> g_alarms{0};
-extern "C" void on_alarm(int) { g_alarms.fetch_add(1, std::memory_order_relaxed); }
+extern "C" void on_alarm(int) {
+  g_alarms.fetch_add(1, std::memory_order_relaxed);
+}
 
 TEST_P(ProcessTest, SignalsDuringBlockingCallsAreRetried) {
   // SIGALRM every millisecond, without SA_RESTART: every blocking call sees EINTR.
@@ -811,9 +829,9 @@ TEST_P(ProcessTest, InheritedObjectCannotBeDrivenFromAForkChild) {
   mp::Process unstarted(noop);
   auto prober = make([&, path = out.path()] {
     std::string r;
-    for (auto f : std::vector<std::function<void()>>{[&] { (void)sibling.is_alive(); },
-                                                     [&] { sibling.join(); },
-                                                     [&] { unstarted.start(); }}) {
+    for (auto f :
+         std::vector<std::function<void()>>{[&] { (void)sibling.is_alive(); },
+                                            [&] { sibling.join(); }, [&] { unstarted.start(); }}) {
       try {
         f();
         r += "none|";

@@ -44,8 +44,9 @@ struct TargetBase {
 
 // Arguments are stored decayed; character pointers become std::string so they can cross.
 template <class T>
-using Stored = std::conditional_t<std::is_convertible_v<T, const char*> && !std::is_null_pointer_v<T>,
-                                  std::string, std::decay_t<T>>;
+using Stored =
+    std::conditional_t<std::is_convertible_v<T, const char*> && !std::is_null_pointer_v<T>,
+                       std::string, std::decay_t<T>>;
 
 template <class F, class... Args>
 std::unique_ptr<Process> load_target(reduction::InArchive& ar);
@@ -64,8 +65,9 @@ class Target final : public TargetBase {
           "arguments, give the type a serialize(Archive&) function, or use the fork start method");
     } else if constexpr (!(reduction::Value<Args> && ...)) {
       std::string bad;
-      ((reduction::Value<Args> ? void() : void(bad += (bad.empty() ? "" : "', '") +
-                                                      reduction::type_name<Args>())),
+      ((reduction::Value<Args>
+            ? void()
+            : void(bad += (bad.empty() ? "" : "', '") + reduction::type_name<Args>())),
        ...);
       throw PicklingError("Can't pickle argument type '" + bad +
                           "' for a spawned child: it has no serializer. Give it a cereal "
@@ -95,8 +97,9 @@ inline constexpr bool is_process_v = std::derived_from<std::remove_cvref_t<T>, P
 
 /// Construction options (Python's name= and daemon= keywords).
 struct Options {
-  std::optional<std::string> name = std::nullopt;  ///< default: "<Class>-<identity>", e.g. "Process-1:2"
-  std::optional<bool> daemon = std::nullopt;       ///< default: the creating process's own daemon flag
+  std::optional<std::string> name =
+      std::nullopt;                           ///< default: "<Class>-<identity>", e.g. "Process-1:2"
+  std::optional<bool> daemon = std::nullopt;  ///< default: the creating process's own daemon flag
 };
 
 /// A process object: run() in a child process. Construct it from a callable and its arguments,
@@ -110,17 +113,17 @@ class Process {
   /// Runs f(args...) in the child. Under spawn, f must be a plain function or captureless
   /// lambda and the arguments serializable (else start() throws PicklingError).
   template <class F, class... Args>
-    requires(!std::same_as<std::remove_cvref_t<F>, Options> && !detail::is_process_v<F> &&
-             std::is_invocable_v<std::decay_t<F>&, detail::Stored<Args>&...>)
-  explicit Process(F&& f, Args&&... args)
+  requires(!std::same_as<std::remove_cvref_t<F>, Options> && !detail::is_process_v<F> &&
+           std::is_invocable_v<std::decay_t<F>&,
+                               detail::Stored<Args>&...>) explicit Process(F&& f, Args&&... args)
       : Process(Options{}, std::forward<F>(f), std::forward<Args>(args)...) {}
   template <class F, class... Args>
-    requires(std::is_invocable_v<std::decay_t<F>&, detail::Stored<Args>&...>)
-  Process(Options options, F&& f, Args&&... args)
+  requires(std::is_invocable_v<std::decay_t<F>&, detail::Stored<Args>&...>)
+      Process(Options options, F&& f, Args&&... args)
       : Process(std::move(options),
                 std::make_unique<detail::Target<std::decay_t<F>, detail::Stored<Args>...>>(
-                    std::forward<F>(f), std::tuple<detail::Stored<Args>...>(
-                                            std::forward<Args>(args)...))) {}
+                    std::forward<F>(f),
+                    std::tuple<detail::Stored<Args>...>(std::forward<Args>(args)...))) {}
   /// Low level: a process running a type-erased target.
   Process(Options options, std::unique_ptr<detail::TargetBase> target);
 
@@ -188,18 +191,22 @@ class Process {
 
 /// Declares a Process subclass's class name and the fields a spawned child receives:
 /// `MP_FIELDS(MyProc, n, text)` inside `struct MyProc : mp::Process`. Leaves access public.
-#define MP_FIELDS(Type, ...)                                                             \
- public:                                                                                 \
-  std::string_view mp_class_name() const override { return #Type; }                      \
-  const std::type_info& mp_declared_type() const override { return typeid(Type); }       \
-  void mp_save(::mp::reduction::OutArchive& mp_ar) const override {                      \
-    ::mp::reduction::fields(mp_ar __VA_OPT__(, ) __VA_ARGS__);                           \
-  }                                                                                      \
-  void mp_load(::mp::reduction::InArchive& mp_ar) override {                             \
-    ::mp::reduction::fields(mp_ar __VA_OPT__(, ) __VA_ARGS__);                           \
-  }                                                                                      \
-  ::mp::reduction::ProcessLoader mp_loader() const override {                            \
-    return &::mp::detail::load_subclass<Type>;                                           \
+#define MP_FIELDS(Type, ...)                                        \
+ public:                                                            \
+  std::string_view mp_class_name() const override {                 \
+    return #Type;                                                   \
+  }                                                                 \
+  const std::type_info& mp_declared_type() const override {         \
+    return typeid(Type);                                            \
+  }                                                                 \
+  void mp_save(::mp::reduction::OutArchive& mp_ar) const override { \
+    ::mp::reduction::fields(mp_ar __VA_OPT__(, ) __VA_ARGS__);      \
+  }                                                                 \
+  void mp_load(::mp::reduction::InArchive& mp_ar) override {        \
+    ::mp::reduction::fields(mp_ar __VA_OPT__(, ) __VA_ARGS__);      \
+  }                                                                 \
+  ::mp::reduction::ProcessLoader mp_loader() const override {       \
+    return &::mp::detail::load_subclass<Type>;                      \
   }
 
 /// The parent of a child process, as seen from the child (Python's _ParentProcess).
@@ -241,8 +248,8 @@ std::unique_ptr<Process> load_target(reduction::InArchive& ar) {
   F f = reduction::load_callable<F>(ar);
   std::tuple<Args...> args;
   ar(args);
-  return std::make_unique<Process>(Options{},
-                                   std::make_unique<Target<F, Args...>>(std::move(f), std::move(args)));
+  return std::make_unique<Process>(
+      Options{}, std::make_unique<Target<F, Args...>>(std::move(f), std::move(args)));
 }
 
 template <class T>

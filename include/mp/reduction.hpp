@@ -57,14 +57,15 @@ std::string type_name() {
 /// A value of T can be written to and read back from a binary archive.
 template <class T>
 concept Value = std::is_default_constructible_v<T> &&
-                cereal::traits::is_output_serializable<T, OutArchive>::value &&
-                cereal::traits::is_input_serializable<T, InArchive>::value;
+    cereal::traits::is_output_serializable<T, OutArchive>::value &&
+    cereal::traits::is_input_serializable<T, InArchive>::value;
 
 /// A callable the child can rebuild: a function pointer, a captureless lambda (empty and
 /// default-constructible in C++20), or a function object that is itself a Value.
 template <class F>
 concept Callable = std::is_pointer_v<F> && std::is_function_v<std::remove_pointer_t<F>> ||
-                   (std::is_empty_v<F> && std::is_default_constructible_v<F>) || Value<F>;
+                   (std::is_empty_v<F>&& std::is_default_constructible_v<F>) ||
+                   Value<F>;
 
 /// A reference to code in this program, valid in a spawned copy of the same binary:
 /// the loaded module (empty for the executable) and the offset from its load address.

@@ -52,8 +52,12 @@ void Child::send(int sig) {
   send_signal(pidfd_.get(), pid_, sig);
 }
 
-void Child::terminate() { send(SIGTERM); }
-void Child::kill() { send(SIGKILL); }
+void Child::terminate() {
+  send(SIGTERM);
+}
+void Child::kill() {
+  send(SIGKILL);
+}
 
 void Child::close() {
   std::lock_guard l(mu_);

@@ -50,8 +50,7 @@ int find_base(dl_phdr_info* info, size_t, void* data) {
   auto* q = static_cast<Resolve*>(data);
   const bool is_exe = q->first;
   q->first = false;
-  if (q->module->empty() ? is_exe
-                         : (!is_exe && info->dlpi_name && *q->module == info->dlpi_name)) {
+  if (q->module->empty() ? is_exe : (!is_exe && info->dlpi_name && *q->module == info->dlpi_name)) {
     q->found = true;
     q->base = info->dlpi_addr;
     return 1;

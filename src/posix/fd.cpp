@@ -45,10 +45,9 @@ void set_cloexec(int fd, bool on) {
 // poll() one descriptor; EINTR is retried with the time that is left.
 static bool poll_one(int fd, short events, std::optional<Duration> timeout) {
   using clock = std::chrono::steady_clock;
-  const auto deadline =
-      timeout ? clock::now() + std::chrono::duration_cast<clock::duration>(
-                                   std::max(*timeout, Duration::zero()))
-              : clock::time_point::max();
+  const auto deadline = timeout ? clock::now() + std::chrono::duration_cast<clock::duration>(
+                                                     std::max(*timeout, Duration::zero()))
+                                : clock::time_point::max();
   for (;;) {
     int ms = -1;
     if (timeout) {

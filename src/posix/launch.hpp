@@ -8,11 +8,16 @@
 #include <string>
 
 #include "popen.hpp"
+#include "posix/posix.hpp"
 
 namespace mp::posix {
 
 /// Whether pidfd_open works here (Linux 5.3+, and no seccomp filter refusing it).
 bool have_pidfd();
+
+/// pidfd_open for a child just started; on failure the child is killed and reaped, and the
+/// error rethrown. Invalid (no throw) where pidfds are unsupported.
+posix::unique_fd open_pidfd_or_kill(int pid);
 
 /// What a fork child runs: given the descriptor that becomes readable when the parent ends
 /// and its own sentinel pipe end (-1 with pidfds). Must not return.

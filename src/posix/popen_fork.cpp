@@ -1,5 +1,8 @@
 // The fork start method (CPython popen_fork.py).
+#include <signal.h>
 #include <unistd.h>
+
+#include <system_error>
 
 #include "posix/child.hpp"
 #include "posix/launch.hpp"
@@ -7,8 +10,26 @@
 namespace mp::posix {
 
 bool have_pidfd() {
-  static const bool ok = static_cast<bool>(open_pidfd(::getpid()));
+  static const bool ok = [] {
+    try {
+      return static_cast<bool>(open_pidfd(::getpid()));
+    } catch (const std::system_error&) {
+      return true;  // supported; this attempt failed for another reason (EMFILE)
+    }
+  }();
   return ok;
+}
+
+unique_fd open_pidfd_or_kill(int pid) {
+  try {
+    return open_pidfd(pid);
+  } catch (...) {
+    // Out of descriptors with a child already running: without a pidfd we could not wait for
+    // it, so it must not outlive this failed start().
+    send_signal(-1, pid, SIGKILL);
+    reap(pid, true);
+    throw;
+  }
 }
 
 std::shared_ptr<detail::Popen> popen_fork(ForkChildMain child_main, void* arg) {
@@ -27,7 +48,7 @@ std::shared_ptr<detail::Popen> popen_fork(ForkChildMain child_main, void* arg) {
   }
   child_r.reset();
   sentinel_w.reset();
-  unique_fd pidfd = open_pidfd(pid);
+  unique_fd pidfd = open_pidfd_or_kill(pid);
   return std::make_shared<Child>(pid, std::move(pidfd), std::move(sentinel_r), std::move(parent_w));
 }
 

@@ -27,7 +27,7 @@ std::shared_ptr<detail::Popen> popen_spawn(const std::string& exe, const std::st
   spawn_process(exe, argv, keep, &pid);
   child_end.reset();
   sentinel_w.reset();
-  unique_fd pidfd = open_pidfd(pid);
+  unique_fd pidfd = open_pidfd_or_kill(pid);
   int watch = pidfd ? pidfd.get() : sentinel_r.get();
   try {
     // A child that dies before reading everything (it never called mp::init, say) is not an

@@ -28,11 +28,12 @@ namespace mp::posix {
 unique_fd open_pidfd(int pid) {
 #ifdef SYS_pidfd_open
   // Linux 5.3+. Opened while the child is unreaped, so the pid cannot have been reused.
+  // pidfd_open sets close-on-exec itself (man 2 pidfd_open).
   long fd = ::syscall(SYS_pidfd_open, pid, 0);
-  if (fd >= 0) {
-    // pidfd_open sets close-on-exec itself (man 2 pidfd_open).
-    return unique_fd(static_cast<int>(fd));
-  }
+  if (fd >= 0) return unique_fd(static_cast<int>(fd));
+  // No pidfds here (old kernel, or a seccomp filter): the caller falls back to a pipe.
+  if (errno == ENOSYS || errno == EPERM) return unique_fd();
+  check(-1, "pidfd_open");  // EMFILE, ENOMEM: a real failure the caller must handle
 #else
   (void)pid;
 #endif
@@ -124,9 +125,15 @@ int fork_process() {
   return check(pid, "fork");
 }
 
-int getpid() { return ::getpid(); }
-int getppid() { return ::getppid(); }
-bool is_main_thread() { return ::gettid() == ::getpid(); }
+int getpid() {
+  return ::getpid();
+}
+int getppid() {
+  return ::getppid();
+}
+bool is_main_thread() {
+  return ::gettid() == ::getpid();
+}
 
 bool set_parent_death_signal(int sig, int expected_parent) {
   if (::prctl(PR_SET_PDEATHSIG, sig) < 0) return true;  // not available: nothing to race
@@ -180,7 +187,9 @@ std::string getcwd() {
   return ec ? std::string() : p.string();
 }
 
-void chdir(const std::string& dir) { check(::chdir(dir.c_str()), ("chdir " + dir).c_str()); }
+void chdir(const std::string& dir) {
+  check(::chdir(dir.c_str()), ("chdir " + dir).c_str());
+}
 
 std::string self_exe() {
   char buf[PATH_MAX];
@@ -195,6 +204,8 @@ int count_open_fds() {
   return n - 1;  // the iterator's own descriptor
 }
 
-void exit_now(int code) { ::_exit(code); }
+void exit_now(int code) {
+  ::_exit(code);
+}
 
 }  // namespace mp::posix

@@ -3,7 +3,9 @@
 
 #include <iostream>
 
-void work(int n) { mp::exit(n); }
+void work(int n) {
+  mp::exit(n);
+}
 
 int main(int argc, char** argv) {
   mp::init(argc, argv);

@@ -1,0 +1,322 @@
+// Bad input and faults: a clear error, nothing lost, no hang, no leak.
+#include <fcntl.h>
+#include <signal.h>
+#include <spawn.h>
+#include <sys/prctl.h>
+#include <sys/resource.h>
+#include <sys/socket.h>
+#include <sys/syscall.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <cstring>
+#include <system_error>
+
+#include "posix/posix.hpp"
+#include "runtime.hpp"
+#include "support.hpp"
+
+using namespace mp_test;
+using namespace std::chrono_literals;
+
+extern char** environ;
+
+namespace {
+
+void noop() {}
+void block_on(std::string gate) {
+  Channel::recv_line(gate);
+}
+
+bool no_child_left() {
+  siginfo_t info{};
+  return ::waitid(P_ALL, 0, &info, WEXITED | WNOHANG | WNOWAIT) < 0 || info.si_pid == 0;
+}
+
+// ---- the executable ----
+
+TEST(Faults, MissingOrNonExecutableExecutable) {
+  auto dir = temp_dir();
+  auto not_exec = dir / "not_executable";
+  std::filesystem::copy_file(mp::get_executable(), not_exec);
+  std::filesystem::permissions(not_exec, std::filesystem::perms::owner_read);
+  const int fds = open_fd_count();
+  for (auto [path, err] :
+       {std::pair{(dir / "missing").string(), ENOENT}, std::pair{not_exec.string(), EACCES}}) {
+    // (root, too, gets EACCES: exec needs at least one execute bit.)
+    mp::set_executable(path);
+    mp::Process p(noop);
+    try {
+      p.start();
+      ADD_FAILURE() << "start() succeeded with " << path;
+    } catch (const std::system_error& e) {
+      EXPECT_EQ(e.code().value(), err) << e.what();
+      EXPECT_NE(std::string(e.what()).find("posix_spawn " + path), std::string::npos) << e.what();
+    }
+    EXPECT_FALSE(p.pid());
+  }
+  mp::set_executable("");
+  EXPECT_EQ(open_fd_count(), fds);
+  EXPECT_TRUE(no_child_left());
+  EXPECT_TRUE(mp::active_children().empty());
+  std::filesystem::remove_all(dir);
+}
+
+TEST(Faults, CopyOfTheProgramRunsChildren) {
+  auto dir = temp_dir();
+  auto copy = dir / "copy";
+  std::filesystem::copy_file(mp::get_executable(), copy);
+  mp::set_executable(copy.string());
+  auto p = mp::spawn_context.Process(noop);
+  p.start();
+  p.join(kHang);
+  mp::set_executable("");
+  EXPECT_EQ(p.exitcode(), 0);
+  std::filesystem::remove_all(dir);
+}
+
+TEST(Faults, ChildProgramThatNeverCallsInit) {
+  Capture err(2);
+  mp::set_executable(helper_path("no_init"));
+  auto p = mp::spawn_context.Process(noop);
+  p.start();
+  p.join(kHang);
+  mp::set_executable("");
+  auto text = err.text();
+  EXPECT_EQ(p.exitcode(), 1);
+  EXPECT_NE(text.find("no_init: start() refused: An attempt has been made to start a new process "
+                      "before the current process has finished its bootstrapping phase"),
+            std::string::npos)
+      << text;
+  EXPECT_NE(text.find("never called mp::init(argc, argv)"), std::string::npos) << text;
+  EXPECT_TRUE(no_child_left());
+}
+
+TEST(Faults, ChildProgramFromAnotherBuild) {
+  Capture err(2);
+  mp::set_executable(helper_path("other_build"));
+  auto p = mp::spawn_context.Process(noop);
+  p.start();
+  p.join(kHang);
+  mp::set_executable("");
+  auto text = err.text();
+  EXPECT_EQ(p.exitcode(), 1);
+  EXPECT_NE(text.find("is a different build from its parent"), std::string::npos) << text;
+}
+
+// ---- the spawn pipe: the child side, fed by hand ----
+
+// Starts this test binary as a spawned child whose socket (fd 3) we hold the other end of.
+struct ManualChild {
+  int pid = -1;
+  mp::posix::unique_fd ours;
+  ManualChild() {
+    int sv[2];
+    if (::socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) != 0)
+      throw std::runtime_error("socketpair");
+    ours.reset(sv[0]);
+    posix_spawn_file_actions_t fa;
+    posix_spawn_file_actions_init(&fa);
+    posix_spawn_file_actions_adddup2(&fa, sv[1], 3);
+    std::string exe = mp::get_executable();
+    const char* argv[] = {exe.c_str(), "--multiprocess-spawn", "3", "-1", nullptr};
+    if (::posix_spawn(&pid, "/proc/self/exe", &fa, nullptr, const_cast<char**>(argv), environ))
+      throw std::runtime_error("posix_spawn");
+    posix_spawn_file_actions_destroy(&fa);
+    ::close(sv[1]);
+  }
+  void send(const std::vector<std::byte>& bytes) {
+    ASSERT_EQ(::send(ours.get(), bytes.data(), bytes.size(), MSG_NOSIGNAL),
+              static_cast<ssize_t>(bytes.size()));
+  }
+  int wait() {
+    int status = 0;
+    while (::waitpid(pid, &status, 0) < 0 && errno == EINTR) {
+    }
+    return WIFEXITED(status) ? WEXITSTATUS(status) : -WTERMSIG(status);
+  }
+};
+
+std::vector<std::byte> real_frame() {
+  mp::Process p(noop);
+  return mp::detail::spawn_frame(p, mp::StartMethod::spawn);
+}
+
+TEST(Faults, CorruptedOrTruncatedSpawnData) {
+  const auto frame = real_frame();
+  ASSERT_GT(frame.size(), 40u);
+  struct Case {
+    const char* what;
+    std::vector<std::byte> bytes;
+    const char* message;
+  };
+  auto flip = [&](std::size_t at) {
+    auto f = frame;
+    f[at] ^= std::byte{0x5a};
+    return f;
+  };
+  std::vector<Case> cases = {
+      {"intact", frame, nullptr},
+      {"empty", {}, "the spawn data was truncated (got 0 of 24 header bytes)"},
+      {"half a header", {frame.begin(), frame.begin() + 10}, "was truncated (got 10 of 24"},
+      {"header only", {frame.begin(), frame.begin() + 24}, "the spawn data was truncated"},
+      {"half the payload", {frame.begin(), frame.begin() + frame.size() / 2}, "was truncated"},
+      {"all but the checksum", {frame.begin(), frame.end() - 8}, "was truncated"},
+      {"bad magic", flip(0), "the spawn data is corrupted (bad header)"},
+      {"bad length", flip(10), "the spawn data is corrupted (bad header)"},
+      {"bad payload byte", flip(30), "the spawn data is corrupted (bad checksum)"},
+      {"bad checksum", flip(frame.size() - 1), "the spawn data is corrupted (bad checksum)"},
+  };
+  for (auto& c : cases) {
+    SCOPED_TRACE(c.what);
+    Capture err(2);
+    ManualChild child;
+    child.send(c.bytes);
+    child.ours.reset();  // the "parent" is gone: EOF after what was sent
+    int code = child.wait();
+    auto text = err.text();
+    if (!c.message) {
+      EXPECT_EQ(code, 0) << text;
+    } else {
+      EXPECT_EQ(code, 1) << text;
+      EXPECT_NE(text.find(c.message), std::string::npos) << text;
+    }
+  }
+}
+
+TEST(Faults, ParentDiesWhileTheChildReadsThePipe) {
+  // A real parent process holds the only writing end; it sends half a frame and is SIGKILLed.
+  const auto frame = real_frame();
+  Capture err(2);
+  ManualChild child;
+  Channel gate;
+  int writer = ::fork();
+  ASSERT_GE(writer, 0);
+  if (writer == 0) {
+    (void)::send(child.ours.get(), frame.data(), frame.size() / 2, MSG_NOSIGNAL);
+    Channel::recv_line(gate.path());  // never released: killed here
+    ::_exit(0);
+  }
+  child.ours.reset();
+  ::kill(writer, SIGKILL);
+  ::waitpid(writer, nullptr, 0);
+  EXPECT_EQ(child.wait(), 1);
+  auto text = err.text();
+  EXPECT_NE(text.find("the parent died or closed the pipe"), std::string::npos) << text;
+}
+
+// ---- resource exhaustion, inside a fork child so the test process keeps its limits ----
+
+// Counts open descriptors below `limit` without opening one (there may be none to spare).
+int count_fds_below(int limit) {
+  int n = 0;
+  for (int fd = 0; fd < limit; ++fd) n += ::fcntl(fd, F_GETFD) >= 0;
+  return n;
+}
+
+// 0: the child ran; 40: start() threw EMFILE; anything else names a defect.
+int exhaust_descriptors(std::string method, int spare) {
+  // Whatever the spare count, start() either works or throws EMFILE, and leaks nothing.
+  rlimit lim{};
+  ::getrlimit(RLIMIT_NOFILE, &lim);
+  int highest = 0;
+  for (auto& e : std::filesystem::directory_iterator("/proc/self/fd"))
+    highest = std::max(highest, std::stoi(e.path().filename().string()));
+  lim.rlim_cur = static_cast<rlim_t>(highest + 1);
+  if (::setrlimit(RLIMIT_NOFILE, &lim) != 0) return 10;
+  // Fill every free number below the limit, then free exactly `spare` of them.
+  std::vector<int> fillers;
+  for (int fd; (fd = ::open("/dev/null", O_RDONLY | O_CLOEXEC)) >= 0;) fillers.push_back(fd);
+  if (errno != EMFILE) return 15;
+  for (int i = 0; i < spare && !fillers.empty(); ++i) {
+    ::close(fillers.back());
+    fillers.pop_back();
+  }
+  const int limit = highest + 1;
+  const int before = count_fds_below(limit);
+  int result = 0;
+  try {
+    auto p = mp::get_context(method).Process(noop);
+    p.start();
+    p.join(kHang);
+    if (p.exitcode() != 0) return 11;
+  } catch (const std::system_error& e) {
+    if (e.code().value() != EMFILE) return 12;
+    result = 40;
+  }
+  if (count_fds_below(limit) != before) return 13;
+  return no_child_left() ? result : 14;
+}
+
+void run_exhaust(std::string method, int spare) {
+  mp::exit(exhaust_descriptors(method, spare));
+}
+
+class FaultsByMethod : public ::testing::TestWithParam<std::string> {};
+
+TEST_P(FaultsByMethod, OutOfDescriptorsDuringStart) {
+  std::string results;  // one letter per spare count: E = EMFILE, s = started
+  for (int spare = 0; spare <= 6; ++spare) {
+    auto harness = mp::fork_context.Process(run_exhaust, GetParam(), spare);
+    harness.start();
+    harness.join(kHang);
+    auto code = harness.exitcode().value_or(-1);
+    results += code == 0 ? "s" : code == 40 ? "E" : "(" + std::to_string(code) + ")";
+  }
+  // A pipe or socketpair takes two descriptors: with fewer, start() throws; then it works.
+  EXPECT_EQ(results, "EEsssss");
+}
+
+void run_out_of_processes(std::string method) {
+  if (::geteuid() == 0 && ::setuid(65534) != 0) mp::exit(20);  // root ignores RLIMIT_NPROC
+  rlimit lim{0, 0};
+  if (::setrlimit(RLIMIT_NPROC, &lim) != 0) mp::exit(21);
+  const int before = open_fd_count();
+  auto p = mp::get_context(method).Process(noop);
+  try {
+    p.start();
+    p.join(kHang);
+    mp::exit(22);
+  } catch (const std::system_error& e) {
+    if (e.code().value() != EAGAIN) mp::exit(23);
+  }
+  mp::exit(open_fd_count() == before && no_child_left() ? 0 : 24);
+}
+
+TEST_P(FaultsByMethod, OutOfProcessesDuringStart) {
+  auto harness = mp::fork_context.Process(run_out_of_processes, GetParam());
+  harness.start();
+  harness.join(kHang);
+  EXPECT_EQ(harness.exitcode(), 0);
+}
+
+// ---- parent death: daemon children die with a SIGKILLed parent ----
+
+void start_daemon_and_wait(std::string method, std::string out, std::string gate) {
+  auto child = mp::get_context(method).Process(mp::Options{.daemon = true}, block_on, gate);
+  child.start();
+  Channel::send(out, std::to_string(*child.pid()));
+  Channel::recv_line(gate);
+}
+
+TEST_P(FaultsByMethod, DaemonChildrenDieWithASigkilledParent) {
+  Channel out, gate;
+  auto parent =
+      mp::fork_context.Process(start_daemon_and_wait, GetParam(), out.path(), gate.path());
+  parent.start();
+  auto pid = out.recv();
+  ASSERT_TRUE(pid);
+  // Not our child, but a pidfd works for any process and becomes readable when it ends.
+  int pidfd = static_cast<int>(::syscall(SYS_pidfd_open, std::stoi(*pid), 0));
+  ASSERT_GE(pidfd, 0);
+  parent.kill();
+  parent.join(kHang);
+  EXPECT_EQ(parent.exitcode(), -SIGKILL);
+  EXPECT_TRUE(wait_readable(pidfd, kHang)) << "the daemon child outlived its SIGKILLed parent";
+  ::close(pidfd);
+}
+
+INSTANTIATE_TEST_SUITE_P(StartMethods, FaultsByMethod, ::testing::Values("fork", "spawn"),
+                         [](const auto& info) { return info.param; });
+
+}  // namespace
