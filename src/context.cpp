@@ -9,9 +9,6 @@
 namespace mp {
 namespace detail {
 namespace {
-std::mutex g_mu;
-std::optional<StartMethod> g_default;  // unset until fixed by use or set_start_method
-
 std::optional<StartMethod> parse(std::string_view m) {
   if (m == "fork") return StartMethod::fork;
   if (m == "spawn") return StartMethod::spawn;
@@ -20,14 +17,16 @@ std::optional<StartMethod> parse(std::string_view m) {
 }  // namespace
 
 StartMethod default_start_method() {
-  std::lock_guard l(g_mu);
-  if (!g_default) g_default = StartMethod::spawn;  // DESIGN decision 1
-  return *g_default;
+  auto& r = runtime();
+  std::lock_guard l(r.mu);
+  if (!r.default_method) r.default_method = StartMethod::spawn;  // DESIGN decision 1
+  return *r.default_method;
 }
 
 void force_default_start_method(StartMethod m) {
-  std::lock_guard l(g_mu);
-  g_default = m;
+  auto& r = runtime();
+  std::lock_guard l(r.mu);
+  r.default_method = m;
 }
 
 std::string context_class_token(StartMethod m) {
@@ -96,10 +95,11 @@ void set_start_method(std::optional<std::string_view> method, bool force) {
     m = detail::parse(*method);
     if (!m) throw std::logic_error("cannot find context for '" + std::string(*method) + "'");
   }
-  std::lock_guard l(detail::g_mu);
-  if (detail::g_default && !force) throw std::runtime_error("context has already been set");
+  auto& r = detail::runtime();
+  std::lock_guard l(r.mu);
+  if (r.default_method && !force) throw std::runtime_error("context has already been set");
   // As CPython: None with force unsets the default; None without force fixes it.
-  detail::g_default = m || force ? m : std::optional<StartMethod>(StartMethod::spawn);
+  r.default_method = m || force ? m : std::optional<StartMethod>(StartMethod::spawn);
 }
 
 std::string get_start_method() {
@@ -108,8 +108,9 @@ std::string get_start_method() {
 
 std::optional<std::string> get_start_method(bool allow_none) {
   {
-    std::lock_guard l(detail::g_mu);
-    if (!detail::g_default && allow_none) return std::nullopt;
+    auto& r = detail::runtime();
+    std::lock_guard l(r.mu);
+    if (!r.default_method && allow_none) return std::nullopt;
   }
   return get_start_method();
 }
@@ -117,8 +118,9 @@ std::optional<std::string> get_start_method(bool allow_none) {
 std::vector<std::string> get_all_start_methods() {
   std::optional<StartMethod> current;
   {
-    std::lock_guard l(detail::g_mu);
-    current = detail::g_default;
+    auto& r = detail::runtime();
+    std::lock_guard l(r.mu);
+    current = r.default_method;
   }
   auto first = current.value_or(StartMethod::spawn);
   std::vector<std::string> out = {std::string(to_string(first))};

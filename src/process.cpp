@@ -3,8 +3,12 @@
 
 #include <cxxabi.h>
 #include <signal.h>
+#include <stdio_ext.h>
 
 #include <algorithm>
+#if defined(__GLIBCXX__)
+#include <ext/stdio_sync_filebuf.h>
+#endif
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
@@ -34,11 +38,19 @@ const char* const kBootstrappingError =
     "int main(int argc, char** argv) { mp::init(argc, argv); ... }";
 
 void flush_std_streams() {
-  // A closed or failed stream must not stop the child from exiting (CPython test_stdio).
-  std::cout.flush();
-  std::cerr.flush();
-  std::clog.flush();
-  std::fflush(nullptr);
+  // Python flushes sys.stdout and sys.stderr (util._flush_std_streams): the C++ and C standard
+  // streams here. Streams synced with stdio (the default) are flushed through their FILE, and
+  // only when something is pending: fflush locks the FILE, and in a fork child that write
+  // costs a copy-on-write page fault. A closed or failed stream must not stop anything
+  // (CPython test_stdio).
+  for (std::ostream* os : {&std::cout, &std::cerr, &std::clog}) {
+#if defined(__GLIBCXX__)
+    if (dynamic_cast<__gnu_cxx::stdio_sync_filebuf<char>*>(os->rdbuf())) continue;
+#endif
+    os->flush();
+  }
+  for (FILE* f : {stdout, stderr})
+    if (__fpending(f) > 0) std::fflush(f);
 }
 
 namespace {
@@ -132,19 +144,15 @@ void exit_function() {
 
 int bootstrap(Process& self, ParentInfo parent) {
   auto& r = runtime();
-  auto& s = ProcessState::of(self);
   {
     std::lock_guard l(r.mu);
     r.counter = 1;
-    r.identity = s.identity;
     r.children.clear();
     r.exiting = false;
   }
   r.current = &self;
   r.parent.emplace(std::move(parent.name), parent.pid, parent.sentinel);
   posix::close_stdin();
-  std::cin.clear();
-  std::clearerr(stdin);
 
   int code = 0;
   t_in_run = true;
@@ -219,7 +227,7 @@ Process::Process(Options options) : s_(std::make_unique<detail::ProcessState>())
   const Process& creator = current_process();
   {
     std::lock_guard l(r.mu);
-    s_->identity = r.identity;
+    s_->identity = ProcessState::of(creator).identity;
     s_->identity.push_back(r.counter++);
   }
   s_->self = this;

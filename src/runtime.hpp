@@ -41,10 +41,10 @@ struct ProcessState {
 
 // This process's view of itself (CPython process.py's module globals).
 struct Runtime {
-  std::mutex mu;  // guards counter, identity and children
+  std::mutex mu;  // guards counter, children and default_method
   int counter = 1;
-  std::vector<int> identity;
-  std::atomic<Process*> current{nullptr};  // null: the main process object
+  std::optional<StartMethod> default_method;  // unset until fixed by use or set_start_method
+  std::atomic<Process*> current{nullptr};     // null: the main process object
   std::optional<ParentProcess> parent;
   std::vector<std::shared_ptr<ChildEntry>> children;
   bool exiting = false;
