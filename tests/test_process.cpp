@@ -623,8 +623,10 @@ TEST_P(ProcessTest, ManyProcesses) {
 
 TEST_P(ProcessTest, ArgumentsArriveIntact) {
   Channel out;
+  // A string_view argument is stored as a std::string: it crosses and cannot dangle.
+  std::string_view text = "text and more";
   auto p =
-      make(report_args, out.path(), 7, 3.625, "text", std::vector<int>{1, 2, 3},
+      make(report_args, out.path(), 7, 3.625, text.substr(0, 4), std::vector<int>{1, 2, 3},
            std::map<std::string, int>{{"a", 4}, {"b", 5}}, std::tuple<int, std::string>{6, "x"});
   p.start();
   EXPECT_EQ(out.recv(), "7|3.625000|text|1,2,3,|45|6x");

@@ -42,11 +42,13 @@ struct TargetBase {
   virtual void pickle(reduction::OutArchive& ar) const = 0;
 };
 
-// Arguments are stored decayed; character pointers become std::string so they can cross.
+// Arguments are stored decayed; C strings and string_views are stored as std::string, so they
+// can cross to a spawned child and cannot dangle.
 template <class T>
-using Stored =
-    std::conditional_t<std::is_convertible_v<T, const char*> && !std::is_null_pointer_v<T>,
-                       std::string, std::decay_t<T>>;
+using Stored = std::conditional_t<std::is_same_v<std::decay_t<T>, const char*> ||
+                                      std::is_same_v<std::decay_t<T>, char*> ||
+                                      std::is_same_v<std::decay_t<T>, std::string_view>,
+                                  std::string, std::decay_t<T>>;
 
 template <class F, class... Args>
 std::unique_ptr<Process> load_target(reduction::InArchive& ar);
