@@ -141,6 +141,15 @@ void report_authkey(std::string out) {
   Channel::send(out, hex);
 }
 
+// Static-initialised to 1; a test sets it to 99 in the parent before start().
+int g_set_in_main = 1;
+void report_global(std::string out) { Channel::send(out, std::to_string(g_set_in_main)); }
+
+struct NoSerializer {
+  int x = 0;
+};
+void takes_no_serializer(NoSerializer) {}
+
 void report_cwd(std::string out) {
   Channel::send(out, std::filesystem::current_path().string());
 }
@@ -770,6 +779,36 @@ TEST_P(ProcessTest, UnpicklableTargetIsRefusedBeforeAnyChildExists) {
   EXPECT_EQ(open_fd_count(), fds);
   siginfo_t info{};
   EXPECT_TRUE(::waitid(P_ALL, 0, &info, WEXITED | WNOHANG | WNOWAIT) < 0 || info.si_pid == 0);
+}
+
+TEST_P(ProcessTest, StateSetInMainIsAbsentUnderSpawn) {
+  // The seed's trap: a spawned child is a fresh run of the program (static initialisation
+  // anew); a fork child is a copy of the parent.
+  Channel out;
+  g_set_in_main = 99;
+  auto p = make(report_global, out.path());
+  p.start();
+  EXPECT_EQ(out.recv(), is_fork() ? "99" : "1");
+  p.join(kHang);
+  g_set_in_main = 1;
+}
+
+TEST_P(ProcessTest, UnserializableArgumentIsNamed) {
+  auto p = make(takes_no_serializer, NoSerializer{});
+  if (is_fork()) {
+    p.start();
+    p.join(kHang);
+    EXPECT_EQ(p.exitcode(), 0);
+    return;
+  }
+  try {
+    p.start();
+    ADD_FAILURE() << "expected PicklingError";
+  } catch (const mp::PicklingError& e) {
+    EXPECT_NE(std::string(e.what()).find("NoSerializer"), std::string::npos) << e.what();
+    EXPECT_NE(std::string(e.what()).find("serialize(Archive&)"), std::string::npos) << e.what();
+  }
+  EXPECT_FALSE(p.pid());
 }
 
 TEST_P(ProcessTest, AuthkeyCrossesOnlyThroughThePipe) {
