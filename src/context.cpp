@@ -4,6 +4,7 @@
 #include <mutex>
 #include <stdexcept>
 
+#include "posix/forkserver.hpp"
 #include "runtime.hpp"
 
 namespace mp {
@@ -12,7 +13,8 @@ namespace {
 std::optional<StartMethod> parse(std::string_view m) {
   if (m == "fork") return StartMethod::fork;
   if (m == "spawn") return StartMethod::spawn;
-  return std::nullopt;  // "forkserver" comes with the fork server
+  if (m == "forkserver") return StartMethod::forkserver;
+  return std::nullopt;
 }
 }  // namespace
 
@@ -70,14 +72,13 @@ mp::Process Context::bind(mp::Process p) const {
 }
 
 static const Context& context_for(StartMethod m) {
-  static const Context forkserver(StartMethod::forkserver);
   switch (m) {
     case StartMethod::fork:
       return fork_context;
     case StartMethod::spawn:
       return spawn_context;
     case StartMethod::forkserver:
-      return forkserver;
+      return forkserver_context;
   }
   return spawn_context;
 }
@@ -124,9 +125,13 @@ std::vector<std::string> get_all_start_methods() {
   }
   auto first = current.value_or(StartMethod::spawn);
   std::vector<std::string> out = {std::string(to_string(first))};
-  for (auto m : {StartMethod::spawn, StartMethod::fork})
+  for (auto m : {StartMethod::spawn, StartMethod::fork, StartMethod::forkserver})
     if (m != first) out.emplace_back(to_string(m));
   return out;
+}
+
+void set_forkserver_preload(std::vector<void (*)()> hooks) {
+  posix::forkserver_set_preload(std::move(hooks));
 }
 
 }  // namespace mp

@@ -17,6 +17,7 @@
 
 #include "mp/context.hpp"
 #include "mp/spawn.hpp"
+#include "posix/forkserver.hpp"
 #include "posix/launch.hpp"
 #include "posix/posix.hpp"
 #include "runtime.hpp"
@@ -111,6 +112,7 @@ struct ForkArg {
   r.children.clear();
   if (r.own_sentinel_w >= 0) posix::unique_fd(r.own_sentinel_w).reset();
   r.own_sentinel_w = own_sentinel_w;
+  posix::forkserver_forget();  // the parent's server is not ours
   ParentInfo parent{current_process().name(), ProcessState::of(self).parent_pid, parent_sentinel};
   force_default_start_method(StartMethod::fork);
   if (self.daemon() && fork_arg.from_main_thread &&
@@ -138,8 +140,11 @@ void exit_function() {
   for (auto& e : live)
     if (e->daemon) e->popen->terminate();
   for (auto& e : live) e->popen->wait(std::nullopt);
-  std::lock_guard l(r.mu);
-  r.children.clear();
+  {
+    std::lock_guard l(r.mu);
+    r.children.clear();
+  }
+  posix::forkserver_stop();  // after the children: none of them needs it any more
 }
 
 int bootstrap(Process& self, ParentInfo parent) {
@@ -312,11 +317,13 @@ void Process::start() {
     popen = posix::popen_fork(&detail::fork_child_main, &arg);
   } else if (method == StartMethod::spawn) {
     // Everything is pickled before any child exists: an unpicklable target leaves nothing.
-    auto frame = detail::spawn_frame(*this, method);
+    auto payload = detail::spawn_payload(*this, method);
     // /proc/self/exe is the running image even if its file was replaced since.
-    popen = posix::popen_spawn(detail::spawn_executable(), get_executable(), frame);
+    popen = posix::popen_spawn(detail::spawn_executable(), get_executable(), payload.frame,
+                               payload.fds);
   } else {
-    throw std::logic_error("the forkserver start method is not available yet");
+    auto payload = detail::spawn_payload(*this, method);
+    popen = posix::popen_forkserver(payload.frame, payload.fds, s_->daemon);
   }
   auto entry = std::make_shared<detail::ChildEntry>();
   entry->popen = std::move(popen);
@@ -540,7 +547,9 @@ extern "C" void spawn_pending_exit() {
 }
 
 __attribute__((constructor)) void detect_spawn_child(int argc, char** argv, char**) {
-  if (argc >= 2 && argv && argv[1] && std::strcmp(argv[1], posix::kSpawnFlag) == 0) {
+  if (argc >= 2 && argv && argv[1] &&
+      (std::strcmp(argv[1], posix::kSpawnFlag) == 0 ||
+       std::strcmp(argv[1], posix::kForkServerFlag) == 0)) {
     runtime().spawn_pending = true;
     std::atexit(spawn_pending_exit);
   }

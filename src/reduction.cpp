@@ -11,7 +11,12 @@
 namespace mp {
 namespace reduction {
 namespace {
-thread_local bool t_spawning = false;
+thread_local SpawningScope* t_scope = nullptr;
+std::vector<int> g_passed_fds;  // set once in a child, before its process object is rebuilt
+}  // namespace
+
+void set_passed_fds(std::vector<int> fds) {
+  g_passed_fds = std::move(fds);
 }
 
 std::string demangle(const std::type_info& type) {
@@ -39,14 +44,27 @@ const void* resolve(const CodeRef& ref) {
 }
 
 bool spawning() {
-  return t_spawning;
+  return t_scope != nullptr;
 }
 
-SpawningScope::SpawningScope() : previous_(t_spawning) {
-  t_spawning = true;
+SpawningScope::SpawningScope() : previous_(t_scope) {
+  t_scope = this;
 }
 SpawningScope::~SpawningScope() {
-  t_spawning = previous_;
+  t_scope = previous_;
+}
+
+int duplicate_for_child(int fd) {
+  if (!t_scope) throw std::logic_error("a descriptor can only be pickled while spawning a child");
+  t_scope->fds_.push_back(fd);
+  return static_cast<int>(t_scope->fds_.size()) - 1;
+}
+
+int passed_fd(int index) {
+  if (index < 0 || static_cast<std::size_t>(index) >= g_passed_fds.size())
+    throw PicklingError("descriptor #" + std::to_string(index) +
+                        " was not handed over to this child");
+  return g_passed_fds[static_cast<std::size_t>(index)];
 }
 
 }  // namespace reduction

@@ -73,8 +73,17 @@ void flush_std_streams();
 // Serializes the process object for a spawned child; throws PicklingError.
 void pickle_process(const Process& p, reduction::OutArchive& ar);
 
-// The spawn frame: preparation data and the pickled process object.
-std::vector<std::byte> spawn_frame(const Process& p, StartMethod method);
+// What a spawned or forkserver child is sent: one frame (preparation data and the pickled
+// process object) and the descriptors its arguments handed over (reduction::DupFd).
+struct SpawnPayload {
+  std::vector<std::byte> frame;
+  std::vector<int> fds;
+};
+SpawnPayload spawn_payload(const Process& p, StartMethod method);
+
+// A spawned or forkserver child: reads the frame from `data_fd`, rebuilds its process object
+// (with `passed_fds` for its descriptors) and runs it. Never returns.
+[[noreturn]] void child_main(int data_fd, int sentinel_w, std::vector<int> passed_fds);
 
 // What spawn execs: the path given to set_executable, else /proc/self/exe.
 std::string spawn_executable();
@@ -90,3 +99,8 @@ std::string context_class_token(StartMethod m);
 extern const char* const kBootstrappingError;
 
 }  // namespace mp::detail
+
+namespace mp::reduction {
+// In a child, before its process object is rebuilt: the descriptors passed_fd() returns.
+void set_passed_fds(std::vector<int> fds);
+}  // namespace mp::reduction

@@ -102,12 +102,16 @@ std::vector<std::byte> read_frame(int fd) {
   return payload;
 }
 
-[[noreturn]] void spawn_main(int data_fd, int sentinel_w) {
+}  // namespace
+
+[[noreturn]] void child_main(int data_fd, int sentinel_w, std::vector<int> passed_fds) {
   auto& r = runtime();
   // Our descriptors must not reach our own spawned children.
   posix::set_cloexec(data_fd, true);
   if (sentinel_w >= 0) posix::set_cloexec(sentinel_w, true);
+  for (int fd : passed_fds) posix::set_cloexec(fd, true);
   r.own_sentinel_w = sentinel_w;
+  reduction::set_passed_fds(std::move(passed_fds));
 
   auto payload = read_frame(data_fd);
   std::string text(reinterpret_cast<const char*>(payload.data()), payload.size());
@@ -155,9 +159,7 @@ std::vector<std::byte> read_frame(int fd) {
   std::exit(code);
 }
 
-}  // namespace
-
-std::vector<std::byte> spawn_frame(const Process& p, StartMethod method) {
+SpawnPayload spawn_payload(const Process& p, StartMethod method) {
   auto& s = ProcessState::of(p);
   PrepData prep;
   prep.build_id = posix::build_id();
@@ -170,7 +172,9 @@ std::vector<std::byte> spawn_frame(const Process& p, StartMethod method) {
   prep.parent_pid = posix::getpid();
   prep.parent_name = current_process().name();
   prep.start_method = static_cast<int>(method);
-  prep.parent_death_signal = posix::is_main_thread();
+  // PR_SET_PDEATHSIG follows the thread that made the child: only the main thread outlives
+  // the program. Under forkserver the server arranges it (the request says so).
+  prep.parent_death_signal = method == StartMethod::spawn && posix::is_main_thread();
   {
     std::lock_guard l(g_exe_mu);
     prep.executable = g_executable;
@@ -178,22 +182,25 @@ std::vector<std::byte> spawn_frame(const Process& p, StartMethod method) {
 
   std::ostringstream os;
   os.write("\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0", sizeof(Header));
+  SpawnPayload out;
   {
     reduction::SpawningScope spawning;  // the authkey may cross here, and only here
     reduction::OutArchive ar(os);
     ar(prep);
     pickle_process(p, ar);
+    out.fds = spawning.fds();
   }
   std::string bytes = std::move(os).str();
   const std::size_t length = bytes.size() - sizeof(Header);
   Header h{kMagic, kVersion, length, 0};
   h.check = fnv1a(&h, offsetof(Header, check));
   std::uint64_t sum = fnv1a(bytes.data() + sizeof(Header), length);
-  std::vector<std::byte> frame(bytes.size() + sizeof sum);
+  auto& frame = out.frame;
+  frame.resize(bytes.size() + sizeof sum);
   std::memcpy(frame.data(), bytes.data(), bytes.size());
   std::memcpy(frame.data(), &h, sizeof h);
   std::memcpy(frame.data() + bytes.size(), &sum, sizeof sum);
-  return frame;
+  return out;
 }
 
 std::string spawn_executable() {
@@ -204,9 +211,22 @@ std::string spawn_executable() {
 }  // namespace detail
 
 void init(int argc, char** argv) {
-  if (argc < 4 || !argv || !argv[1] || std::strcmp(argv[1], posix::kSpawnFlag) != 0) return;
-  detail::runtime().spawn_pending = false;
-  detail::spawn_main(detail::parse_fd(argv[2]), detail::parse_fd(argv[3]));
+  if (argc < 2 || !argv || !argv[1]) return;
+  if (std::strcmp(argv[1], posix::kSpawnFlag) == 0) {
+    // argv: exe --multiprocess-spawn DATA_FD SENTINEL_FD|-1 N_PASSED; the passed descriptors
+    // follow the others.
+    if (argc < 5) detail::die("bad command line");
+    detail::runtime().spawn_pending = false;
+    const int data = detail::parse_fd(argv[2]), sentinel = detail::parse_fd(argv[3]);
+    const int n = detail::parse_fd(argv[4]);
+    std::vector<int> passed;
+    for (int i = 0, fd = std::max(data, sentinel) + 1; i < n; ++i) passed.push_back(fd + i);
+    detail::child_main(data, sentinel, std::move(passed));
+  }
+  if (std::strcmp(argv[1], posix::kForkServerFlag) == 0) {
+    detail::runtime().spawn_pending = false;
+    posix::forkserver_main(argc, argv);
+  }
 }
 
 void set_executable(std::string path) {

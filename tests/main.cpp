@@ -4,6 +4,7 @@
 #include <gtest/gtest.h>
 #include <mp/mp.hpp>
 
+#include "posix/forkserver.hpp"
 #include "support.hpp"
 
 namespace mp_test {
@@ -19,6 +20,7 @@ class LeakCheck : public ::testing::Environment {
  public:
   void SetUp() override { fds_ = mp_test::open_fd_count(); }
   void TearDown() override {
+    mp::posix::forkserver_stop();  // it lives until exit otherwise, holding two descriptors
     EXPECT_EQ(mp_test::open_fd_count(), fds_) << "descriptors leaked by the suite";
     siginfo_t info{};
     int r = ::waitid(P_ALL, 0, &info, WEXITED | WNOHANG | WNOWAIT);

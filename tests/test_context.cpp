@@ -20,7 +20,7 @@ std::string logic_text(F f) {
 }
 
 TEST(Context, EachContextStartsItsOwnMethod) {
-  for (std::string m : {"fork", "spawn"}) {
+  for (std::string m : {"fork", "spawn", "forkserver"}) {
     const auto& ctx = mp::get_context(m);
     EXPECT_EQ(ctx.get_start_method(), m);
     EXPECT_EQ(&ctx.get_context(), &ctx);
@@ -58,7 +58,9 @@ TEST(Context, SetAndGetTheDefault) {
   EXPECT_EQ(mp::get_start_method(true), "spawn");
   auto all = mp::get_all_start_methods();
   EXPECT_EQ(all.front(), "spawn");
+  EXPECT_EQ(all.size(), 3u);
   EXPECT_NE(std::find(all.begin(), all.end(), "fork"), all.end());
+  EXPECT_NE(std::find(all.begin(), all.end(), "forkserver"), all.end());
   mp::set_start_method(saved, true);
 }
 

@@ -143,7 +143,9 @@ void report_authkey(std::string out) {
 
 // Static-initialised to 1; a test sets it to 99 in the parent before start().
 int g_set_in_main = 1;
-void report_global(std::string out) { Channel::send(out, std::to_string(g_set_in_main)); }
+void report_global(std::string out) {
+  Channel::send(out, std::to_string(g_set_in_main));
+}
 
 struct NoSerializer {
   int x = 0;
@@ -398,7 +400,9 @@ TEST_P(ProcessTest, NamesCountEveryConstruction) {
   EXPECT_EQ(e.name(), "Echo-" + std::to_string(n + 20));
   EXPECT_EQ(e.repr().rfind("<Echo name='Echo-", 0), 0u) << e;
   auto s = ctx().Process(noop);
-  EXPECT_EQ(s.name(), (is_fork() ? "ForkProcess-" : "SpawnProcess-") + std::to_string(n + 21));
+  const std::map<std::string, std::string> token = {
+      {"fork", "ForkProcess-"}, {"spawn", "SpawnProcess-"}, {"forkserver", "ForkServerProcess-"}};
+  EXPECT_EQ(s.name(), token.at(GetParam()) + std::to_string(n + 21));
   mp::Process named(mp::Options{.name = "worker"}, noop);
   EXPECT_EQ(named.name(), "worker");
 }
@@ -606,7 +610,7 @@ TEST_P(ProcessTest, ReprFollowsTheState) {
 // ---- many processes (SEMANTICS 23) ----
 
 TEST_P(ProcessTest, ManyProcesses) {
-  const int n = is_fork() ? 100 : 20;
+  const int n = GetParam() == "spawn" ? 20 : 100;
   std::vector<mp::Process> procs;
   for (int i = 0; i < n; ++i) procs.push_back(make(noop));
   for (auto& p : procs) p.start();
@@ -907,7 +911,8 @@ TEST_P(ProcessTest, AtexitHandlersOfTheChild) {
     EXPECT_EQ(line, "child-atexit");
 }
 
-INSTANTIATE_TEST_SUITE_P(StartMethods, ProcessTest, ::testing::Values("fork", "spawn"),
+INSTANTIATE_TEST_SUITE_P(StartMethods, ProcessTest,
+                         ::testing::Values("fork", "spawn", "forkserver"),
                          [](const auto& info) { return info.param; });
 
 }  // namespace

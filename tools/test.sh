@@ -4,7 +4,7 @@
 # installed package (CMake and pkg-config).
 set -eu
 cd "$(dirname "$0")/.."
-sh tools/deps.sh cmake ninja-build g++ libcereal-dev libgtest-dev pkg-config
+sh tools/deps.sh cmake ninja-build g++ libcereal-dev nettle-dev libgtest-dev pkg-config
 
 echo "== build and test (RelWithDebInfo)"
 cmake --preset default >/dev/null

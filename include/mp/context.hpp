@@ -77,9 +77,10 @@ class TypedContext : public Context {
 
 inline const TypedContext<StartMethod::fork> fork_context;
 inline const TypedContext<StartMethod::spawn> spawn_context;
+inline const TypedContext<StartMethod::forkserver> forkserver_context;
 
-/// The context for `method` ("fork", "spawn"); with no method, the default context's, which
-/// fixes the default. Throws std::logic_error("cannot find context for 'bogus'").
+/// The context for `method` ("fork", "spawn", "forkserver"); with no method, the default context's,
+/// which fixes the default. Throws std::logic_error("cannot find context for 'bogus'").
 const Context& get_context(std::optional<std::string_view> method = std::nullopt);
 /// Set the default start method once; again throws std::runtime_error("context has already
 /// been set") unless force. std::nullopt with force unsets it.
@@ -90,5 +91,9 @@ std::string get_start_method();
 std::optional<std::string> get_start_method(bool allow_none);
 /// The start methods available here, the default first.
 std::vector<std::string> get_all_start_methods();
+/// Functions the fork server runs once, in order, before it forks any child (CPython's
+/// set_forkserver_preload takes module names; here: plain functions, e.g. to warm caches).
+/// Takes effect when the server next starts.
+void set_forkserver_preload(std::vector<void (*)()> hooks);
 
 }  // namespace mp

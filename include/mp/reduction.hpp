@@ -119,16 +119,52 @@ void fields(Archive& ar, Fields&&... f) {
 
 /// True only on the thread that is writing a spawned child's preparation data.
 bool spawning();
-/// Marks this thread as spawning for its lifetime (lets the authkey be written).
+/// Marks this thread as spawning for its lifetime: the authkey may be written, and descriptors
+/// registered with duplicate_for_child() are collected for the child.
 class SpawningScope {
  public:
   SpawningScope();
   ~SpawningScope();
   SpawningScope(const SpawningScope&) = delete;
   SpawningScope& operator=(const SpawningScope&) = delete;
+  /// The descriptors registered while this scope was active, in index order.
+  const std::vector<int>& fds() const { return fds_; }
 
  private:
-  bool previous_;
+  friend int duplicate_for_child(int fd);
+  SpawningScope* previous_;
+  std::vector<int> fds_;
+};
+
+/// While spawning: registers `fd` to be handed to the child (at exec, or by SCM_RIGHTS under
+/// forkserver) and returns the index the child finds it under. Throws std::logic_error when
+/// not spawning (CPython's DupFd / duplicate_for_child).
+int duplicate_for_child(int fd);
+/// In a child being rebuilt: the descriptor handed over under `index` (close-on-exec; the
+/// child owns it). Throws PicklingError for an index that was not handed over.
+int passed_fd(int index);
+
+/// A descriptor that travels to a child as an argument or field (CPython reduction.DupFd):
+/// inherited under fork, handed over under spawn and forkserver. It does not own the
+/// descriptor; in the child, fd() is the child's own copy.
+class DupFd {
+ public:
+  DupFd() = default;
+  explicit DupFd(int fd) : fd_(fd) {}
+  int fd() const { return fd_; }
+  template <class Archive>
+  void save(Archive& ar) const {
+    ar(duplicate_for_child(fd_));
+  }
+  template <class Archive>
+  void load(Archive& ar) {
+    int index = -1;
+    ar(index);
+    fd_ = passed_fd(index);
+  }
+
+ private:
+  int fd_ = -1;
 };
 
 }  // namespace reduction

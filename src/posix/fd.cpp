@@ -7,6 +7,7 @@
 #include <chrono>
 #include <system_error>
 
+#include "mp/errors.hpp"
 #include "posix/posix.hpp"
 
 namespace mp::posix {
@@ -108,6 +109,53 @@ std::size_t read_full(int fd, std::span<std::byte> data) {
     }
   }
   return got;
+}
+
+}  // namespace mp::posix
+
+namespace mp::posix {
+
+// Waits for `events` on fd until the deadline: false when it passed.
+static bool wait_for(int fd, short events, Deadline deadline) {
+  for (;;) {
+    auto left =
+        std::chrono::ceil<std::chrono::milliseconds>(deadline - std::chrono::steady_clock::now());
+    if (left.count() < 0) left = std::chrono::milliseconds(0);
+    pollfd p{fd, events, 0};
+    int r = ::poll(&p, 1, static_cast<int>(std::min<long long>(left.count(), 1 << 30)));
+    if (r > 0) return true;
+    if (r == 0 && left.count() == 0) return false;
+    if (r < 0 && errno != EINTR) check(r, "poll");
+  }
+}
+
+std::size_t read_until(int fd, std::span<std::byte> data, Deadline deadline) {
+  std::size_t got = 0;
+  while (got < data.size()) {
+    if (!wait_for(fd, POLLIN, deadline)) throw mp::TimeoutError("timed out reading from a peer");
+    ssize_t n = ::read(fd, data.data() + got, data.size() - got);
+    if (n > 0) {
+      got += static_cast<std::size_t>(n);
+    } else if (n == 0) {
+      break;
+    } else if (errno != EINTR && errno != EAGAIN) {
+      check(-1, "read");
+    }
+  }
+  return got;
+}
+
+void write_until(int fd, std::span<const std::byte> data, Deadline deadline) {
+  while (!data.empty()) {
+    if (!wait_for(fd, POLLOUT, deadline)) throw mp::TimeoutError("timed out writing to a peer");
+    ssize_t n = ::send(fd, data.data(), data.size(), MSG_NOSIGNAL | MSG_DONTWAIT);
+    if (n < 0 && errno == ENOTSOCK) n = ::write(fd, data.data(), data.size());
+    if (n >= 0) {
+      data = data.subspan(static_cast<std::size_t>(n));
+    } else if (errno != EINTR && errno != EAGAIN) {
+      check(-1, "send");
+    }
+  }
 }
 
 }  // namespace mp::posix

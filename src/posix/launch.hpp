@@ -28,11 +28,21 @@ std::shared_ptr<detail::Popen> popen_fork(ForkChildMain child_main, void* arg);
 
 /// A fresh exec of `exe` reading `frame` (preparation data + pickled process) from an
 /// inherited socket named on its command line.
-/// `argv0` is what the child sees as its program name.
+/// `argv0` is what the child sees as its program name; `fds` are handed over to it in order.
 std::shared_ptr<detail::Popen> popen_spawn(const std::string& exe, const std::string& argv0,
-                                           std::span<const std::byte> frame);
+                                           std::span<const std::byte> frame,
+                                           std::span<const int> fds);
 
-/// The marker argument of a spawned child's command line.
+/// Asks the fork server (started or restarted as needed) for a child that reads `frame`;
+/// `fds` are handed over to it by SCM_RIGHTS.
+std::shared_ptr<detail::Popen> popen_forkserver(std::span<const std::byte> frame,
+                                                std::span<const int> fds, bool daemon);
+
+/// The marker arguments of a spawned child's and of the fork server's command lines.
 inline constexpr const char* kSpawnFlag = "--multiprocess-spawn";
+inline constexpr const char* kForkServerFlag = "--multiprocess-forkserver";
+
+/// The fork server's main loop (mp::init in a program started with kForkServerFlag).
+[[noreturn]] void forkserver_main(int argc, char** argv);
 
 }  // namespace mp::posix

@@ -11,7 +11,8 @@
 namespace mp::posix {
 
 std::shared_ptr<detail::Popen> popen_spawn(const std::string& exe, const std::string& argv0,
-                                           std::span<const std::byte> frame) {
+                                           std::span<const std::byte> frame,
+                                           std::span<const int> fds) {
   // One socket carries the data and then serves as the child's view of this parent: we keep
   // our end open for the child's whole life, so EOF there means the parent has gone.
   // A socket rather than a pipe: send(MSG_NOSIGNAL) cannot raise SIGPIPE if the child dies.
@@ -19,10 +20,13 @@ std::shared_ptr<detail::Popen> popen_spawn(const std::string& exe, const std::st
   unique_fd sentinel_r, sentinel_w;
   if (!have_pidfd()) std::tie(sentinel_r, sentinel_w) = make_pipe();
 
-  // The child's descriptors are 3 (the socket) and 4 (the sentinel pipe, when used).
-  std::vector<std::string> argv = {argv0, kSpawnFlag, "3", sentinel_w ? "4" : "-1"};
+  // The child's descriptors are 3 (the socket), 4 (the sentinel pipe, when used), then the
+  // ones its arguments handed over.
+  std::vector<std::string> argv = {argv0, kSpawnFlag, "3", sentinel_w ? "4" : "-1",
+                                   std::to_string(fds.size())};
   std::vector<int> keep = {child_end.get()};
   if (sentinel_w) keep.push_back(sentinel_w.get());
+  keep.insert(keep.end(), fds.begin(), fds.end());
   int pid = -1;
   spawn_process(exe, argv, keep, &pid);
   child_end.reset();

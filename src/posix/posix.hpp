@@ -104,3 +104,13 @@ int count_open_fds();
 [[noreturn]] void exit_now(int code);
 
 }  // namespace mp::posix
+
+namespace mp::posix {
+using Deadline = std::chrono::steady_clock::time_point;
+/// Reads exactly data.size() bytes before `deadline`; returns the count read (short on EOF).
+/// Throws mp::TimeoutError when the deadline passes first. EINTR is retried.
+std::size_t read_until(int fd, std::span<std::byte> data, Deadline deadline);
+/// Writes everything before `deadline` (MSG_NOSIGNAL on sockets: never SIGPIPE); throws
+/// std::system_error (EPIPE when the peer is gone) or mp::TimeoutError.
+void write_until(int fd, std::span<const std::byte> data, Deadline deadline);
+}  // namespace mp::posix

@@ -1,0 +1,32 @@
+// Authentication by authkey (CPython connection.deliver_challenge / answer_challenge), in
+// CPython's wire format: messages framed by a 4-byte big-endian length; the server sends
+// "#CHALLENGE#{sha256}" + 40 random bytes, the client answers "{sha256}" + HMAC-SHA256(key,
+// challenge after "#CHALLENGE#"), the server replies "#WELCOME#" or "#FAILURE#".
+#pragma once
+
+#include <cstddef>
+#include <span>
+#include <string>
+#include <vector>
+
+#include "mp/reduction.hpp"
+#include "posix/posix.hpp"
+
+namespace mp::detail {
+
+/// One framed message; throws mp::ProcessError("bad message length") when it announces more
+/// than `maxlength` bytes (before allocating), mp::EOFError-like ProcessError on EOF.
+std::vector<std::byte> recv_message(int fd, std::size_t maxlength, posix::Deadline deadline);
+void send_message(int fd, std::span<const std::byte> payload, posix::Deadline deadline);
+
+/// Server side: challenge the peer; throws mp::AuthenticationError("digest received was
+/// wrong") after telling it #FAILURE#.
+void deliver_challenge(int fd, const AuthenticationString& key, posix::Deadline deadline);
+/// Client side: answer a challenge; throws mp::AuthenticationError("digest sent was rejected").
+void answer_challenge(int fd, const AuthenticationString& key, posix::Deadline deadline);
+
+/// HMAC-SHA256 of `message` under `key` (constant-time compared by the callers).
+std::vector<std::byte> hmac_sha256(const AuthenticationString& key,
+                                   std::span<const std::byte> message);
+
+}  // namespace mp::detail

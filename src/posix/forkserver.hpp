@@ -1,0 +1,49 @@
+// The fork server (CPython forkserver.py): a fresh, single-threaded exec of the program that
+// forks children on request. Its children are made with clone(CLONE_PARENT), so they are the
+// requesting program's own children: waited for, signalled and reaped exactly like fork and
+// spawn children, and still joinable with their true exit codes if the server dies.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <span>
+#include <string>
+#include <vector>
+
+#include "posix/posix.hpp"
+
+namespace mp::posix {
+
+/// A request, as the server reads it before acting (decode_request checks every field).
+struct ForkRequest {
+  static constexpr std::uint32_t kMagic = 0x314b524d;  // "MRK1"
+  static constexpr std::uint32_t kMaxFds = 64;
+  static constexpr std::uint32_t kHasSentinel = 1;
+  static constexpr std::uint32_t kParentDeathSignal = 2;  // a daemon: dies with the program
+  static constexpr std::uint32_t kHasStdout = 4;          // the program's current stdout follows
+  static constexpr std::uint32_t kHasStderr = 8;          // the program's current stderr follows
+  std::uint32_t magic = kMagic;
+  std::uint32_t nfds = 0;   // sent with it: data socket, [sentinel], [stdout], [stderr], passed...
+  std::uint32_t flags = 0;  // kHas* | kParentDeathSignal
+  std::uint32_t reserved = 0;
+};
+
+/// Validates a request's bytes and the number of descriptors that came with it; throws
+/// std::runtime_error naming what is wrong.
+ForkRequest decode_request(std::span<const std::byte> bytes, std::size_t fds_received);
+
+/// Client side: a connected, authenticated socket to a running server (started or restarted
+/// as needed). `from_main_thread` tells whether the server's parent thread is the main thread.
+unique_fd forkserver_connect(bool& from_main_thread);
+/// Client side: sends the request with its descriptors and returns the child's pid.
+int forkserver_request(int conn, const ForkRequest& request, std::span<const int> fds);
+/// Stops the server (at normal exit); waits for it and removes its socket directory.
+void forkserver_stop();
+/// In a fork child: forget the parent's server without touching it.
+void forkserver_forget();
+/// Hooks the server runs once before it forks (set_forkserver_preload).
+void forkserver_set_preload(std::vector<void (*)()> hooks);
+/// The running server's pid, or -1 (for tests).
+int forkserver_pid();
+
+}  // namespace mp::posix
