@@ -1,71 +1,143 @@
 #!/usr/bin/env python3
 """CPython's multiprocessing doing what bench/process_start does: start + join of a no-op target.
 
-Prints the median milliseconds per start for each start method. Given the JSON that
-process_start wrote (--benchmark_out=FILE --benchmark_out_format=json), it also prints how many
-times faster mp is for the same method.
+Prints, for each start method, the median milliseconds per start (one child at a time, after a
+warm-up), the median milliseconds per batch of 64 concurrent starts (64 starts back to back, then
+64 joins), and, for forkserver, the first start in a fresh interpreter (which includes starting
+the server). Given the JSON that process_start wrote (--benchmark_out=FILE
+--benchmark_out_format=json), it also prints how many times faster mp is for the same method.
 
-    python3 bench/python_process_start.py [-n 40] [--methods spawn,fork] [--mp-json FILE]
+    python3 bench/python_process_start.py [-n 40] [-b 3] [--methods spawn,fork,forkserver]
+                                          [--mp-json FILE]
 """
 import argparse
 import json
 import multiprocessing
 import statistics
+import subprocess
 import sys
 import time
+
+BATCH = 64
 
 
 def noop():
     pass
 
 
-def median_ms(method, n, warmup=3):
-    ctx = multiprocessing.get_context(method)
-    # Warm-up: the first spawn also starts the resource tracker and fills the page cache.
+def start_join(ctx):
+    p = ctx.Process(target=noop)
+    p.start()
+    p.join()
+    return p.exitcode
+
+
+def median_ms(ctx, n, warmup=3):
+    # Warm-up: the first spawn also starts the resource tracker and fills the page cache; the
+    # first forkserver start also starts the server (see first_start_ms).
     for _ in range(warmup):
-        p = ctx.Process(target=noop)
-        p.start()
-        p.join()
+        start_join(ctx)
     times = []
     for _ in range(n):
         t0 = time.perf_counter()
-        p = ctx.Process(target=noop)
-        p.start()
-        p.join()
+        code = start_join(ctx)
         times.append(time.perf_counter() - t0)
-        if p.exitcode != 0:
-            sys.exit(f"{method}: child exited with {p.exitcode}")
+        if code != 0:
+            sys.exit(f"{ctx.get_start_method()}: child exited with {code}")
     return statistics.median(times) * 1e3
 
 
+def batch_median_ms(ctx, batches):
+    """Median wall time of: start BATCH children back to back, then join them all."""
+    times = []
+    for _ in range(batches):
+        t0 = time.perf_counter()
+        ps = [ctx.Process(target=noop) for _ in range(BATCH)]
+        for p in ps:
+            p.start()
+        for p in ps:
+            p.join()
+        times.append(time.perf_counter() - t0)
+        bad = [p.exitcode for p in ps if p.exitcode != 0]
+        if bad:
+            sys.exit(f"{ctx.get_start_method()}: {len(bad)} children failed, e.g. {bad[0]}")
+    return statistics.median(times) * 1e3
+
+
+def first_start_ms(method, runs):
+    """Median of the first start + join in a fresh interpreter (the server starts then)."""
+    times = []
+    for _ in range(runs):
+        out = subprocess.run([sys.executable, __file__, "--first-start", method], check=True,
+                             capture_output=True, text=True).stdout
+        times.append(float(out))
+    return statistics.median(times)
+
+
 def mp_medians_ms(path):
-    """Median real time (ms) of mp_spawn and mp_fork from Google Benchmark's JSON output."""
+    """Median real time (ms) of each benchmark in Google Benchmark's JSON output, by name."""
     scale = {"ns": 1e-6, "us": 1e-3, "ms": 1.0, "s": 1e3}
     out = {}
     with open(path) as f:
         for b in json.load(f)["benchmarks"]:
             name = b["run_name"].split("/")[0]
-            if b.get("aggregate_name") == "median" and name in ("mp_spawn", "mp_fork"):
-                out[name[3:]] = b["real_time"] * scale[b["time_unit"]]
+            if b.get("aggregate_name") == "median":
+                out[name] = b["real_time"] * scale[b["time_unit"]]
     return out
+
+
+def compare(py_ms, mp_ms):
+    if mp_ms is None:
+        return ""
+    return f"   mp: {mp_ms:9.3f} ms -> mp is {py_ms / mp_ms:5.1f}x faster"
 
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("-n", type=int, default=40, help="timed starts per method (default 40)")
-    ap.add_argument("--methods", default="spawn,fork", help="comma-separated start methods")
+    ap.add_argument("-n", type=int, default=40, help="timed single starts per method (default 40)")
+    ap.add_argument("-b", type=int, default=3, help=f"timed batches of {BATCH} per method (default 3)")
+    ap.add_argument("--first-runs", type=int, default=5,
+                    help="fresh interpreters timing forkserver's first start (default 5)")
+    ap.add_argument("--methods", default="spawn,fork,forkserver",
+                    help="comma-separated start methods")
     ap.add_argument("--mp-json", help="process_start's --benchmark_out JSON, to compare")
+    ap.add_argument("--first-start", metavar="METHOD", help=argparse.SUPPRESS)
     args = ap.parse_args()
 
-    mp_ms = mp_medians_ms(args.mp_json) if args.mp_json else {}
+    if args.first_start:  # a fresh interpreter: time its first start, print milliseconds
+        ctx = multiprocessing.get_context(args.first_start)
+        t0 = time.perf_counter()
+        code = start_join(ctx)
+        ms = (time.perf_counter() - t0) * 1e3
+        if code != 0:
+            sys.exit(f"{args.first_start}: child exited with {code}")
+        print(ms)
+        return
+
+    mp = mp_medians_ms(args.mp_json) if args.mp_json else {}
+    methods = args.methods.split(",")
     print(f"CPython {sys.version.split()[0]} ({sys.executable}), multiprocessing, "
-          f"start+join of a no-op, median of {args.n}:")
-    for method in args.methods.split(","):
-        ms = median_ms(method, args.n)
-        line = f"  python {method:<10} {ms:8.3f} ms per start"
-        if method in mp_ms:
-            line += f"   mp {method}: {mp_ms[method]:.3f} ms -> mp is {ms / mp_ms[method]:.1f}x faster"
-        print(line, flush=True)
+          f"start+join of a no-op")
+    print(f"per start (median of {args.n}, after warm-up):")
+    warm = {}
+    for method in methods:
+        ms = warm[method] = median_ms(multiprocessing.get_context(method), args.n)
+        print(f"  python {method:<10} {ms:9.3f} ms per start" + compare(ms, mp.get(f"mp_{method}")),
+              flush=True)
+    if "forkserver" in methods:
+        ms = first_start_ms("forkserver", args.first_runs)
+        print(f"forkserver first start in a fresh process, server start included "
+              f"(median of {args.first_runs}):")
+        print(f"  python forkserver {ms:9.3f} ms" + compare(ms, mp.get("forkserver_first_start")))
+        extra = [f"python {ms - warm['forkserver']:.1f} ms"]
+        if "forkserver_first_start" in mp and "mp_forkserver" in mp:
+            extra.append(f"mp {mp['forkserver_first_start'] - mp['mp_forkserver']:.1f} ms")
+        print(f"  the server's start (first minus warm start): {', '.join(extra)}", flush=True)
+    print(f"{BATCH} concurrent starts, then {BATCH} joins (median of {args.b} batches):")
+    for method in methods:
+        ms = batch_median_ms(multiprocessing.get_context(method), args.b)
+        print(f"  python {method:<10} {ms:9.1f} ms per batch" +
+              compare(ms, mp.get(f"mp_{method}_{BATCH}concurrent")), flush=True)
 
 
 if __name__ == "__main__":  # spawned children re-import this file: they must not measure

@@ -91,12 +91,16 @@ const Context& get_context(std::optional<std::string_view> method) {
 }
 
 void set_start_method(std::optional<std::string_view> method, bool force) {
+  auto& r = detail::runtime();
+  {
+    std::lock_guard l(r.mu);  // CPython checks this first
+    if (r.default_method && !force) throw std::runtime_error("context has already been set");
+  }
   std::optional<StartMethod> m;
   if (method) {
     m = detail::parse(*method);
     if (!m) throw std::logic_error("cannot find context for '" + std::string(*method) + "'");
   }
-  auto& r = detail::runtime();
   std::lock_guard l(r.mu);
   if (r.default_method && !force) throw std::runtime_error("context has already been set");
   // As CPython: None with force unsets the default; None without force fixes it.

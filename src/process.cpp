@@ -106,6 +106,7 @@ struct ForkArg {
   auto& r = runtime();
   // Another thread of the parent may have held the lock at fork(): the child has only us.
   new (&r.mu) std::mutex;
+  reset_locks_after_fork();
   r.fork_child = true;
   // The parent's children are not ours: drop their descriptors, never wait for them.
   for (auto& e : r.children) e->popen->forget();
@@ -137,9 +138,19 @@ void exit_function() {
     std::lock_guard l(r.mu);
     live = r.children;
   }
-  for (auto& e : live)
-    if (e->daemon) e->popen->terminate();
-  for (auto& e : live) e->popen->wait(std::nullopt);
+  // At exit nothing may throw: a failure for one child must not spare the others.
+  for (auto& e : live) {
+    try {
+      if (e->daemon) e->popen->terminate();
+    } catch (const std::exception&) {
+    }
+  }
+  for (auto& e : live) {
+    try {
+      e->popen->wait(std::nullopt);
+    } catch (const std::exception&) {
+    }
+  }
   {
     std::lock_guard l(r.mu);
     r.children.clear();
@@ -266,12 +277,17 @@ Process::Process(Process&& o) noexcept : s_(std::move(o.s_)) {
 
 Process& Process::operator=(Process&& o) noexcept {
   if (this == &o) return *this;
-  std::lock_guard l(runtime().mu);
-  if (s_ && s_->child) s_->child->owner = nullptr;
-  s_ = std::move(o.s_);
-  if (s_) {
-    s_->self = this;
-    if (s_->child) s_->child->owner = this;
+  // The old state (its target's arguments may own other Process objects, whose destructors
+  // take the lock) is destroyed after the lock is released.
+  std::unique_ptr<detail::ProcessState> old = std::move(s_);
+  {
+    std::lock_guard l(runtime().mu);
+    if (old && old->child) old->child->owner = nullptr;
+    s_ = std::move(o.s_);
+    if (s_) {
+      s_->self = this;
+      if (s_->child) s_->child->owner = this;
+    }
   }
   return *this;
 }
@@ -460,6 +476,17 @@ std::string exitcode_to_name(int exitcode) {
   return std::to_string(exitcode);
 }
 
+// Python's repr() of a str: single quotes unless the text holds one and no double quote.
+static std::string py_repr(const std::string& s) {
+  const char q = s.find('\'') != std::string::npos && s.find('"') == std::string::npos ? '"' : '\'';
+  std::string out(1, q);
+  for (char c : s) {
+    if (c == q || c == '\\') out += '\\';
+    out += c;
+  }
+  return out + q;
+}
+
 std::string Process::repr() const {
   std::optional<int> code;
   std::string status;
@@ -477,7 +504,7 @@ std::string Process::repr() const {
   }
   std::string token = s_->class_token.empty() ? std::string(mp_class_name()) : s_->class_token;
   std::ostringstream os;
-  os << '<' << token << " name='" << name() << '\'';
+  os << '<' << token << " name=" << py_repr(name());
   if (s_->child) os << " pid=" << s_->child->popen->pid();
   os << " parent=" << (s_->parent_pid ? std::to_string(s_->parent_pid) : "None") << ' ' << status;
   if (code) os << " exitcode=" << exitcode_to_name(*code);
@@ -501,7 +528,7 @@ void ParentProcess::join(Duration timeout) const {
 }
 
 std::ostream& operator<<(std::ostream& os, const ParentProcess& p) {
-  return os << "<_ParentProcess name='" << p.name() << "' parent=None unknown>";
+  return os << "<_ParentProcess name=" << py_repr(p.name()) << " parent=None unknown>";
 }
 
 Process& current_process() {

@@ -7,6 +7,7 @@
 #include <stdexcept>
 
 #include "posix/posix.hpp"
+#include "runtime.hpp"
 
 namespace mp {
 namespace reduction {
@@ -56,8 +57,8 @@ SpawningScope::~SpawningScope() {
 
 int duplicate_for_child(int fd) {
   if (!t_scope) throw std::logic_error("a descriptor can only be pickled while spawning a child");
-  t_scope->fds_.push_back(fd);
-  return static_cast<int>(t_scope->fds_.size()) - 1;
+  t_scope->fds.push_back(fd);
+  return static_cast<int>(t_scope->fds.size()) - 1;
 }
 
 int passed_fd(int index) {

@@ -85,6 +85,9 @@ SpawnPayload spawn_payload(const Process& p, StartMethod method);
 // (with `passed_fds` for its descriptors) and runs it. Never returns.
 [[noreturn]] void child_main(int data_fd, int sentinel_w, std::vector<int> passed_fds);
 
+// In a fork child: re-creates locks another thread of the parent may have held at fork().
+void reset_locks_after_fork();
+
 // What spawn execs: the path given to set_executable, else /proc/self/exe.
 std::string spawn_executable();
 
@@ -103,4 +106,20 @@ extern const char* const kBootstrappingError;
 namespace mp::reduction {
 // In a child, before its process object is rebuilt: the descriptors passed_fd() returns.
 void set_passed_fds(std::vector<int> fds);
+
+// True only on a thread writing a child's preparation data (inside a SpawningScope).
+bool spawning();
+// Marks this thread as spawning for its lifetime: the authkey may be written, and descriptors
+// registered with duplicate_for_child() are collected in fds.
+class SpawningScope {
+ public:
+  SpawningScope();
+  ~SpawningScope();
+  SpawningScope(const SpawningScope&) = delete;
+  SpawningScope& operator=(const SpawningScope&) = delete;
+  std::vector<int> fds;  // in index order
+
+ private:
+  SpawningScope* previous_;
+};
 }  // namespace mp::reduction

@@ -9,6 +9,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <mutex>
+#include <optional>
 #include <sstream>
 
 #include "mp/context.hpp"
@@ -52,11 +53,14 @@ struct PrepData {
   int start_method = 0;
   bool parent_death_signal = false;
   std::string executable;
+  // Under forkserver: the program's environment at start() (the server's dates from its own
+  // start). Spawned children get it from exec.
+  std::optional<std::vector<std::string>> environment;
 
   template <class Archive>
   void serialize(Archive& ar) {
     ar(build_id, name, class_token, identity, daemon, authkey, cwd, parent_pid, parent_name,
-       start_method, parent_death_signal, executable);
+       start_method, parent_death_signal, executable, environment);
   }
 };
 
@@ -127,7 +131,8 @@ std::vector<std::byte> read_frame(int fd) {
           "); mp::set_executable must name a copy of the same binary");
     ar(prep.name, prep.class_token, prep.identity, prep.daemon, prep.authkey, prep.cwd,
        prep.parent_pid, prep.parent_name, prep.start_method, prep.parent_death_signal,
-       prep.executable);
+       prep.executable, prep.environment);
+    if (prep.environment) posix::set_environment(*prep.environment);
     if (prep.parent_death_signal && prep.daemon &&
         !posix::set_parent_death_signal(SIGKILL, prep.parent_pid))
       posix::exit_now(1);  // the parent is already gone: a daemon child has nothing to do
@@ -179,6 +184,7 @@ SpawnPayload spawn_payload(const Process& p, StartMethod method) {
     std::lock_guard l(g_exe_mu);
     prep.executable = g_executable;
   }
+  if (method == StartMethod::forkserver) prep.environment = posix::get_environment();
 
   std::ostringstream os;
   os.write("\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0", sizeof(Header));
@@ -188,7 +194,7 @@ SpawnPayload spawn_payload(const Process& p, StartMethod method) {
     reduction::OutArchive ar(os);
     ar(prep);
     pickle_process(p, ar);
-    out.fds = spawning.fds();
+    out.fds = spawning.fds;
   }
   std::string bytes = std::move(os).str();
   const std::size_t length = bytes.size() - sizeof(Header);
@@ -203,15 +209,31 @@ SpawnPayload spawn_payload(const Process& p, StartMethod method) {
   return out;
 }
 
+void reset_locks_after_fork() {
+  new (&g_exe_mu) std::mutex;
+}
+
 std::string spawn_executable() {
   std::lock_guard l(g_exe_mu);
-  return g_executable.empty() ? std::string("/proc/self/exe") : g_executable;
+  if (g_executable.empty()) return "/proc/self/exe";  // the running image itself
+  // Another file may be another build: only a build-id tells (code travels as offsets).
+  if (posix::build_id().empty())
+    throw ProcessError(
+        "mp::set_executable needs this program to carry a GNU build-id (link "
+        "with -Wl,--build-id) so that a different build can be refused");
+  return g_executable;
 }
 
 }  // namespace detail
 
 void init(int argc, char** argv) {
   if (argc < 2 || !argv || !argv[1]) return;
+  const bool marked = std::strcmp(argv[1], posix::kSpawnFlag) == 0 ||
+                      std::strcmp(argv[1], posix::kForkServerFlag) == 0;
+  // A setuid/setgid program must not run code references read from a descriptor: whoever
+  // starts it with our marker would choose what it runs.
+  if (marked && posix::secure_execution())
+    detail::die("refusing to act as a spawned child in a setuid/setgid program");
   if (std::strcmp(argv[1], posix::kSpawnFlag) == 0) {
     // argv: exe --multiprocess-spawn DATA_FD SENTINEL_FD|-1 N_PASSED; the passed descriptors
     // follow the others.

@@ -1,5 +1,10 @@
 // The test binary is its own spawned child: mp::init must come before anything else.
+#include <signal.h>
+#include <sys/time.h>
 #include <sys/wait.h>
+
+#include <atomic>
+#include <cstdlib>
 
 #include <gtest/gtest.h>
 #include <mp/mp.hpp>
@@ -9,6 +14,22 @@
 
 namespace mp_test {
 static std::string g_self;
+static std::atomic<int> g_alarms{0};
+extern "C" void count_alarm(int) {
+  g_alarms.fetch_add(1, std::memory_order_relaxed);
+}
+
+void arm_alarm_storm() {
+  struct sigaction sa {};
+  sa.sa_handler = count_alarm;  // no SA_RESTART
+  ::sigaction(SIGALRM, &sa, nullptr);
+  itimerval timer{{0, 100}, {0, 100}};
+  ::setitimer(ITIMER_REAL, &timer, nullptr);
+}
+int alarms_received() {
+  return g_alarms.load();
+}
+
 std::string helper_path(const std::string& name) {
   return (std::filesystem::path(g_self).parent_path() / name).string();
 }
@@ -26,6 +47,21 @@ class LeakCheck : public ::testing::Environment {
     int r = ::waitid(P_ALL, 0, &info, WEXITED | WNOHANG | WNOWAIT);
     EXPECT_TRUE(r < 0 ? errno == ECHILD : info.si_pid == 0)
         << "a child was left unreaped: pid " << info.si_pid;
+    // Nor one still running: any process whose parent we are.
+    for (auto& e : std::filesystem::directory_iterator("/proc")) {
+      const auto name = e.path().filename().string();
+      if (name.find_first_not_of("0123456789") != std::string::npos) continue;
+      std::ifstream stat(e.path() / "stat");
+      std::string line;
+      std::getline(stat, line);
+      auto close = line.rfind(')');
+      if (close == std::string::npos) continue;
+      std::istringstream rest(line.substr(close + 2));
+      std::string state;
+      int ppid = 0;
+      rest >> state >> ppid;
+      EXPECT_NE(ppid, ::getpid()) << "a child still runs: pid " << name;
+    }
   }
 
  private:
@@ -34,6 +70,7 @@ class LeakCheck : public ::testing::Environment {
 }  // namespace
 
 int main(int argc, char** argv) {
+  if (std::getenv("MP_TEST_ALARM_STORM")) mp_test::arm_alarm_storm();
   mp::init(argc, argv);
   mp_test::g_self = mp::get_executable();
   ::testing::InitGoogleTest(&argc, argv);

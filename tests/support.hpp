@@ -73,20 +73,30 @@ class Channel {
   }
 
   /// Child side: one line (< PIPE_BUF, so lines of concurrent children never interleave).
+  /// EINTR-safe: some tests run children under a signal storm.
   static void send(const std::string& path, const std::string& line) {
-    int fd = ::open(path.c_str(), O_WRONLY | O_CLOEXEC);
-    if (fd < 0) std::abort();
+    int fd;
+    while ((fd = ::open(path.c_str(), O_WRONLY | O_CLOEXEC)) < 0)
+      if (errno != EINTR) std::abort();
     std::string l = line + "\n";
-    if (::write(fd, l.data(), l.size()) != static_cast<ssize_t>(l.size())) std::abort();
+    ssize_t n;
+    while ((n = ::write(fd, l.data(), l.size())) < 0)
+      if (errno != EINTR) std::abort();
+    if (n != static_cast<ssize_t>(l.size())) std::abort();
     ::close(fd);
   }
   /// Child side: blocks until the test sends a line.
   static std::string recv_line(const std::string& path) {
-    int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
-    if (fd < 0) std::abort();
+    int fd;
+    while ((fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC)) < 0)
+      if (errno != EINTR) std::abort();
     std::string line;
-    char c;
-    while (::read(fd, &c, 1) == 1 && c != '\n') line += c;
+    for (char c;;) {
+      ssize_t n = ::read(fd, &c, 1);
+      if (n < 0 && errno == EINTR) continue;
+      if (n != 1 || c == '\n') break;
+      line += c;
+    }
     ::close(fd);
     return line;
   }
@@ -153,6 +163,12 @@ inline int open_fd_count() {
   for ([[maybe_unused]] auto& e : std::filesystem::directory_iterator("/proc/self/fd")) ++n;
   return n - 1;
 }
+
+/// SIGALRM every 100 µs without SA_RESTART, for the rest of this process: every blocking call
+/// sees EINTR. A child of the test binary arms it before mp::init when MP_TEST_ALARM_STORM
+/// is set, so its reading of the spawn data is covered too.
+void arm_alarm_storm();
+int alarms_received();
 
 /// The test binary's helper programs sit beside it.
 std::string helper_path(const std::string& name);

@@ -87,9 +87,6 @@ class Target final : public TargetBase {
   std::tuple<Args...> args_;
 };
 
-template <class F, class... Args>
-std::unique_ptr<Process> load_target(reduction::InArchive& ar);
-
 template <class T>
 std::unique_ptr<Process> load_subclass(reduction::InArchive& ar);
 
@@ -126,9 +123,6 @@ class Process {
                 std::make_unique<detail::Target<std::decay_t<F>, detail::Stored<Args>...>>(
                     std::forward<F>(f),
                     std::tuple<detail::Stored<Args>...>(std::forward<Args>(args)...))) {}
-  /// Low level: a process running a type-erased target.
-  Process(Options options, std::unique_ptr<detail::TargetBase> target);
-
   Process(Process&&) noexcept;
   Process& operator=(Process&&) noexcept;
   Process(const Process&) = delete;
@@ -142,9 +136,11 @@ class Process {
   /// the object cannot cross to a spawned child (no child is made), std::system_error when a
   /// system call fails.
   void start();
-  /// Wait for the child to end.
+  /// Wait for the child to end. Throws std::logic_error("can only join a started process",
+  /// "can only join a child process", "process object is closed"), as CPython.
   void join();
-  /// Wait at most `timeout`; exitcode() is still empty if the child runs on.
+  /// Wait at most `timeout` (negative: 0); exitcode() is still empty if the child runs on.
+  /// Never throws TimeoutError; misuse as join().
   void join(Duration timeout);
   /// True from start() until the child has ended (reaps it when it has).
   bool is_alive() const;
@@ -185,6 +181,9 @@ class Process {
  private:
   friend class Context;
   friend struct detail::ProcessState;
+  template <class F, class... Args>
+  friend std::unique_ptr<Process> detail::load_target(reduction::InArchive& ar);
+  Process(Options options, std::unique_ptr<detail::TargetBase> target);
   struct MainTag {};
   explicit Process(MainTag);
   friend Process& current_process();
@@ -250,8 +249,8 @@ std::unique_ptr<Process> load_target(reduction::InArchive& ar) {
   F f = reduction::load_callable<F>(ar);
   std::tuple<Args...> args;
   ar(args);
-  return std::make_unique<Process>(
-      Options{}, std::make_unique<Target<F, Args...>>(std::move(f), std::move(args)));
+  return std::unique_ptr<Process>(
+      new Process(Options{}, std::make_unique<Target<F, Args...>>(std::move(f), std::move(args))));
 }
 
 template <class T>

@@ -11,10 +11,13 @@
 #include <cstddef>
 #include <cstdint>
 #include <memory>
+#include <optional>
 #include <string>
 #include <string_view>
+#include <tuple>
 #include <type_traits>
 #include <typeinfo>
+#include <variant>
 #include <vector>
 
 #include <cereal/archives/binary.hpp>
@@ -54,18 +57,59 @@ std::string type_name() {
   return demangle(typeid(T));
 }
 
-/// A value of T can be written to and read back from a binary archive.
+namespace detail {
+template <class T, template <class...> class Template>
+inline constexpr bool is_instance_v = false;
+template <template <class...> class Template, class... Args>
+inline constexpr bool is_instance_v<Template<Args...>, Template> = true;
+
 template <class T>
-concept Value = std::is_default_constructible_v<T> &&
-    cereal::traits::is_output_serializable<T, OutArchive>::value &&
-    cereal::traits::is_input_serializable<T, InArchive>::value;
+constexpr bool cereal_serializable() {
+  return cereal::traits::is_output_serializable<T, OutArchive>::value &&
+         cereal::traits::is_input_serializable<T, InArchive>::value;
+}
+
+// cereal's traits say yes for std::vector<X> whatever X is (and fail later, in a static_assert
+// of their own): look inside the standard wrappers and containers. Raw pointers never cross.
+template <class T>
+constexpr bool picklable() {
+  using U = std::remove_cv_t<T>;
+  if constexpr (std::is_pointer_v<U> || std::is_reference_v<U> || std::is_member_pointer_v<U>) {
+    return false;
+  } else if constexpr (std::is_arithmetic_v<U> || std::is_enum_v<U>) {
+    return true;
+  } else if constexpr (is_instance_v<U, std::pair>) {
+    return picklable<typename U::first_type>() && picklable<typename U::second_type>();
+  } else if constexpr (is_instance_v<U, std::tuple> || is_instance_v<U, std::variant>) {
+    return []<template <class...> class W, class... Ts>(W<Ts...>*) {
+      return (picklable<Ts>() && ...);
+    }(static_cast<U*>(nullptr));
+  } else if constexpr (is_instance_v<U, std::optional>) {
+    return picklable<typename U::value_type>();
+  } else if constexpr (is_instance_v<U, std::shared_ptr> || is_instance_v<U, std::unique_ptr>) {
+    using E = typename U::element_type;
+    return !std::is_array_v<E> && std::is_default_constructible_v<E> && picklable<E>();
+  } else if constexpr (requires {
+                         typename U::value_type;
+                         typename U::iterator;
+                       }) {
+    return picklable<typename U::value_type>() && cereal_serializable<U>();
+  } else {
+    return cereal_serializable<U>();
+  }
+}
+}  // namespace detail
+
+/// A value of T can be written to and read back from a binary archive (and rebuilt: default
+/// constructible), all the way down: std::vector<X> only if X is.
+template <class T>
+concept Value = std::is_default_constructible_v<T> && detail::picklable<T>();
 
 /// A callable the child can rebuild: a function pointer, a captureless lambda (empty and
 /// default-constructible in C++20), or a function object that is itself a Value.
 template <class F>
-concept Callable = std::is_pointer_v<F> && std::is_function_v<std::remove_pointer_t<F>> ||
-                   (std::is_empty_v<F>&& std::is_default_constructible_v<F>) ||
-                   Value<F>;
+concept Callable = (std::is_pointer_v<F> && std::is_function_v<std::remove_pointer_t<F>>) ||
+                   (std::is_empty_v<F> && std::is_default_constructible_v<F>) || Value<F>;
 
 /// A reference to code in this program, valid in a spawned copy of the same binary:
 /// the loaded module (empty for the executable) and the offset from its load address.
@@ -116,25 +160,6 @@ template <class Archive, class... Fields>
 void fields(Archive& ar, Fields&&... f) {
   (ar(std::forward<Fields>(f)), ...);
 }
-
-/// True only on the thread that is writing a spawned child's preparation data.
-bool spawning();
-/// Marks this thread as spawning for its lifetime: the authkey may be written, and descriptors
-/// registered with duplicate_for_child() are collected for the child.
-class SpawningScope {
- public:
-  SpawningScope();
-  ~SpawningScope();
-  SpawningScope(const SpawningScope&) = delete;
-  SpawningScope& operator=(const SpawningScope&) = delete;
-  /// The descriptors registered while this scope was active, in index order.
-  const std::vector<int>& fds() const { return fds_; }
-
- private:
-  friend int duplicate_for_child(int fd);
-  SpawningScope* previous_;
-  std::vector<int> fds_;
-};
 
 /// While spawning: registers `fd` to be handed to the child (at exec, or by SCM_RIGHTS under
 /// forkserver) and returns the index the child finds it under. Throws std::logic_error when

@@ -23,11 +23,13 @@ std::optional<int> Child::reap_locked() {
 }
 
 std::optional<int> Child::poll() {
+  if (foreign_) return std::nullopt;  // a fork child cannot know: CPython says None too
   std::lock_guard l(mu_);
   return reap_locked();
 }
 
 std::optional<int> Child::wait(std::optional<Duration> timeout) {
+  if (foreign_) return std::nullopt;
   {
     std::lock_guard l(mu_);
     if (returncode_) return returncode_;
@@ -47,6 +49,7 @@ std::optional<int> Child::wait(std::optional<Duration> timeout) {
 }
 
 void Child::send(int sig) {
+  if (foreign_) return;
   std::lock_guard l(mu_);
   if (returncode_) return;  // reaped: the pid may belong to someone else now
   send_signal(pidfd_.get(), pid_, sig);
@@ -60,6 +63,7 @@ void Child::kill() {
 }
 
 void Child::close() {
+  if (foreign_) return;
   std::lock_guard l(mu_);
   pidfd_.reset();
   sentinel_.reset();
@@ -67,11 +71,12 @@ void Child::close() {
 }
 
 void Child::forget() {
-  // Runs in a fork child, which owns none of this.
+  // Runs in a fork child, which owns none of this. The mutex is not touched: another thread
+  // of the parent may have held it at fork().
+  foreign_ = true;
   pidfd_.reset();
   sentinel_.reset();
   lifeline_.reset();
-  returncode_ = 0;
 }
 
 }  // namespace mp::posix

@@ -30,6 +30,7 @@ class Child final : public detail::Popen {
 
   std::mutex mu_;  // reaping and signalling happen under it, so a reaped pid is never signalled
   const int pid_;
+  bool foreign_ = false;  // inherited by a fork child: not its child
   std::optional<int> returncode_;
   unique_fd pidfd_, sentinel_, lifeline_;
 };

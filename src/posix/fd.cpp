@@ -22,16 +22,25 @@ int check(int r, const char* call) {
   return r;
 }
 
+unique_fd above_stdio(unique_fd fd) {
+  // With stdin/stdout/stderr closed, a new descriptor may take their number, and a child's
+  // stdio set-up would then overwrite it.
+  if (fd && fd.get() < 3) fd = unique_fd(check(::fcntl(fd.get(), F_DUPFD_CLOEXEC, 3), "fcntl"));
+  return fd;
+}
+
 std::pair<unique_fd, unique_fd> make_pipe() {
   int fds[2];
   check(::pipe2(fds, O_CLOEXEC), "pipe2");
-  return {unique_fd(fds[0]), unique_fd(fds[1])};
+  unique_fd a(fds[0]), b(fds[1]);
+  return {above_stdio(std::move(a)), above_stdio(std::move(b))};
 }
 
 std::pair<unique_fd, unique_fd> make_socketpair() {
   int fds[2];
   check(::socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, fds), "socketpair");
-  return {unique_fd(fds[0]), unique_fd(fds[1])};
+  unique_fd a(fds[0]), b(fds[1]);
+  return {above_stdio(std::move(a)), above_stdio(std::move(b))};
 }
 
 unique_fd open_devnull(int flags) {
@@ -46,6 +55,8 @@ void set_cloexec(int fd, bool on) {
 // poll() one descriptor; EINTR is retried with the time that is left.
 static bool poll_one(int fd, short events, std::optional<Duration> timeout) {
   using clock = std::chrono::steady_clock;
+  // Beyond 30 years (or NaN) is forever: converting it to clock ticks would overflow.
+  if (timeout && !(timeout->count() < 1e9)) timeout.reset();
   const auto deadline = timeout ? clock::now() + std::chrono::duration_cast<clock::duration>(
                                                      std::max(*timeout, Duration::zero()))
                                 : clock::time_point::max();

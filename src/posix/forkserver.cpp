@@ -33,7 +33,7 @@ namespace {
 
 using namespace std::chrono_literals;
 // Bounds one exchange with the server, so a stalled peer never blocks either side for long.
-constexpr auto kExchangeTimeout = 30s;
+constexpr auto kExchangeTimeout = 10s;
 
 Deadline deadline() {
   return std::chrono::steady_clock::now() + kExchangeTimeout;
@@ -69,8 +69,11 @@ Client& client() {
 }
 
 void remove_dir(const std::string& dir) {
+  if (dir.empty()) return;
   std::error_code ec;
-  if (!dir.empty()) std::filesystem::remove_all(dir, ec);
+  // Ours even if someone made it unreadable: take it back first, or it cannot be listed.
+  std::filesystem::permissions(dir, std::filesystem::perms::owner_all, ec);
+  std::filesystem::remove_all(dir, ec);
 }
 
 // Ends a server we cannot or need not use any more, and everything it left behind.
@@ -224,9 +227,17 @@ int forkserver_pid() {
   return c.server ? c.server->pid() : -1;
 }
 
+std::string forkserver_address() {
+  auto& c = client();
+  std::lock_guard l(c.mu);
+  return c.address;
+}
+
 ForkRequest decode_request(std::span<const std::byte> bytes, std::size_t fds_received) {
   ForkRequest r;
-  if (bytes.size() != sizeof r)
+  if (bytes.size() > sizeof r)
+    throw std::runtime_error("oversized request (over " + std::to_string(sizeof r) + " bytes)");
+  if (bytes.size() < sizeof r)
     throw std::runtime_error("request of " + std::to_string(bytes.size()) + " bytes, expected " +
                              std::to_string(sizeof r));
   std::memcpy(&r, bytes.data(), sizeof r);
@@ -312,7 +323,7 @@ std::vector<unique_fd> receive(int conn, std::vector<std::byte>& bytes, bool& tr
     for (std::size_t i = 0; i < count; ++i) {
       int fd;
       std::memcpy(&fd, CMSG_DATA(cm) + i * sizeof(int), sizeof fd);
-      fds.emplace_back(fd);
+      fds.push_back(above_stdio(unique_fd(fd)));
     }
   }
   truncated = (msg.msg_flags & MSG_CTRUNC) != 0;

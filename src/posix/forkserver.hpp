@@ -43,7 +43,8 @@ void forkserver_stop();
 void forkserver_forget();
 /// Hooks the server runs once before it forks (set_forkserver_preload).
 void forkserver_set_preload(std::vector<void (*)()> hooks);
-/// The running server's pid, or -1 (for tests).
+/// The running server's pid, or -1; its socket path, or empty (for tests).
 int forkserver_pid();
+std::string forkserver_address();
 
 }  // namespace mp::posix

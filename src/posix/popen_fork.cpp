@@ -24,6 +24,7 @@ bool have_pidfd() {
 }
 
 unique_fd open_pidfd_or_kill(int pid) {
+  if (!have_pidfd()) return unique_fd();
   try {
     return open_pidfd(pid);
   } catch (...) {

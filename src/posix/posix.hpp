@@ -38,7 +38,9 @@ class unique_fd {
 /// Throws std::system_error(errno, call) when r < 0.
 int check(int r, const char* call);
 
-/// pipe2(O_CLOEXEC): {read end, write end}.
+/// The same descriptor, moved to a number above 2 if it had one of stdio's.
+unique_fd above_stdio(unique_fd fd);
+/// pipe2(O_CLOEXEC): {read end, write end}, both above 2.
 std::pair<unique_fd, unique_fd> make_pipe();
 /// socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC).
 std::pair<unique_fd, unique_fd> make_socketpair();
@@ -59,7 +61,8 @@ std::size_t read_full(int fd, std::span<std::byte> data);
 unique_fd open_pidfd(int pid);
 /// Sends sig through the pidfd when valid, else kill(pid). ESRCH is ignored.
 void send_signal(int pidfd, int pid, int sig);
-/// waitpid; the exit code (-signum when signalled) once the child has ended, else nullopt.
+/// waitpid; the exit code (-signum when signalled) once the child has ended, else nullopt;
+/// 255 when someone else already reaped it (the status is lost).
 std::optional<int> reap(int pid, bool block);
 
 /// Fork the caller. In the child, `child` runs and must not return.
@@ -75,6 +78,8 @@ std::vector<int> spawn_process(const std::string& exe, const std::vector<std::st
 void set_cloexec(int fd, bool on);
 
 int getpid();
+/// The kernel marked this exec as secure (setuid, setgid, capabilities: AT_SECURE).
+bool secure_execution();
 int getppid();
 bool is_main_thread();
 /// PR_SET_PDEATHSIG: `sig` when the parent thread ends; false if the parent is already gone.
@@ -88,6 +93,9 @@ std::vector<std::byte> random_bytes(std::size_t n);
 /// "TERM" for SIGTERM; empty when the signal has no name.
 std::string signal_abbrev(int sig);
 std::string getcwd();
+/// The environment as NAME=value strings; replacing it (in a child that is alone).
+std::vector<std::string> get_environment();
+void set_environment(const std::vector<std::string>& env);
 void chdir(const std::string& dir);
 /// The running program's path (/proc/self/exe resolved).
 std::string self_exe();

@@ -3,6 +3,7 @@
 #include <sched.h>
 #include <signal.h>
 #include <spawn.h>
+#include <sys/auxv.h>
 #include <sys/prctl.h>
 #include <sys/random.h>
 #include <sys/syscall.h>
@@ -69,6 +70,9 @@ std::optional<int> reap(int pid, bool block) {
     }
     if (r == 0) return std::nullopt;
     if (errno == EINTR) continue;
+    // Someone else reaped it (a SIGCHLD handler calling waitpid(-1), or SIGCHLD ignored): it
+    // has ended and its status is lost. 255, as CPython's forkserver reports an unknown end.
+    if (errno == ECHILD) return 255;
     check(-1, "waitpid");
   }
 }
@@ -128,6 +132,9 @@ int fork_process() {
 int getpid() {
   return ::getpid();
 }
+bool secure_execution() {
+  return ::getauxval(AT_SECURE) != 0;
+}
 int getppid() {
   return ::getppid();
 }
@@ -177,6 +184,9 @@ std::vector<std::byte> random_bytes(std::size_t n) {
 }
 
 std::string signal_abbrev(int sig) {
+  // CPython's signal module names the two ends of the real-time range, nothing between.
+  if (sig == SIGRTMIN) return "RTMIN";
+  if (sig == SIGRTMAX) return "RTMAX";
   const char* name = ::sigabbrev_np(sig);
   return name ? name : "";
 }
@@ -185,6 +195,18 @@ std::string getcwd() {
   std::error_code ec;
   auto p = std::filesystem::current_path(ec);
   return ec ? std::string() : p.string();
+}
+
+std::vector<std::string> get_environment() {
+  std::vector<std::string> env;
+  for (char** e = environ; e && *e; ++e) env.emplace_back(*e);
+  return env;
+}
+
+void set_environment(const std::vector<std::string>& env) {
+  ::clearenv();
+  // putenv keeps the pointer: the strings must live as long as the process.
+  for (const auto& entry : env) ::putenv(::strdup(entry.c_str()));
 }
 
 void chdir(const std::string& dir) {

@@ -1,0 +1,109 @@
+// 2,000 starts mixing the three start methods with random terminate/kill/join(timeout): no
+// zombie, no leaked descriptor, every exit code accounted for.
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <deque>
+#include <random>
+
+#include "support.hpp"
+
+using namespace mp_test;
+using namespace std::chrono_literals;
+
+namespace {
+
+void noop() {}
+void exit_with(int code) {
+  mp::exit(code);
+}
+void pause_forever() {
+  for (;;) ::pause();
+}
+
+struct Started {
+  mp::Process p;
+  int kind;  // 0 noop, 1 exit code, 2 blocks until signalled
+  int code;
+  bool signalled = false;
+};
+
+void check(Started& s) {
+  auto code = s.p.exitcode();
+  ASSERT_TRUE(code) << s.p;
+  if (*code < 0) {
+    EXPECT_TRUE(s.signalled) << "killed without a signal from us: " << s.p;
+    EXPECT_TRUE(*code == -SIGTERM || *code == -SIGKILL) << s.p;
+  } else {
+    EXPECT_NE(s.kind, 2) << "a blocking child cannot end by itself: " << s.p;
+    EXPECT_EQ(*code, s.kind == 0 ? 0 : s.code) << s.p;
+  }
+}
+
+TEST(Churn, TwoThousandStartsMixingMethods) {
+  {  // the fork server lives on after the test, with its two descriptors: start it first
+    auto warm = mp::forkserver_context.Process(noop);
+    warm.start();
+    warm.join(kHang);
+  }
+  const int fds = open_fd_count();
+  std::mt19937 rng(20261123);
+  const char* methods[] = {"fork", "spawn", "forkserver"};
+  std::deque<Started> live;
+  int counts[3] = {0, 0, 0};
+  for (int i = 0; i < 2000; ++i) {
+    const int m = static_cast<int>(rng() % 3);
+    ++counts[m];
+    const auto& ctx = mp::get_context(methods[m]);
+    const int kind = static_cast<int>(rng() % 3);
+    const int code = i % 256;
+    Started s{kind == 0   ? ctx.Process(noop)
+              : kind == 1 ? ctx.Process(exit_with, code)
+                          : ctx.Process(pause_forever),
+              kind, code};
+    s.p.start();
+    switch (rng() % 4) {
+      case 0:
+        s.p.terminate();
+        s.signalled = true;
+        break;
+      case 1:
+        s.p.kill();
+        s.signalled = true;
+        break;
+      case 2:
+        s.p.join(std::chrono::microseconds(rng() % 2000));
+        if (s.p.is_alive()) {
+          s.p.kill();
+          s.signalled = true;
+        }
+        break;
+      default:
+        if (kind == 2) {  // must not run forever
+          s.p.terminate();
+          s.signalled = true;
+        }
+        break;
+    }
+    live.push_back(std::move(s));
+    while (live.size() > 16) {  // join the oldest; several are still running meanwhile
+      live.front().p.join(kHang);
+      check(live.front());
+      live.pop_front();
+    }
+  }
+  for (auto& s : live) {
+    s.p.join(kHang);
+    check(s);
+  }
+  live.clear();
+  EXPECT_TRUE(mp::active_children().empty());
+  siginfo_t info{};
+  EXPECT_TRUE(::waitid(P_ALL, 0, &info, WEXITED | WNOHANG | WNOWAIT) < 0 || info.si_pid == 0)
+      << "zombie left: " << info.si_pid;
+  EXPECT_EQ(open_fd_count(), fds);
+  std::cerr << "[ info ] starts: fork " << counts[0] << ", spawn " << counts[1] << ", forkserver "
+            << counts[2] << "\n";
+}
+
+}  // namespace
