@@ -69,6 +69,9 @@ void wait_closed(int fd) {
 
 TEST(ForkServer, ChildrenAreTheProgramsOwn) {
   start_and_join_ok();
+  const auto dir = std::filesystem::path(mp::posix::forkserver_address()).parent_path();
+  EXPECT_EQ(std::filesystem::status(dir).permissions(), std::filesystem::perms::owner_all)
+      << "the socket directory must be private (0700)";
   const int server = mp::posix::forkserver_pid();
   ASSERT_GT(server, 0);
   Channel out, gate;

@@ -193,6 +193,12 @@ void start_by_every_method(std::string out) {
   Channel::send(out, codes);
 }
 
+// Writes through a descriptor it was given as an argument (a pipe's write end).
+void write_to_passed_fd(mp::reduction::DupFd fd, std::string text) {
+  if (::write(fd.fd(), text.data(), text.size()) != static_cast<ssize_t>(text.size())) mp::exit(3);
+  ::close(fd.fd());
+}
+
 void report_cwd(std::string out) {
   Channel::send(out, std::filesystem::current_path().string());
 }
@@ -989,6 +995,26 @@ TEST_P(ProcessTest, ChildrenStartChildrenByEveryMethod) {
   EXPECT_EQ(out.recv(), "10 11 12 ");
   p.join(kHang);
   EXPECT_EQ(p.exitcode(), 0);
+}
+
+TEST_P(ProcessTest, DescriptorArgumentsCross) {
+  int fds[2];
+  ASSERT_EQ(::pipe2(fds, O_CLOEXEC), 0);
+  auto p = make(write_to_passed_fd, mp::reduction::DupFd(fds[1]), std::string("through the fd"));
+  p.start();
+  // The child owns its own copy before start() returns: ours may go at once (SEMANTICS 48).
+  ::close(fds[1]);
+  std::string got;
+  char buf[64];
+  for (ssize_t n; (n = ::read(fds[0], buf, sizeof buf)) != 0;) {
+    if (n < 0 && errno == EINTR) continue;
+    ASSERT_GT(n, 0);
+    got.append(buf, static_cast<std::size_t>(n));
+  }
+  ::close(fds[0]);
+  p.join(kHang);
+  EXPECT_EQ(p.exitcode(), 0);
+  EXPECT_EQ(got, "through the fd") << "and EOF once the child's copy closed";
 }
 
 TEST_P(ProcessTest, ChildStartsInTheParentsCwd) {

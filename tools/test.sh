@@ -1,7 +1,7 @@
 #!/bin/sh
 # Fresh Debian 12 machine -> the whole test suite: a normal build, the same suite under
 # AddressSanitizer + UndefinedBehaviorSanitizer, and a consumer project built against the
-# installed package (CMake and pkg-config).
+# installed package (CMake and pkg-config), and a bounded libFuzzer run (clang).
 set -eu
 cd "$(dirname "$0")/.."
 sh tools/deps.sh cmake ninja-build g++ libcereal-dev nettle-dev libgtest-dev pkg-config
@@ -27,4 +27,6 @@ PKG_CONFIG_PATH="$prefix/lib/pkgconfig" \
   g++ tests/consumer/main.cpp $(PKG_CONFIG_PATH="$prefix/lib/pkgconfig" pkg-config --cflags --libs multiprocess) \
   -o build/consumer/consumer_pc
 ./build/consumer/consumer_pc
+echo "== fuzz the fork server's request decoder and the handshake (bounded)"
+sh tools/fuzz.sh 30
 echo "== all tests passed"
