@@ -84,6 +84,8 @@ SpawnPayload spawn_payload(const Process& p, StartMethod method);
 // A spawned or forkserver child: reads the frame from `data_fd`, rebuilds its process object
 // (with `passed_fds` for its descriptors) and runs it. Never returns.
 [[noreturn]] void child_main(int data_fd, int sentinel_w, std::vector<int> passed_fds);
+// In the fork server, before it forks: goes once through what each child will do.
+void warm_up_child_path();
 
 // In a fork child: re-creates locks another thread of the parent may have held at fork().
 void reset_locks_after_fork();

@@ -14,6 +14,7 @@
 
 #include "mp/context.hpp"
 #include "mp/process.hpp"
+#include "posix/forkserver.hpp"
 #include "posix/launch.hpp"
 #include "posix/posix.hpp"
 #include "runtime.hpp"
@@ -106,6 +107,43 @@ std::vector<std::byte> read_frame(int fd) {
   return payload;
 }
 
+// Reads the preparation data and rebuilds the process object from a frame's payload. With
+// `apply`, the data takes effect in this process (environment, parent-death signal, cwd, ...);
+// without, it is a dry run (the fork server warms itself up with one).
+std::unique_ptr<Process> rebuild(std::vector<std::byte> payload, PrepData& prep, bool apply) {
+  std::string text(reinterpret_cast<const char*>(payload.data()), payload.size());
+  std::istringstream is(std::move(text));
+  try {
+    reduction::InArchive ar(is);
+    ar(prep.build_id);
+    if (prep.build_id != posix::build_id())
+      die("this program (" + posix::self_exe() + ", build-id " + posix::build_id() +
+          ") is a different build from its parent (build-id " + prep.build_id +
+          "); mp::set_executable must name a copy of the same binary");
+    ar(prep.name, prep.class_token, prep.identity, prep.daemon, prep.authkey, prep.cwd,
+       prep.parent_pid, prep.parent_name, prep.start_method, prep.parent_death_signal,
+       prep.executable, prep.environment);
+    if (apply) {
+      // Usually the server's environment is already the program's: then nothing to redo.
+      if (prep.environment) posix::set_environment(*prep.environment);
+      if (prep.parent_death_signal && prep.daemon &&
+          !posix::set_parent_death_signal(SIGKILL, prep.parent_pid))
+        posix::exit_now(1);  // the parent is already gone: a daemon child has nothing to do
+      if (!prep.cwd.empty() && prep.cwd != posix::getcwd()) posix::chdir(prep.cwd);
+      if (!prep.executable.empty()) set_executable(prep.executable);
+      force_default_start_method(static_cast<StartMethod>(prep.start_method));
+    }
+    reduction::CodeRef loader_ref;
+    ar(loader_ref);
+    auto loader = reinterpret_cast<reduction::ProcessLoader>(
+        const_cast<void*>(reduction::resolve(loader_ref)));
+    return loader(ar);
+  } catch (const std::exception& e) {
+    die(std::string("cannot rebuild the process object: ") + reduction::demangle(typeid(e)) + ": " +
+        e.what());
+  }
+}
+
 }  // namespace
 
 [[noreturn]] void child_main(int data_fd, int sentinel_w, std::vector<int> passed_fds) {
@@ -117,37 +155,8 @@ std::vector<std::byte> read_frame(int fd) {
   r.own_sentinel_w = sentinel_w;
   reduction::set_passed_fds(std::move(passed_fds));
 
-  auto payload = read_frame(data_fd);
-  std::string text(reinterpret_cast<const char*>(payload.data()), payload.size());
-  std::istringstream is(std::move(text));
   PrepData prep;
-  std::unique_ptr<Process> self;
-  try {
-    reduction::InArchive ar(is);
-    ar(prep.build_id);
-    if (prep.build_id != posix::build_id())
-      die("this program (" + posix::self_exe() + ", build-id " + posix::build_id() +
-          ") is a different build from its parent (build-id " + prep.build_id +
-          "); mp::set_executable must name a copy of the same binary");
-    ar(prep.name, prep.class_token, prep.identity, prep.daemon, prep.authkey, prep.cwd,
-       prep.parent_pid, prep.parent_name, prep.start_method, prep.parent_death_signal,
-       prep.executable, prep.environment);
-    if (prep.environment) posix::set_environment(*prep.environment);
-    if (prep.parent_death_signal && prep.daemon &&
-        !posix::set_parent_death_signal(SIGKILL, prep.parent_pid))
-      posix::exit_now(1);  // the parent is already gone: a daemon child has nothing to do
-    if (!prep.cwd.empty()) posix::chdir(prep.cwd);
-    if (!prep.executable.empty()) set_executable(prep.executable);
-    force_default_start_method(static_cast<StartMethod>(prep.start_method));
-    reduction::CodeRef loader_ref;
-    ar(loader_ref);
-    auto loader = reinterpret_cast<reduction::ProcessLoader>(
-        const_cast<void*>(reduction::resolve(loader_ref)));
-    self = loader(ar);
-  } catch (const std::exception& e) {
-    die(std::string("cannot rebuild the process object: ") + reduction::demangle(typeid(e)) + ": " +
-        e.what());
-  }
+  auto self = rebuild(read_frame(data_fd), prep, true);
   auto& s = ProcessState::of(*self);
   s.identity = prep.identity;
   s.name = prep.name;
@@ -159,9 +168,29 @@ std::vector<std::byte> read_frame(int fd) {
   // Kept for the process's life, like the object itself (CPython's _current_process).
   Process& me = *self.release();
   int code = bootstrap(me, ParentInfo{prep.parent_name, prep.parent_pid, data_fd});
+  if (static_cast<StartMethod>(prep.start_method) == StartMethod::forkserver) {
+    // A fork of the server: as a fork child, it must not run the static destructors and
+    // atexit handlers of the server's image (bootstrap flushed the streams already).
+    posix::exit_now(code);
+  }
   // A spawned child is a program of its own: leave normally, so the atexit handlers and
   // static destructors of this process run.
   std::exit(code);
+}
+
+void warm_up_child_path() {
+  // Everything a child does for the first time in this image (binding symbols, setting up
+  // locales and streams, first allocations) is done once here, before the server forks:
+  // each child inherits it instead of paying for it (in time and copy-on-write faults).
+  Process sample;
+  auto payload = spawn_payload(sample, StartMethod::forkserver);
+  std::vector<std::byte> body(payload.frame.begin() + sizeof(Header),
+                              payload.frame.end() - sizeof(std::uint64_t));
+  PrepData prep;
+  rebuild(std::move(body), prep, false);
+  (void)posix::getcwd();
+  std::ostringstream warm;
+  warm << exitcode_to_name(-15) << sample;
 }
 
 SpawnPayload spawn_payload(const Process& p, StartMethod method) {
@@ -184,7 +213,11 @@ SpawnPayload spawn_payload(const Process& p, StartMethod method) {
     std::lock_guard l(g_exe_mu);
     prep.executable = g_executable;
   }
-  if (method == StartMethod::forkserver) prep.environment = posix::get_environment();
+  // The server's environment is the program's as it was when the server started; send ours
+  // only if it has changed since.
+  if (method == StartMethod::forkserver &&
+      posix::environment_hash() != posix::forkserver_environment_hash())
+    prep.environment = posix::get_environment();
 
   std::ostringstream os;
   os.write("\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0", sizeof(Header));

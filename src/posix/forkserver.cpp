@@ -59,8 +59,10 @@ struct Client {
   std::shared_ptr<Child> server;  // our child; not in active_children()
   std::string dir, address;
   unique_fd alive_w;  // the server exits when this closes, however this program ends
+  unique_fd conn;     // authenticated once, then one round trip per child
   bool from_main_thread = false;
   AuthenticationString key;
+  std::uint64_t environment_hash = 0;  // of the environment the server inherited
 };
 
 Client& client() {
@@ -78,6 +80,7 @@ void remove_dir(const std::string& dir) {
 
 // Ends a server we cannot or need not use any more, and everything it left behind.
 void stop_locked(Client& c, bool terminate) {
+  c.conn.reset();
   c.alive_w.reset();
   if (c.server) {
     if (terminate) c.server->terminate();
@@ -127,6 +130,7 @@ void start_locked(Client& c) {
     c.server = std::make_shared<Child>(pid, open_pidfd_or_kill(pid), unique_fd(), unique_fd());
     c.alive_w = std::move(alive_w);
     c.from_main_thread = is_main_thread();
+    c.environment_hash = environment_hash();
     c.key = init.key;
     init_r.reset();
     // The server reads this at once; a pipe holds 64 KiB, far more than it needs.
@@ -150,32 +154,8 @@ unique_fd connect_locked(Client& c) {
   return fd;
 }
 
-}  // namespace
-
-unique_fd forkserver_connect(bool& from_main_thread) {
-  auto& c = client();
-  std::lock_guard l(c.mu);
-  for (int attempt = 0;; ++attempt) {
-    if (c.server && c.server->poll()) stop_locked(c, false);  // it died: start another
-    if (!c.server) start_locked(c);
-    unique_fd fd = connect_locked(c);
-    if (fd) {
-      try {
-        detail::answer_challenge(fd.get(), c.key, deadline());
-        from_main_thread = c.from_main_thread;
-        return fd;
-      } catch (const std::exception&) {
-        if (attempt > 0) throw;
-      }
-    } else if (attempt > 0) {
-      check(-1, ("connect " + c.address).c_str());
-    }
-    // Unreachable (socket directory removed or unreadable) or gone mid-handshake: replace it.
-    stop_locked(c, true);
-  }
-}
-
-int forkserver_request(int conn, const ForkRequest& request, std::span<const int> fds) {
+// Sends one request with its descriptors and reads the child's pid (or -errno).
+int request_locked(int conn, const ForkRequest& request, std::span<const int> fds) {
   iovec iov{const_cast<ForkRequest*>(&request), sizeof request};
   std::vector<char> control(CMSG_SPACE(sizeof(int) * fds.size()));
   msghdr msg{};
@@ -188,15 +168,46 @@ int forkserver_request(int conn, const ForkRequest& request, std::span<const int
   cm->cmsg_type = SCM_RIGHTS;
   cm->cmsg_len = CMSG_LEN(sizeof(int) * fds.size());
   std::memcpy(CMSG_DATA(cm), fds.data(), sizeof(int) * fds.size());
-  while (::sendmsg(conn, &msg, MSG_NOSIGNAL) < 0)
+  while (::sendmsg(conn, &msg, MSG_NOSIGNAL) < 0) {
+    if (errno == EPIPE || errno == ECONNRESET)
+      throw ProcessError("the fork server closed the connection");
     if (errno != EINTR) check(-1, "sendmsg to the fork server");
-
+  }
   std::int32_t reply = 0;
   auto got = read_until(conn, {reinterpret_cast<std::byte*>(&reply), sizeof reply}, deadline());
   if (got != sizeof reply)
     throw ProcessError("the fork server closed the connection without starting the child");
-  if (reply < 0) throw std::system_error(-reply, std::system_category(), "fork server");
   return reply;
+}
+
+}  // namespace
+
+int forkserver_fork(ForkRequest request, std::span<const int> fds, bool daemon) {
+  auto& c = client();
+  std::lock_guard l(c.mu);  // one request at a time on the shared connection
+  for (int attempt = 0;; ++attempt) {
+    try {
+      if (c.server && c.server->poll()) stop_locked(c, false);  // it died: start another
+      if (!c.server) start_locked(c);
+      if (!c.conn) {
+        unique_fd fd = connect_locked(c);
+        // Unreachable: its socket directory was removed or made unreadable. Replace it.
+        if (!fd) throw ProcessError("cannot connect to the fork server at " + c.address);
+        detail::answer_challenge(fd.get(), c.key, deadline());
+        c.conn = std::move(fd);
+      }
+      // The child's parent thread is the one that started the server (CLONE_PARENT).
+      if (daemon && c.from_main_thread) request.flags |= ForkRequest::kParentDeathSignal;
+      const int reply = request_locked(c.conn.get(), request, fds);
+      if (reply < 0) throw std::system_error(-reply, std::system_category(), "fork server");
+      return reply;
+    } catch (const std::system_error&) {
+      throw;  // the server answered: it could not make the child (EMFILE, EAGAIN)
+    } catch (const std::exception&) {
+      if (attempt > 0) throw;
+      stop_locked(c, true);  // gone or unusable: once more, with a new server
+    }
+  }
 }
 
 void forkserver_stop() {
@@ -205,11 +216,18 @@ void forkserver_stop() {
   stop_locked(c, false);
 }
 
+void forkserver_disconnect() {
+  auto& c = client();
+  std::lock_guard l(c.mu);
+  c.conn.reset();
+}
+
 void forkserver_forget() {
   auto& c = client();
   new (&c.mu) std::mutex;  // another thread may have held it at fork()
   if (c.server) c.server->forget();
   c.server.reset();
+  c.conn.reset();  // the parent's authenticated connection: never ours to use
   c.alive_w.reset();
   c.dir.clear();  // the parent's: never removed from here
   c.address.clear();
@@ -219,6 +237,13 @@ void forkserver_set_preload(std::vector<void (*)()> hooks) {
   auto& c = client();
   std::lock_guard l(c.mu);
   c.preload = std::move(hooks);
+}
+
+std::uint64_t forkserver_environment_hash() {
+  auto& c = client();
+  std::lock_guard l(c.mu);
+  // No server yet: the one about to start inherits the current environment.
+  return c.server ? c.environment_hash : environment_hash();
 }
 
 int forkserver_pid() {
@@ -270,6 +295,7 @@ struct Server {
   int* tid_address = nullptr;  // glibc's copy of our thread id, for the children
   void* robust_head = nullptr;
   std::size_t robust_len = 0;
+  std::vector<unique_fd> clients;  // authenticated connections, one per program process
 };
 
 void log_line(const std::string& line) {
@@ -306,16 +332,17 @@ std::vector<unique_fd> receive(int conn, std::vector<std::byte>& bytes, bool& tr
   msg.msg_iovlen = 1;
   msg.msg_control = control.data();
   msg.msg_controllen = control.size();
-  pollfd p{conn, POLLIN, 0};
-  for (;;) {
-    int r = ::poll(&p, 1, static_cast<int>(std::chrono::milliseconds(kExchangeTimeout).count()));
-    if (r > 0) break;
-    if (r == 0) throw TimeoutError("timed out waiting for the request");
-    if (errno != EINTR) check(r, "poll");
-  }
+  // Called when poll() said readable: whatever is there now is the request (one sendmsg), so
+  // never wait for more: a client that sends half a request cannot stall the server.
   ssize_t n;
-  while ((n = ::recvmsg(conn, &msg, MSG_CMSG_CLOEXEC)) < 0)
+  while ((n = ::recvmsg(conn, &msg, MSG_CMSG_CLOEXEC | MSG_DONTWAIT)) < 0) {
+    if (errno == EAGAIN) throw std::runtime_error("no request after all");
+    if (errno == ECONNRESET) {
+      n = 0;
+      break;
+    }
     if (errno != EINTR) check(-1, "recvmsg");
+  }
   std::vector<unique_fd> fds;
   for (cmsghdr* cm = CMSG_FIRSTHDR(&msg); cm; cm = CMSG_NXTHDR(&msg, cm)) {
     if (cm->cmsg_level != SOL_SOCKET || cm->cmsg_type != SCM_RIGHTS) continue;
@@ -335,11 +362,12 @@ void reply(int conn, std::int32_t value) {
   write_until(conn, {reinterpret_cast<const std::byte*>(&value), sizeof value}, deadline());
 }
 
-void serve(const Server& s, int conn) {
-  detail::deliver_challenge(conn, s.key, deadline());
+// One request on an authenticated connection; false when the client has gone (EOF).
+bool serve(const Server& s, int conn) {
   std::vector<std::byte> bytes;
   bool truncated = false;
   auto fds = receive(conn, bytes, truncated);
+  if (bytes.empty() && fds.empty()) return false;
   if (truncated) {
     // Out of descriptors (EMFILE), most likely: say so to the client.
     reply(conn, -EMFILE);
@@ -356,7 +384,7 @@ void serve(const Server& s, int conn) {
     // The child: none of the server's descriptors are its business.
     ::close(s.listener);
     ::close(s.alive_r);
-    ::close(conn);
+    for (const auto& client : s.clients) ::close(client.get());
     ::signal(SIGINT, SIG_DFL);
     // Our parent is the program (CLONE_PARENT): the server's own parent.
     if ((request.flags & ForkRequest::kParentDeathSignal) &&
@@ -381,6 +409,7 @@ void serve(const Server& s, int conn) {
     detail::child_main(data, sentinel, std::move(passed));
   }
   reply(conn, pid);
+  return true;
 }
 
 }  // namespace
@@ -427,23 +456,43 @@ void forkserver_main(int argc, char** argv) {
       log_line(std::string("preload hook failed: ") + e.what());
     }
   }
+  try {
+    detail::warm_up_child_path();
+  } catch (const std::exception& e) {
+    log_line(std::string("warm-up failed: ") + e.what());
+  }
   if (::prctl(PR_GET_TID_ADDRESS, &s.tid_address) != 0) s.tid_address = nullptr;
   if (::syscall(SYS_get_robust_list, 0, &s.robust_head, &s.robust_len) != 0)
     s.robust_head = nullptr;
 
+  std::vector<pollfd> p;
   for (;;) {
-    pollfd p[2] = {{s.alive_r, POLLIN, 0}, {s.listener, POLLIN, 0}};
-    if (::poll(p, 2, -1) < 0) {
+    p.assign({{s.alive_r, POLLIN, 0}, {s.listener, POLLIN, 0}});
+    for (const auto& c : s.clients) p.push_back({c.get(), POLLIN, 0});
+    if (::poll(p.data(), p.size(), -1) < 0) {
       if (errno == EINTR) continue;
       log_line(std::string("poll: ") + std::strerror(errno));
       server_exit(s, 1);
     }
     if (p[0].revents) server_exit(s, 0);  // EOF: the program has ended
+    // Requests first, newest connection last; a client that misbehaves loses its connection.
+    for (std::size_t i = p.size(); i-- > 2;) {
+      if (!p[i].revents) continue;
+      bool keep = false;
+      try {
+        keep = serve(s, p[i].fd);
+      } catch (const std::exception& e) {
+        log_line(std::string("dropped a connection: ") + e.what());
+      }
+      if (!keep) s.clients.erase(s.clients.begin() + static_cast<std::ptrdiff_t>(i - 2));
+    }
     if (!(p[1].revents & POLLIN)) continue;
     unique_fd conn(::accept4(s.listener, nullptr, nullptr, SOCK_CLOEXEC));
     if (!conn) continue;
+    // Nothing a client sends is acted on before it has proved it holds the authkey.
     try {
-      serve(s, conn.get());
+      detail::deliver_challenge(conn.get(), s.key, deadline());
+      s.clients.push_back(std::move(conn));
     } catch (const std::exception& e) {
       log_line(std::string("dropped a connection: ") + e.what());
     }

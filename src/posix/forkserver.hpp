@@ -32,17 +32,21 @@ struct ForkRequest {
 /// std::runtime_error naming what is wrong.
 ForkRequest decode_request(std::span<const std::byte> bytes, std::size_t fds_received);
 
-/// Client side: a connected, authenticated socket to a running server (started or restarted
-/// as needed). `from_main_thread` tells whether the server's parent thread is the main thread.
-unique_fd forkserver_connect(bool& from_main_thread);
-/// Client side: sends the request with its descriptors and returns the child's pid.
-int forkserver_request(int conn, const ForkRequest& request, std::span<const int> fds);
+/// Client side: asks the server (started, connected and authenticated as needed; restarted
+/// once if it has died or become unreachable) for a child and returns its pid. Adds
+/// kParentDeathSignal for a daemon when that signal can work. Throws std::system_error with
+/// the server's errno when it could not make the child.
+int forkserver_fork(ForkRequest request, std::span<const int> fds, bool daemon);
 /// Stops the server (at normal exit); waits for it and removes its socket directory.
 void forkserver_stop();
+/// Drops this process's connection to the server (the next start connects again; for tests).
+void forkserver_disconnect();
 /// In a fork child: forget the parent's server without touching it.
 void forkserver_forget();
 /// Hooks the server runs once before it forks (set_forkserver_preload).
 void forkserver_set_preload(std::vector<void (*)()> hooks);
+/// The hash of the environment the running (or next) server started with.
+std::uint64_t forkserver_environment_hash();
 /// The running server's pid, or -1; its socket path, or empty (for tests).
 int forkserver_pid();
 std::string forkserver_address();

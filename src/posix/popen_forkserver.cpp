@@ -2,6 +2,7 @@
 // then reads its preparation data and process object as a spawned child does.
 #include <fcntl.h>
 #include <signal.h>
+#include <sys/socket.h>
 
 #include "mp/errors.hpp"
 #include "posix/child.hpp"
@@ -31,29 +32,29 @@ std::shared_ptr<detail::Popen> popen_forkserver(std::span<const std::byte> frame
   send.insert(send.end(), fds.begin(), fds.end());
   if (send.size() > ForkRequest::kMaxFds) throw std::logic_error("too many fds");
 
-  int pid = -1;
-  for (int attempt = 0;; ++attempt) {
-    bool from_main_thread = false;
-    unique_fd conn = forkserver_connect(from_main_thread);
-    ForkRequest request;
-    request.nfds = static_cast<std::uint32_t>(send.size());
-    request.flags = flags;
-    // The child's parent thread is the one that started the server (CLONE_PARENT).
-    if (daemon && from_main_thread) request.flags |= ForkRequest::kParentDeathSignal;
-    try {
-      pid = forkserver_request(conn.get(), request, send);
-      break;
-    } catch (const mp::ProcessError&) {
-      if (attempt > 0) throw;  // the server died mid-request: once more, with a new one
+  ForkRequest request;
+  request.nfds = static_cast<std::uint32_t>(send.size());
+  request.flags = flags;
+  // Queue what fits of the frame first: the child finds it there as soon as it exists,
+  // instead of waiting for our round trip with the server.
+  std::size_t queued = 0;
+  while (queued < frame.size()) {
+    ssize_t n = ::send(parent_end.get(), frame.data() + queued, frame.size() - queued,
+                       MSG_NOSIGNAL | MSG_DONTWAIT);
+    if (n > 0) {
+      queued += static_cast<std::size_t>(n);
+    } else if (n < 0 && errno != EINTR) {
+      break;  // full (EAGAIN): the rest goes once the child reads
     }
   }
+  const int pid = forkserver_fork(request, send, daemon);
   child_end.reset();
   sentinel_w.reset();
   // The child is our own (CLONE_PARENT) and unreaped: its pid cannot have been reused.
   unique_fd pidfd = open_pidfd_or_kill(pid);
   int watch = pidfd ? pidfd.get() : sentinel_r.get();
   try {
-    send_all(parent_end.get(), frame, watch);
+    send_all(parent_end.get(), frame.subspan(queued), watch);
   } catch (...) {
     send_signal(pidfd.get(), pid, SIGKILL);
     reap(pid, true);

@@ -93,6 +93,8 @@ std::vector<std::byte> random_bytes(std::size_t n);
 /// "TERM" for SIGTERM; empty when the signal has no name.
 std::string signal_abbrev(int sig);
 std::string getcwd();
+/// A hash of the environment (to tell whether it changed).
+std::uint64_t environment_hash();
 /// The environment as NAME=value strings; replacing it (in a child that is alone).
 std::vector<std::string> get_environment();
 void set_environment(const std::vector<std::string>& env);

@@ -197,6 +197,15 @@ std::string getcwd() {
   return ec ? std::string() : p.string();
 }
 
+std::uint64_t environment_hash() {
+  std::uint64_t h = 0xcbf29ce484222325ull;  // FNV-1a over the entries and their order
+  for (char** e = environ; e && *e; ++e) {
+    for (const char* c = *e; *c; ++c) h = (h ^ static_cast<unsigned char>(*c)) * 0x100000001b3ull;
+    h = (h ^ 0xff) * 0x100000001b3ull;
+  }
+  return h;
+}
+
 std::vector<std::string> get_environment() {
   std::vector<std::string> env;
   for (char** e = environ; e && *e; ++e) env.emplace_back(*e);
