@@ -95,7 +95,8 @@ def compare(py_ms, mp_ms):
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("-n", type=int, default=40, help="timed single starts per method (default 40)")
-    ap.add_argument("-b", type=int, default=3, help=f"timed batches of {BATCH} per method (default 3)")
+    ap.add_argument("-b", type=int, default=3,
+                    help=f"timed batches of {BATCH} per method (default 3)")
     ap.add_argument("--first-runs", type=int, default=5,
                     help="fresh interpreters timing forkserver's first start (default 5)")
     ap.add_argument("--methods", default="spawn,fork,forkserver",

@@ -21,7 +21,9 @@ std::optional<StartMethod> parse(std::string_view m) {
 StartMethod default_start_method() {
   auto& r = runtime();
   std::lock_guard l(r.mu);
-  if (!r.default_method) r.default_method = StartMethod::spawn;  // DESIGN decision 1
+  // forkserver: spawn's semantics at close to fork's speed (docs/start-methods.md has the
+  // numbers; Python 3.14 made the same choice on Linux).
+  if (!r.default_method) r.default_method = kDefaultStartMethod;
   return *r.default_method;
 }
 
@@ -104,7 +106,7 @@ void set_start_method(std::optional<std::string_view> method, bool force) {
   std::lock_guard l(r.mu);
   if (r.default_method && !force) throw std::runtime_error("context has already been set");
   // As CPython: None with force unsets the default; None without force fixes it.
-  r.default_method = m || force ? m : std::optional<StartMethod>(StartMethod::spawn);
+  r.default_method = m || force ? m : std::optional<StartMethod>(detail::kDefaultStartMethod);
 }
 
 std::string get_start_method() {
@@ -127,7 +129,7 @@ std::vector<std::string> get_all_start_methods() {
     std::lock_guard l(r.mu);
     current = r.default_method;
   }
-  auto first = current.value_or(StartMethod::spawn);
+  auto first = current.value_or(detail::kDefaultStartMethod);
   std::vector<std::string> out = {std::string(to_string(first))};
   for (auto m : {StartMethod::spawn, StartMethod::fork, StartMethod::forkserver})
     if (m != first) out.emplace_back(to_string(m));

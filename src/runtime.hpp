@@ -93,7 +93,10 @@ void reset_locks_after_fork();
 // What spawn execs: the path given to set_executable, else /proc/self/exe.
 std::string spawn_executable();
 
-// The default start method, fixing it (to spawn) when unset.
+// What the default start method becomes when nobody chose one.
+inline constexpr StartMethod kDefaultStartMethod = StartMethod::forkserver;
+
+// The default start method, fixing it when unset.
 StartMethod default_start_method();
 void force_default_start_method(StartMethod m);
 

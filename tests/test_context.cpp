@@ -54,13 +54,13 @@ TEST(Context, SetAndGetTheDefault) {
   mp::set_start_method("spawn", true);
   EXPECT_EQ(mp::get_start_method(), "spawn");
   mp::set_start_method(std::nullopt, true);
-  EXPECT_EQ(mp::get_start_method(), "spawn") << "get_start_method() fixes the default";
-  EXPECT_EQ(mp::get_start_method(true), "spawn");
+  EXPECT_EQ(mp::get_start_method(), "forkserver") << "get_start_method() fixes the default";
+  EXPECT_EQ(mp::get_start_method(true), "forkserver");
   auto all = mp::get_all_start_methods();
-  EXPECT_EQ(all.front(), "spawn");
+  EXPECT_EQ(all.front(), "forkserver");
   EXPECT_EQ(all.size(), 3u);
   EXPECT_NE(std::find(all.begin(), all.end(), "fork"), all.end());
-  EXPECT_NE(std::find(all.begin(), all.end(), "forkserver"), all.end());
+  EXPECT_NE(std::find(all.begin(), all.end(), "spawn"), all.end());
   mp::set_start_method(saved, true);
 }
 

@@ -85,7 +85,7 @@ const Context& get_context(std::optional<std::string_view> method = std::nullopt
 /// Set the default start method once; again throws std::runtime_error("context has already
 /// been set") unless force. std::nullopt with force unsets it.
 void set_start_method(std::optional<std::string_view> method, bool force = false);
-/// The default start method (fixing it to spawn if unset).
+/// The default start method (fixing it to "forkserver" if unset).
 std::string get_start_method();
 /// With allow_none, empty while no default has been fixed.
 std::optional<std::string> get_start_method(bool allow_none);

@@ -147,8 +147,8 @@ std::size_t read_until(int fd, std::span<std::byte> data, Deadline deadline) {
     ssize_t n = ::read(fd, data.data() + got, data.size() - got);
     if (n > 0) {
       got += static_cast<std::size_t>(n);
-    } else if (n == 0) {
-      break;
+    } else if (n == 0 || errno == ECONNRESET) {
+      break;  // the peer is gone (a reset socket is an end like EOF): the caller sees a short read
     } else if (errno != EINTR && errno != EAGAIN) {
       check(-1, "read");
     }

@@ -186,6 +186,7 @@ int forkserver_fork(ForkRequest request, std::span<const int> fds, bool daemon) 
   auto& c = client();
   std::lock_guard l(c.mu);  // one request at a time on the shared connection
   for (int attempt = 0;; ++attempt) {
+    int reply = 0;
     try {
       if (c.server && c.server->poll()) stop_locked(c, false);  // it died: start another
       if (!c.server) start_locked(c);
@@ -198,15 +199,15 @@ int forkserver_fork(ForkRequest request, std::span<const int> fds, bool daemon) 
       }
       // The child's parent thread is the one that started the server (CLONE_PARENT).
       if (daemon && c.from_main_thread) request.flags |= ForkRequest::kParentDeathSignal;
-      const int reply = request_locked(c.conn.get(), request, fds);
-      if (reply < 0) throw std::system_error(-reply, std::system_category(), "fork server");
-      return reply;
-    } catch (const std::system_error&) {
-      throw;  // the server answered: it could not make the child (EMFILE, EAGAIN)
+      reply = request_locked(c.conn.get(), request, fds);
     } catch (const std::exception&) {
       if (attempt > 0) throw;
       stop_locked(c, true);  // gone or unusable: once more, with a new server
+      continue;
     }
+    // The server answered: a pid, or why it could not make the child (EMFILE, EAGAIN).
+    if (reply < 0) throw std::system_error(-reply, std::system_category(), "fork server");
+    return reply;
   }
 }
 
@@ -318,6 +319,15 @@ int clone_parent(const Server& s) {
   args.flags = CLONE_PARENT | (s.tid_address ? CLONE_CHILD_SETTID | CLONE_CHILD_CLEARTID : 0);
   args.child_tid = reinterpret_cast<std::uint64_t>(s.tid_address);
   long pid = ::syscall(SYS_clone3, &args, sizeof args);
+  if (pid < 0 && errno == ENOSYS) {
+    // Before Linux 5.3: the old clone, whose argument order depends on the architecture.
+    const unsigned long flags = args.flags | SIGCHLD;
+#if defined(__x86_64__)
+    pid = ::syscall(SYS_clone, flags, nullptr, nullptr, s.tid_address, nullptr);
+#elif defined(__aarch64__) || defined(__arm__) || defined(__powerpc64__)
+    pid = ::syscall(SYS_clone, flags, nullptr, nullptr, nullptr, s.tid_address);
+#endif
+  }
   if (pid == 0 && s.robust_head) ::syscall(SYS_set_robust_list, s.robust_head, s.robust_len);
   return static_cast<int>(pid);
 }
