@@ -158,7 +158,7 @@ void exit_function() {
   posix::forkserver_stop();  // after the children: none of them needs it any more
 }
 
-int bootstrap(Process& self, ParentInfo parent) {
+int bootstrap(Process& self, ParentInfo parent, bool close_stdin) {
   auto& r = runtime();
   {
     std::lock_guard l(r.mu);
@@ -168,7 +168,7 @@ int bootstrap(Process& self, ParentInfo parent) {
   }
   r.current = &self;
   r.parent.emplace(std::move(parent.name), parent.pid, parent.sentinel);
-  posix::close_stdin();
+  if (close_stdin) posix::close_stdin();
 
   int code = 0;
   t_in_run = true;

@@ -62,7 +62,7 @@ struct ParentInfo {
 
 // Runs the process object in this (child) process: CPython's BaseProcess._bootstrap.
 // Returns the exit code.
-int bootstrap(Process& self, ParentInfo parent);
+int bootstrap(Process& self, ParentInfo parent, bool close_stdin = true);
 
 // Terminates daemonic children, then joins all children (CPython util._exit_function).
 void exit_function();

@@ -110,9 +110,18 @@ std::vector<std::byte> read_frame(int fd) {
 // Reads the preparation data and rebuilds the process object from a frame's payload. With
 // `apply`, the data takes effect in this process (environment, parent-death signal, cwd, ...);
 // without, it is a dry run (the fork server warms itself up with one).
+// Reads a byte buffer in place: no copy of the payload.
+class BufferReader : public std::streambuf {
+ public:
+  explicit BufferReader(std::vector<std::byte>& b) {
+    char* p = reinterpret_cast<char*>(b.data());
+    setg(p, p, p + b.size());
+  }
+};
+
 std::unique_ptr<Process> rebuild(std::vector<std::byte> payload, PrepData& prep, bool apply) {
-  std::string text(reinterpret_cast<const char*>(payload.data()), payload.size());
-  std::istringstream is(std::move(text));
+  BufferReader buffer(payload);
+  std::istream is(&buffer);
   try {
     reduction::InArchive ar(is);
     ar(prep.build_id);
@@ -129,7 +138,7 @@ std::unique_ptr<Process> rebuild(std::vector<std::byte> payload, PrepData& prep,
       if (prep.parent_death_signal && prep.daemon &&
           !posix::set_parent_death_signal(SIGKILL, prep.parent_pid))
         posix::exit_now(1);  // the parent is already gone: a daemon child has nothing to do
-      if (!prep.cwd.empty() && prep.cwd != posix::getcwd()) posix::chdir(prep.cwd);
+      if (!prep.cwd.empty()) posix::chdir(prep.cwd);
       if (!prep.executable.empty()) set_executable(prep.executable);
       force_default_start_method(static_cast<StartMethod>(prep.start_method));
     }
@@ -148,10 +157,6 @@ std::unique_ptr<Process> rebuild(std::vector<std::byte> payload, PrepData& prep,
 
 [[noreturn]] void child_main(int data_fd, int sentinel_w, std::vector<int> passed_fds) {
   auto& r = runtime();
-  // Our descriptors must not reach our own spawned children.
-  posix::set_cloexec(data_fd, true);
-  if (sentinel_w >= 0) posix::set_cloexec(sentinel_w, true);
-  for (int fd : passed_fds) posix::set_cloexec(fd, true);
   r.own_sentinel_w = sentinel_w;
   reduction::set_passed_fds(std::move(passed_fds));
 
@@ -167,8 +172,10 @@ std::unique_ptr<Process> rebuild(std::vector<std::byte> payload, PrepData& prep,
   s.method = static_cast<StartMethod>(prep.start_method);
   // Kept for the process's life, like the object itself (CPython's _current_process).
   Process& me = *self.release();
-  int code = bootstrap(me, ParentInfo{prep.parent_name, prep.parent_pid, data_fd});
-  if (static_cast<StartMethod>(prep.start_method) == StartMethod::forkserver) {
+  const bool forked = static_cast<StartMethod>(prep.start_method) == StartMethod::forkserver;
+  // A fork server child's stdin is the server's, /dev/null already.
+  int code = bootstrap(me, ParentInfo{prep.parent_name, prep.parent_pid, data_fd}, !forked);
+  if (forked) {
     // A fork of the server: as a fork child, it must not run the static destructors and
     // atexit handlers of the server's image (bootstrap flushed the streams already).
     posix::exit_now(code);
@@ -188,7 +195,6 @@ void warm_up_child_path() {
                               payload.frame.end() - sizeof(std::uint64_t));
   PrepData prep;
   rebuild(std::move(body), prep, false);
-  (void)posix::getcwd();
   std::ostringstream warm;
   warm << exitcode_to_name(-15) << sample;
 }
@@ -202,7 +208,12 @@ SpawnPayload spawn_payload(const Process& p, StartMethod method) {
   prep.identity = s.identity;
   prep.daemon = s.daemon;
   prep.authkey = s.authkey;
-  prep.cwd = posix::getcwd();
+  // A spawned child inherits our cwd at exec, as a fork child does at fork; a fork server's
+  // child has the server's, which was ours when it started: send it only if it changed.
+  if (method == StartMethod::forkserver) {
+    auto cwd = posix::getcwd();
+    if (cwd != posix::forkserver_cwd()) prep.cwd = std::move(cwd);
+  }
   prep.parent_pid = posix::getpid();
   prep.parent_name = current_process().name();
   prep.start_method = static_cast<int>(method);
@@ -276,6 +287,10 @@ void init(int argc, char** argv) {
     const int n = detail::parse_fd(argv[4]);
     std::vector<int> passed;
     for (int i = 0, fd = std::max(data, sentinel) + 1; i < n; ++i) passed.push_back(fd + i);
+    // Our descriptors must not reach our own spawned children.
+    posix::set_cloexec(data, true);
+    if (sentinel >= 0) posix::set_cloexec(sentinel, true);
+    for (int fd : passed) posix::set_cloexec(fd, true);
     detail::child_main(data, sentinel, std::move(passed));
   }
   if (std::strcmp(argv[1], posix::kForkServerFlag) == 0) {

@@ -63,6 +63,7 @@ struct Client {
   bool from_main_thread = false;
   AuthenticationString key;
   std::uint64_t environment_hash = 0;  // of the environment the server inherited
+  std::string cwd;                     // the working directory it inherited
 };
 
 Client& client() {
@@ -131,6 +132,7 @@ void start_locked(Client& c) {
     c.alive_w = std::move(alive_w);
     c.from_main_thread = is_main_thread();
     c.environment_hash = environment_hash();
+    c.cwd = getcwd();
     c.key = init.key;
     init_r.reset();
     // The server reads this at once; a pipe holds 64 KiB, far more than it needs.
@@ -245,6 +247,12 @@ std::uint64_t forkserver_environment_hash() {
   std::lock_guard l(c.mu);
   // No server yet: the one about to start inherits the current environment.
   return c.server ? c.environment_hash : environment_hash();
+}
+
+std::string forkserver_cwd() {
+  auto& c = client();
+  std::lock_guard l(c.mu);
+  return c.server ? c.cwd : getcwd();
 }
 
 int forkserver_pid() {

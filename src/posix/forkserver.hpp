@@ -45,8 +45,10 @@ void forkserver_disconnect();
 void forkserver_forget();
 /// Hooks the server runs once before it forks (set_forkserver_preload).
 void forkserver_set_preload(std::vector<void (*)()> hooks);
-/// The hash of the environment the running (or next) server started with.
+/// The hash of the environment, and the working directory, the running (or next) server
+/// started with: its children have them unless told otherwise.
 std::uint64_t forkserver_environment_hash();
+std::string forkserver_cwd();
 /// The running server's pid, or -1; its socket path, or empty (for tests).
 int forkserver_pid();
 std::string forkserver_address();
