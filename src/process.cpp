@@ -106,7 +106,7 @@ struct ForkArg {
   auto& r = runtime();
   // Another thread of the parent may have held the lock at fork(): the child has only us.
   new (&r.mu) std::mutex;
-  reset_locks_after_fork();
+  new (&r.exe_mu) std::mutex;
   r.fork_child = true;
   // The parent's children are not ours: drop their descriptors, never wait for them.
   for (auto& e : r.children) e->popen->forget();

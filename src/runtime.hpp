@@ -41,7 +41,8 @@ struct ProcessState {
 
 // This process's view of itself (CPython process.py's module globals).
 struct Runtime {
-  std::mutex mu;  // guards counter, children and default_method
+  std::mutex mu;      // guards counter, children and default_method
+  std::mutex exe_mu;  // guards the path set_executable() gave
   int counter = 1;
   std::optional<StartMethod> default_method;  // unset until fixed by use or set_start_method
   std::atomic<Process*> current{nullptr};     // null: the main process object
@@ -86,9 +87,6 @@ SpawnPayload spawn_payload(const Process& p, StartMethod method);
 [[noreturn]] void child_main(int data_fd, int sentinel_w, std::vector<int> passed_fds);
 // In the fork server, before it forks: goes once through what each child will do.
 void warm_up_child_path();
-
-// In a fork child: re-creates locks another thread of the parent may have held at fork().
-void reset_locks_after_fork();
 
 // What spawn execs: the path given to set_executable, else /proc/self/exe.
 std::string spawn_executable();

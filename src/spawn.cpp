@@ -65,8 +65,7 @@ struct PrepData {
   }
 };
 
-std::mutex g_exe_mu;
-std::string g_executable;  // empty: /proc/self/exe
+std::string g_executable;  // empty: /proc/self/exe; guarded by runtime().exe_mu
 
 [[noreturn]] void die(const std::string& msg) {
   flush_std_streams();
@@ -221,7 +220,7 @@ SpawnPayload spawn_payload(const Process& p, StartMethod method) {
   // the program. Under forkserver the server arranges it (the request says so).
   prep.parent_death_signal = method == StartMethod::spawn && posix::is_main_thread();
   {
-    std::lock_guard l(g_exe_mu);
+    std::lock_guard l(runtime().exe_mu);
     prep.executable = g_executable;
   }
   // The server's environment is the program's as it was when the server started; send ours
@@ -253,12 +252,8 @@ SpawnPayload spawn_payload(const Process& p, StartMethod method) {
   return out;
 }
 
-void reset_locks_after_fork() {
-  new (&g_exe_mu) std::mutex;
-}
-
 std::string spawn_executable() {
-  std::lock_guard l(g_exe_mu);
+  std::lock_guard l(runtime().exe_mu);
   if (g_executable.empty()) return "/proc/self/exe";  // the running image itself
   // Another file may be another build: only a build-id tells (code travels as offsets).
   if (posix::build_id().empty())
@@ -300,13 +295,13 @@ void init(int argc, char** argv) {
 }
 
 void set_executable(std::string path) {
-  std::lock_guard l(detail::g_exe_mu);
+  std::lock_guard l(detail::runtime().exe_mu);
   detail::g_executable = std::move(path);
 }
 
 std::string get_executable() {
   {
-    std::lock_guard l(detail::g_exe_mu);
+    std::lock_guard l(detail::runtime().exe_mu);
     if (!detail::g_executable.empty()) return detail::g_executable;
   }
   static const std::string self = posix::self_exe();

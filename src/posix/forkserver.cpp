@@ -12,6 +12,7 @@
 #include <sys/un.h>
 #include <unistd.h>
 
+#include <atomic>
 #include <cerrno>
 #include <cstdio>
 #include <cstdlib>
@@ -66,9 +67,22 @@ struct Client {
   std::string cwd;                     // the working directory it inherited
 };
 
+std::atomic<Client*> g_client{nullptr};
+
 Client& client() {
-  static Client* c = new Client;  // never destroyed: used by the atexit handler
+  // Never destroyed: used by the atexit handler.
+  static Client* c = [] {
+    auto* made = new Client;
+    g_client = made;
+    return made;
+  }();
   return *c;
+}
+
+// Without creating it: a process that never used the fork server has nothing to stop or
+// forget (a fork child must not allocate, and so write, for nothing).
+Client* existing_client() {
+  return g_client.load();
 }
 
 void remove_dir(const std::string& dir) {
@@ -214,9 +228,10 @@ int forkserver_fork(ForkRequest request, std::span<const int> fds, bool daemon) 
 }
 
 void forkserver_stop() {
-  auto& c = client();
-  std::lock_guard l(c.mu);
-  stop_locked(c, false);
+  Client* c = existing_client();
+  if (!c) return;
+  std::lock_guard l(c->mu);
+  stop_locked(*c, false);
 }
 
 void forkserver_disconnect() {
@@ -226,7 +241,9 @@ void forkserver_disconnect() {
 }
 
 void forkserver_forget() {
-  auto& c = client();
+  Client* existing = existing_client();
+  if (!existing || (!existing->server && !existing->conn && !existing->alive_w)) return;
+  auto& c = *existing;
   new (&c.mu) std::mutex;  // another thread may have held it at fork()
   if (c.server) c.server->forget();
   c.server.reset();
