@@ -12,6 +12,7 @@
 #include <cstring>
 #include <system_error>
 
+#include "posix/forkserver.hpp"
 #include "posix/posix.hpp"
 #include "runtime.hpp"
 #include "support.hpp"
@@ -90,6 +91,27 @@ TEST(Faults, ChildProgramThatNeverCallsInit) {
       << text;
   EXPECT_NE(text.find("never called mp::init(argc, argv)"), std::string::npos) << text;
   EXPECT_TRUE(no_child_left());
+}
+
+TEST(Faults, ForkServerProgramThatNeverCallsInit) {
+  // Under forkserver the server is that program: it must fail fast, naming the fix.
+  mp::posix::forkserver_stop();
+  Capture err(2);
+  mp::set_executable(helper_path("no_init"));
+  auto p = mp::forkserver_context.Process(noop);
+  try {
+    p.start();
+    ADD_FAILURE() << "start() succeeded";
+  } catch (const mp::ProcessError& e) {
+    EXPECT_NE(std::string(e.what()).find("must call mp::init(argc, argv)"), std::string::npos)
+        << e.what();
+  }
+  mp::set_executable("");
+  mp::posix::forkserver_stop();
+  EXPECT_FALSE(p.pid());
+  EXPECT_TRUE(no_child_left());
+  auto text = err.text();
+  EXPECT_NE(text.find("never called mp::init(argc, argv)"), std::string::npos) << text;
 }
 
 TEST(Faults, ChildProgramFromAnotherBuild) {

@@ -149,9 +149,27 @@ void start_locked(Client& c) {
     c.cwd = getcwd();
     c.key = init.key;
     init_r.reset();
-    // The server reads this at once; a pipe holds 64 KiB, far more than it needs.
     send_all(init_w.get(), {reinterpret_cast<const std::byte*>(bytes.data()), bytes.size()},
              c.server->sentinel());
+    ::shutdown(init_w.get(), SHUT_WR);  // the end of the start-up data
+    // The server answers one byte once it is ready to fork (after its preload hooks). EOF
+    // instead means it died: most likely main() does not call mp::init first, so the server
+    // ran the program's main() instead of serving.
+    std::byte ready{};
+    std::size_t got = 0;
+    try {
+      got = read_until(init_w.get(), {&ready, 1}, std::chrono::steady_clock::now() + 60s);
+    } catch (const TimeoutError&) {
+      throw ProcessError(
+          "the fork server did not become ready within 60 s (a preload hook "
+          "that does not return, or a main() that does not call mp::init?)");
+    }
+    if (got != 1) {
+      auto code = c.server->wait(std::nullopt);
+      throw ProcessError("the fork server exited (exit code " + std::to_string(code.value_or(-1)) +
+                         ") before it was ready: the program's main() must call "
+                         "mp::init(argc, argv) as its first statement");
+    }
   } catch (...) {
     stop_locked(c, true);
     throw;
@@ -458,13 +476,12 @@ void forkserver_main(int argc, char** argv) {
   const int init_fd = std::atoi(argv[4]);
   for (int fd : {s.listener, s.alive_r, init_fd}) set_cloexec(fd, true);
 
-  std::string bytes;
+  std::string bytes;  // up to the program's shutdown(SHUT_WR); the socket stays for "ready"
   {
     char buf[4096];
     for (std::size_t n;
          (n = read_full(init_fd, {reinterpret_cast<std::byte*>(buf), sizeof buf})) > 0;)
       bytes.append(buf, n);
-    ::close(init_fd);
   }
   ServerInit init;
   try {
@@ -499,6 +516,9 @@ void forkserver_main(int argc, char** argv) {
   if (::prctl(PR_GET_TID_ADDRESS, &s.tid_address) != 0) s.tid_address = nullptr;
   if (::syscall(SYS_get_robust_list, 0, &s.robust_head, &s.robust_len) != 0)
     s.robust_head = nullptr;
+  const std::byte ready{1};
+  (void)::send(init_fd, &ready, 1, MSG_NOSIGNAL);
+  ::close(init_fd);
 
   std::vector<pollfd> p;
   for (;;) {
