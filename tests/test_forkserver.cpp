@@ -306,9 +306,10 @@ void starve_server() {
   int highest = 0;  // found without opening a descriptor of our own
   for (int fd = 0; fd < 4096; ++fd)
     if (::fcntl(fd, F_GETFD) >= 0) highest = fd;
-  // Three free numbers: one for the accepted connection, two more (which sanitizer runtimes
-  // need for a pipe of their own), fewer than the three or four a request brings.
-  rlimit lim{static_cast<rlim_t>(highest + 4), static_cast<rlim_t>(highest + 4)};
+  // Three free numbers once the server has closed its start-up socket (one of ours now): one
+  // for the accepted connection, two more (which sanitizer runtimes need for a pipe of their
+  // own), fewer than the three or four a request brings.
+  rlimit lim{static_cast<rlim_t>(highest + 3), static_cast<rlim_t>(highest + 3)};
   ::setrlimit(RLIMIT_NOFILE, &lim);
 }
 
