@@ -1,6 +1,7 @@
 // multiprocess: Python's multiprocessing in C++20. Include this one header.
 #pragma once
 
+#include "mp/connection.hpp"
 #include "mp/context.hpp"
 #include "mp/errors.hpp"
 #include "mp/process.hpp"

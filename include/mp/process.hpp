@@ -57,7 +57,8 @@ template <class F, class... Args>
 class Target final : public TargetBase {
  public:
   Target(F f, std::tuple<Args...> args) : f_(std::move(f)), args_(std::move(args)) {}
-  void call() override { std::apply(f_, args_); }
+  // Once, in the child: the arguments are moved in, so move-only ones (a Connection) work.
+  void call() override { std::apply(f_, std::move(args_)); }
   void pickle(reduction::OutArchive& ar) const override {
     if constexpr (!reduction::Callable<F>) {
       throw PicklingError(
@@ -114,10 +115,10 @@ class Process {
   template <class F, class... Args>
   requires(!std::same_as<std::remove_cvref_t<F>, Options> && !detail::is_process_v<F> &&
            std::is_invocable_v<std::decay_t<F>&,
-                               detail::Stored<Args>&...>) explicit Process(F&& f, Args&&... args)
+                               detail::Stored<Args>&&...>) explicit Process(F&& f, Args&&... args)
       : Process(Options{}, std::forward<F>(f), std::forward<Args>(args)...) {}
   template <class F, class... Args>
-  requires(std::is_invocable_v<std::decay_t<F>&, detail::Stored<Args>&...>)
+  requires(std::is_invocable_v<std::decay_t<F>&, detail::Stored<Args>&&...>)
       Process(Options options, F&& f, Args&&... args)
       : Process(std::move(options),
                 std::make_unique<detail::Target<std::decay_t<F>, detail::Stored<Args>...>>(

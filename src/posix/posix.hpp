@@ -124,3 +124,17 @@ std::size_t read_until(int fd, std::span<std::byte> data, Deadline deadline);
 /// std::system_error (EPIPE when the peer is gone) or mp::TimeoutError.
 void write_until(int fd, std::span<const std::byte> data, Deadline deadline);
 }  // namespace mp::posix
+
+namespace mp::posix {
+/// Writes all the parts, in order, as one stream (writev/sendmsg; EINTR and short writes
+/// handled). A socket never raises SIGPIPE (MSG_NOSIGNAL); for a pipe SIGPIPE is blocked
+/// around the write and a signal it raised is taken back. The peer gone: system_error EPIPE.
+void write_all(int fd, std::span<const std::span<const std::byte>> parts, bool is_socket);
+/// Reads exactly data.size() bytes unless EOF (or a reset connection) comes first; returns the
+/// count read. EINTR retried.
+std::size_t read_exact(int fd, std::span<std::byte> data);
+/// Whether fd is a socket.
+bool is_socket(int fd);
+/// The descriptors among `fds` that are readable (or hung up) within `timeout`.
+std::vector<int> wait_any_readable(std::span<const int> fds, std::optional<Duration> timeout);
+}  // namespace mp::posix

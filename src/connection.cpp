@@ -1,0 +1,199 @@
+// Connections (CPython connection.py): messages framed by a 4-byte big-endian length (-1 and
+// an 8-byte length above 2 GiB), header and payload written together, read exactly (never
+// ahead: a connection shared with a child must leave the next message whole).
+#include "mp/connection.hpp"
+
+#include <cstring>
+#include <limits>
+
+#include "posix/posix.hpp"
+
+namespace mp {
+namespace {
+
+constexpr std::size_t kShortLimit = 0x7fffffff;  // above: -1, then the length in 8 bytes
+
+std::size_t header_for(std::size_t n, unsigned char (&h)[12]) {
+  auto put = [&](std::size_t at, std::uint64_t v, int bytes) {
+    for (int i = 0; i < bytes; ++i)
+      h[at + i] = static_cast<unsigned char>(v >> (8 * (bytes - 1 - i)));
+  };
+  if (n <= kShortLimit) {
+    put(0, n, 4);
+    return 4;
+  }
+  put(0, 0xffffffffu, 4);
+  put(4, n, 8);
+  return 12;
+}
+
+}  // namespace
+
+Connection::Connection(int fd, bool readable, bool writable) {
+  if (fd < 0) throw std::logic_error("invalid handle");
+  if (!readable && !writable)
+    throw std::logic_error("at least one of `readable` and `writable` must be True");
+  fd_ = fd;
+  readable_ = readable;
+  writable_ = writable;
+  is_socket_ = probe_socket(fd);
+}
+
+bool Connection::probe_socket(int fd) {
+  return posix::is_socket(fd);
+}
+
+Connection::Connection(Connection&& o) noexcept
+    : fd_(std::exchange(o.fd_, -1)),
+      readable_(std::exchange(o.readable_, false)),
+      writable_(std::exchange(o.writable_, false)),
+      is_socket_(o.is_socket_) {}
+
+Connection& Connection::operator=(Connection&& o) noexcept {
+  if (this != &o) {
+    close();
+    fd_ = std::exchange(o.fd_, -1);
+    readable_ = std::exchange(o.readable_, false);
+    writable_ = std::exchange(o.writable_, false);
+    is_socket_ = o.is_socket_;
+  }
+  return *this;
+}
+
+Connection::~Connection() {
+  close();
+}
+
+void Connection::close() {
+  if (fd_ >= 0) posix::unique_fd(fd_).reset();
+  fd_ = -1;
+}
+
+int Connection::fileno() const {
+  if (fd_ < 0) throw std::logic_error("handle is closed");
+  return fd_;
+}
+
+void Connection::check_readable() const {
+  if (fd_ < 0) throw std::logic_error("handle is closed");
+  if (!readable_) throw std::logic_error("connection is write-only");
+}
+
+void Connection::check_writable() const {
+  if (fd_ < 0) throw std::logic_error("handle is closed");
+  if (!writable_) throw std::logic_error("connection is read-only");
+}
+
+std::uint64_t Connection::tag_of(const std::type_info& type) {
+  // The mangled name is the same in every process running this program.
+  std::uint64_t h = 0xcbf29ce484222325ull;
+  for (const char* c = type.name(); *c; ++c)
+    h = (h ^ static_cast<unsigned char>(*c)) * 0x100000001b3ull;
+  return h;
+}
+
+void Connection::send_bytes(std::span<const std::byte> buf, std::size_t offset,
+                            std::optional<std::size_t> size) {
+  check_writable();
+  if (offset > buf.size()) throw std::logic_error("buffer length < offset");
+  const std::size_t n = size.value_or(buf.size() - offset);
+  if (n > buf.size() - offset) throw std::logic_error("buffer length < offset + size");
+  send_message({}, buf.subspan(offset, n));
+}
+
+void Connection::send_message(std::span<const std::byte> head, std::span<const std::byte> body) {
+  check_writable();
+  unsigned char h[12];
+  const std::size_t hn = header_for(head.size() + body.size(), h);
+  // One writev for the length, the tag and the payload: no copy of the payload.
+  const std::span<const std::byte> parts[] = {
+      {reinterpret_cast<const std::byte*>(h), hn}, head, body};
+  posix::write_all(fd_, parts, is_socket_);
+}
+
+std::string Connection::recv_message(std::optional<std::size_t> maxlength) {
+  check_readable();
+  unsigned char h[4];
+  std::size_t got = posix::read_exact(fd_, {reinterpret_cast<std::byte*>(h), 4});
+  if (got == 0) throw EOFError("EOF: the other end of the connection was closed");
+  if (got < 4) throw ProcessError("got end of file during message");
+  std::uint64_t n = std::uint64_t(h[0]) << 24 | std::uint64_t(h[1]) << 16 |
+                    std::uint64_t(h[2]) << 8 | std::uint64_t(h[3]);
+  if (n == 0xffffffffu) {
+    unsigned char l[8];
+    if (posix::read_exact(fd_, {reinterpret_cast<std::byte*>(l), 8}) != 8)
+      throw ProcessError("got end of file during message");
+    n = 0;
+    for (unsigned char b : l) n = n << 8 | b;
+  } else if (n > kShortLimit) {
+    throw ProcessError("bad message length");  // a negative length other than -1
+  }
+  if (maxlength && n > *maxlength) {
+    // As CPython: the message cannot be skipped safely, so this end stops reading.
+    if (writable_) {
+      readable_ = false;
+    } else {
+      close();
+    }
+    throw ProcessError("bad message length");
+  }
+  std::string message;
+  try {
+    message.resize(static_cast<std::size_t>(n));  // refused before reading if memory lacks
+  } catch (const std::bad_alloc&) {
+    throw ProcessError("bad message length");
+  }
+  if (posix::read_exact(fd_, {reinterpret_cast<std::byte*>(message.data()), message.size()}) !=
+      message.size())
+    throw ProcessError("got end of file during message");
+  return message;
+}
+
+std::string Connection::recv_bytes(std::optional<std::size_t> maxlength) {
+  return recv_message(maxlength);
+}
+
+std::size_t Connection::recv_bytes_into(std::span<std::byte> buf, std::size_t offset) {
+  check_readable();
+  if (offset > buf.size()) throw std::logic_error("offset too large");
+  std::string message = recv_message(std::nullopt);
+  if (message.size() > buf.size() - offset || (offset == buf.size() && !message.empty()))
+    throw BufferTooShort(std::move(message));
+  std::memcpy(buf.data() + offset, message.data(), message.size());
+  return message.size();
+}
+
+bool Connection::poll(std::optional<Duration> timeout) {
+  check_readable();
+  return posix::wait_readable(fd_, timeout);
+}
+
+std::pair<Connection, Connection> Pipe(bool duplex) {
+  if (duplex) {
+    auto [a, b] = posix::make_socketpair();
+    return {Connection(a.release(), true, true), Connection(b.release(), true, true)};
+  }
+  auto [r, w] = posix::make_pipe();
+  return {Connection(r.release(), true, false), Connection(w.release(), false, true)};
+}
+
+std::vector<int> wait(std::span<const int> fds, std::optional<Connection::Duration> timeout) {
+  return posix::wait_any_readable(fds, timeout);
+}
+
+std::vector<Connection*> wait(std::span<Connection* const> objects,
+                              std::optional<Connection::Duration> timeout) {
+  std::vector<int> fds;
+  for (auto* c : objects) fds.push_back(c->fileno());
+  auto ready = posix::wait_any_readable(fds, timeout);
+  std::vector<Connection*> out;
+  for (auto* c : objects)
+    for (int fd : ready)
+      if (c->fileno() == fd) {
+        out.push_back(c);
+        break;
+      }
+  return out;
+}
+
+}  // namespace mp

@@ -1,0 +1,137 @@
+// Whole-message writes and exact reads on pipes and stream sockets, and waiting on many.
+#include <poll.h>
+#include <signal.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/uio.h>
+#include <time.h>
+
+#include <pthread.h>
+#include <algorithm>
+#include <cerrno>
+#include <chrono>
+#include <cmath>
+#include <optional>
+#include <system_error>
+
+#include "posix/posix.hpp"
+
+namespace mp::posix {
+
+bool is_socket(int fd) {
+  struct stat st {};
+  return ::fstat(fd, &st) == 0 && S_ISSOCK(st.st_mode);
+}
+
+namespace {
+
+// Blocks SIGPIPE on this thread for its lifetime; takes back a SIGPIPE the write raised.
+class NoSigpipe {
+ public:
+  NoSigpipe() {
+    sigset_t pipe;
+    sigemptyset(&pipe);
+    sigaddset(&pipe, SIGPIPE);
+    sigset_t pending;
+    sigpending(&pending);
+    was_pending_ = sigismember(&pending, SIGPIPE);
+    pthread_sigmask(SIG_BLOCK, &pipe, &old_);
+  }
+  ~NoSigpipe() {
+    if (raised_ && !was_pending_) {
+      sigset_t pipe;
+      sigemptyset(&pipe);
+      sigaddset(&pipe, SIGPIPE);
+      const timespec zero{0, 0};
+      while (sigtimedwait(&pipe, nullptr, &zero) < 0 && errno == EINTR) {
+      }
+    }
+    pthread_sigmask(SIG_SETMASK, &old_, nullptr);
+  }
+  void raised() { raised_ = true; }
+
+ private:
+  sigset_t old_;
+  bool was_pending_ = false;
+  bool raised_ = false;
+};
+
+}  // namespace
+
+void write_all(int fd, std::span<const std::span<const std::byte>> parts, bool socket) {
+  iovec iov[8];
+  std::size_t count = 0;
+  for (auto p : parts)
+    if (!p.empty() && count < 8) iov[count++] = {const_cast<std::byte*>(p.data()), p.size()};
+  std::size_t first = 0;
+  std::optional<NoSigpipe> guard;
+  if (!socket) guard.emplace();
+  while (first < count) {
+    ssize_t n;
+    if (socket) {
+      msghdr msg{};
+      msg.msg_iov = iov + first;
+      msg.msg_iovlen = count - first;
+      n = ::sendmsg(fd, &msg, MSG_NOSIGNAL);
+    } else {
+      n = ::writev(fd, iov + first, static_cast<int>(count - first));
+    }
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      if (errno == EPIPE && guard) guard->raised();
+      check(-1, socket ? "send" : "write");
+    }
+    // Skip what was written: whole parts, then a partial one.
+    auto left = static_cast<std::size_t>(n);
+    while (first < count && left >= iov[first].iov_len) left -= iov[first++].iov_len;
+    if (first < count) {
+      iov[first].iov_base = static_cast<char*>(iov[first].iov_base) + left;
+      iov[first].iov_len -= left;
+    }
+  }
+}
+
+std::size_t read_exact(int fd, std::span<std::byte> data) {
+  std::size_t got = 0;
+  while (got < data.size()) {
+    ssize_t n = ::read(fd, data.data() + got, data.size() - got);
+    if (n > 0) {
+      got += static_cast<std::size_t>(n);
+    } else if (n == 0 || errno == ECONNRESET) {
+      break;
+    } else if (errno != EINTR) {
+      check(-1, "read");
+    }
+  }
+  return got;
+}
+
+std::vector<int> wait_any_readable(std::span<const int> fds, std::optional<Duration> timeout) {
+  using clock = std::chrono::steady_clock;
+  if (timeout && !(timeout->count() < 1e9)) timeout.reset();
+  const auto deadline = timeout ? clock::now() + std::chrono::duration_cast<clock::duration>(
+                                                     std::max(*timeout, Duration::zero()))
+                                : clock::time_point::max();
+  std::vector<pollfd> p;
+  for (int fd : fds) p.push_back({fd, POLLIN, 0});
+  for (;;) {
+    int ms = -1;
+    if (timeout) {
+      auto left = std::chrono::ceil<std::chrono::milliseconds>(deadline - clock::now());
+      ms = static_cast<int>(std::clamp<long long>(left.count(), 0, 1 << 30));
+    }
+    int r = ::poll(p.data(), p.size(), ms);
+    if (r < 0) {
+      if (errno == EINTR) continue;
+      check(r, "poll");
+    }
+    std::vector<int> ready;
+    for (const auto& q : p) {
+      if (q.revents & POLLNVAL) throw std::system_error(EBADF, std::system_category(), "poll");
+      if (q.revents) ready.push_back(q.fd);
+    }
+    if (!ready.empty() || (timeout && clock::now() >= deadline)) return ready;
+  }
+}
+
+}  // namespace mp::posix
