@@ -1,6 +1,8 @@
 // CPython's _TestConnection, _TestPoll, TestWait and friends: Pipe and Connection, alone and
 // across processes started by every method.
 #include <signal.h>
+#include <spawn.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include <map>
@@ -10,6 +12,8 @@
 
 using namespace mp_test;
 using namespace std::chrono_literals;
+
+extern char** environ;
 
 namespace {
 
@@ -350,6 +354,43 @@ TEST(Wait, TimeoutsAndSentinels) {
   gate.send("go");
   p.join(kHang);
   EXPECT_EQ(mp::wait(std::span<const int>(fds), kHang).size(), 2u);
+}
+
+}  // namespace
+
+namespace {
+
+// CPython's own Connection on the other end of ours: the same framing, both ways.
+TEST(Interop, CPythonConnectionReadsAndWritesOurFraming) {
+  const char* python = "/usr/bin/python3";
+  if (::access(python, X_OK) != 0) GTEST_SKIP() << "no " << python;
+  auto [mine, theirs] = mp::Pipe();
+  const std::string script =
+      "from multiprocessing.connection import Connection\n"
+      "c = Connection(3)\n"
+      "while True:\n"
+      "    m = c.recv_bytes()\n"
+      "    if m == b'stop': break\n"
+      "    c.send_bytes(m[::-1])\n";
+  posix_spawn_file_actions_t fa;
+  posix_spawn_file_actions_init(&fa);
+  posix_spawn_file_actions_adddup2(&fa, theirs.fileno(), 3);
+  const char* argv[] = {python, "-c", script.c_str(), nullptr};
+  pid_t pid = -1;
+  ASSERT_EQ(::posix_spawn(&pid, python, &fa, nullptr, const_cast<char**>(argv), environ), 0);
+  posix_spawn_file_actions_destroy(&fa);
+  theirs.close();
+  std::string big(16 << 20, 'a');
+  big.back() = 'z';
+  for (const std::string& m : {std::string("hello"), std::string(), big}) {
+    mine.send_bytes(m);
+    ASSERT_TRUE(mine.poll(kHang));
+    EXPECT_EQ(mine.recv_bytes(), std::string(m.rbegin(), m.rend())) << m.size() << " bytes";
+  }
+  mine.send_bytes("stop");
+  int status = 0;
+  ASSERT_EQ(::waitpid(pid, &status, 0), pid);
+  EXPECT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0);
 }
 
 }  // namespace

@@ -4,7 +4,7 @@
 # installed package (CMake and pkg-config), and a bounded libFuzzer run (clang).
 set -eu
 cd "$(dirname "$0")/.."
-sh tools/deps.sh cmake ninja-build g++ libcereal-dev nettle-dev libgtest-dev pkg-config
+sh tools/deps.sh cmake ninja-build g++ libcereal-dev nettle-dev libgtest-dev pkg-config python3
 
 echo "== build and test (RelWithDebInfo)"
 cmake --preset default >/dev/null
