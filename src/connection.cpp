@@ -3,6 +3,7 @@
 // ahead: a connection shared with a child must leave the next message whole).
 #include "mp/connection.hpp"
 
+#include <algorithm>
 #include <cstring>
 #include <limits>
 
@@ -137,15 +138,20 @@ std::string Connection::recv_message(std::optional<std::size_t> maxlength) {
     }
     throw ProcessError("bad message length");
   }
+  // A length no memory could hold is refused before anything is allocated. Otherwise up to
+  // 64 MiB is reserved (beyond, the buffer grows as data arrives) and filled a step at a
+  // time: a peer that announces more than it sends makes us touch little more than it sent.
+  if (n > posix::physical_memory()) throw ProcessError("bad message length");
+  constexpr std::size_t kStep = std::size_t(4) << 20;
   std::string message;
-  try {
-    message.resize(static_cast<std::size_t>(n));  // refused before reading if memory lacks
-  } catch (const std::bad_alloc&) {
-    throw ProcessError("bad message length");
+  message.reserve(std::min<std::size_t>(static_cast<std::size_t>(n), std::size_t(64) << 20));
+  while (message.size() < n) {
+    const std::size_t have = message.size();
+    const std::size_t want = std::min<std::size_t>(static_cast<std::size_t>(n) - have, kStep);
+    message.resize(have + want);
+    if (posix::read_exact(fd_, {reinterpret_cast<std::byte*>(message.data() + have), want}) != want)
+      throw ProcessError("got end of file during message");
   }
-  if (posix::read_exact(fd_, {reinterpret_cast<std::byte*>(message.data()), message.size()}) !=
-      message.size())
-    throw ProcessError("got end of file during message");
   return message;
 }
 

@@ -152,6 +152,32 @@ TEST(Connection, TruncatedMessage) {
   }
 }
 
+TEST(Connection, LengthsBeyondMemoryAreRefusedBeforeAllocating) {
+  {  // -1 and an 8-byte length of 1 TiB: more than this machine has
+    auto [a, b] = mp::Pipe();
+    const unsigned char huge[] = {0xff, 0xff, 0xff, 0xff, 0, 0, 1, 0, 0, 0, 0, 0};
+    ASSERT_EQ(::write(a.fileno(), huge, sizeof huge), 12);
+    try {
+      b.recv_bytes();
+      ADD_FAILURE() << "expected bad message length";
+    } catch (const mp::ProcessError& e) {
+      EXPECT_STREQ(e.what(), "bad message length");
+    }
+  }
+  {  // 1 GiB announced, 3 bytes sent: an end of file, read without allocating the gigabyte
+    auto [a, b] = mp::Pipe();
+    const unsigned char liar[] = {0x40, 0, 0, 0, 'a', 'b', 'c'};
+    ASSERT_EQ(::write(a.fileno(), liar, sizeof liar), 7);
+    a.close();
+    try {
+      b.recv_bytes();
+      ADD_FAILURE() << "expected an error";
+    } catch (const mp::ProcessError& e) {
+      EXPECT_STREQ(e.what(), "got end of file during message");
+    }
+  }
+}
+
 TEST(Connection, EofAndBrokenPipeWithoutSigpipe) {
   ::signal(SIGPIPE, SIG_DFL);  // what a C++ program has by default: SIGPIPE would kill it
   for (bool duplex : {true, false}) {

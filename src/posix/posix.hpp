@@ -4,6 +4,7 @@
 
 #include <chrono>
 #include <cstddef>
+#include <cstdint>
 #include <optional>
 #include <span>
 #include <string>
@@ -86,6 +87,8 @@ bool is_main_thread();
 bool set_parent_death_signal(int sig, int expected_parent);
 /// stdin becomes /dev/null (read returns 0 at once).
 void close_stdin();
+/// Bytes of physical memory (an upper bound for any allocation worth trying).
+std::uint64_t physical_memory();
 /// Number of CPUs this process may run on.
 int cpu_count();
 /// Cryptographically random bytes (getrandom).

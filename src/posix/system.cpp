@@ -159,6 +159,11 @@ void close_stdin() {
   }
 }
 
+std::uint64_t physical_memory() {
+  const long pages = ::sysconf(_SC_PHYS_PAGES), size = ::sysconf(_SC_PAGESIZE);
+  return pages > 0 && size > 0 ? std::uint64_t(pages) * std::uint64_t(size) : ~std::uint64_t(0);
+}
+
 int cpu_count() {
   cpu_set_t set;
   if (::sched_getaffinity(0, sizeof set, &set) == 0) {

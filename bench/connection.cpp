@@ -1,0 +1,531 @@
+// mp::Connection between two processes, side by side with the floors the operating system sets:
+// the same exchange written with plain write/read on a socketpair (what a duplex mp::Pipe() is)
+// and on a pair of pipes, each between the parent and a fork()ed child.
+//
+//   - *_roundtrip: the parent sends an 8-byte message, the child echoes it back; the time
+//     reported is one round trip. mp's child is started with the fork context and echoes with
+//     recv_bytes/send_bytes until a "stop" message.
+//   - floor_socketpair_busypoll_roundtrip: the socketpair floor again, but each side first spins
+//     up to 20 us on a non-blocking recv before a blocking read: what a bounded busy-poll in
+//     recv_bytes would buy (the library does not do it). The spin_hits counter is the share of
+//     the parent's reads that the spin satisfied.
+//   - *_1core: parent and child pinned to one CPU: every message is a context switch (no
+//     cross-core wake-up), and a spinner only burns the time its peer needs to answer.
+//   - *_2cores: parent and child pinned to a CPU each: every message wakes the other CPU, and a
+//     spinner finds the answer without sleeping.
+//   - *_bandwidth: 64 MiB in 1 MiB messages from the parent to the child, which answers one byte
+//     after the last one; the time reported is per 64 MiB (bytes_per_second: the rate). mp's
+//     child receives with recv_bytes_into a preallocated 1 MiB buffer, or with recv_bytes.
+//
+// Repetitions are interleaved at random (--benchmark_enable_random_interleaving=true, which a
+// later flag may turn off) so that a change of load on the machine hits every case alike.
+//
+//   connection [--benchmark_* flags]
+#include <mp/mp.hpp>
+
+#include <benchmark/benchmark.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <sched.h>
+#include <signal.h>
+#include <sys/socket.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <array>
+#include <chrono>
+#include <cstdio>
+#include <cstring>
+#include <map>
+#include <string>
+#include <string_view>
+#include <vector>
+
+namespace {
+
+constexpr std::size_t kSmall = 8;                     // bytes per round-trip message
+constexpr std::size_t kChunk = std::size_t{1} << 20;  // bytes per bandwidth message
+constexpr int kChunks = 64;                           // messages per bandwidth iteration
+constexpr std::size_t kTotal = kChunk * kChunks;
+constexpr std::string_view kStop = "stop";  // tells mp's children to return
+constexpr long kSpinNs = 20000;             // the busy-poll floor's spin before blocking
+
+// ---- pinning (the *_1core and *_2cores cases)
+//
+// same: the parent on the CPU it runs on, and fork() or mp's fork child inherit that; split: the
+// parent on the first CPU it may use, the child (which calls pin_child) on the second.
+
+enum class Pin { none, same, split };
+
+int nth_allowed_cpu(const cpu_set_t& set, int n) {
+  for (int cpu = 0; cpu < CPU_SETSIZE; ++cpu)
+    if (CPU_ISSET(cpu, &set) && n-- == 0) return cpu;
+  return -1;
+}
+
+void pin_to(int cpu) {
+  cpu_set_t one;
+  CPU_ZERO(&one);
+  CPU_SET(cpu, &one);
+  sched_setaffinity(0, sizeof one, &one);
+}
+
+class Pinning {
+ public:
+  explicit Pinning(Pin pin) : pin_(pin) {
+    if (pin_ == Pin::none) return;
+    sched_getaffinity(0, sizeof old_, &old_);
+    if (pin_ == Pin::same) {
+      int cpu = sched_getcpu();
+      pin_to(cpu < 0 ? nth_allowed_cpu(old_, 0) : cpu);
+    } else {
+      child_cpu_ = nth_allowed_cpu(old_, 1);
+      if (child_cpu_ >= 0) pin_to(nth_allowed_cpu(old_, 0));
+    }
+  }
+  ~Pinning() {
+    if (pin_ != Pin::none) sched_setaffinity(0, sizeof old_, &old_);
+  }
+  Pinning(const Pinning&) = delete;
+  Pinning& operator=(const Pinning&) = delete;
+  // False for split on a single CPU.
+  bool ok() const { return pin_ != Pin::split || child_cpu_ >= 0; }
+  // For the child to pin itself to (-1: stay as inherited).
+  int child_cpu() const { return pin_ == Pin::split ? child_cpu_ : -1; }
+
+ private:
+  Pin pin_;
+  int child_cpu_ = -1;
+  cpu_set_t old_{};
+};
+
+void pin_child(int cpu) {
+  if (cpu >= 0) pin_to(cpu);
+}
+
+// ---- mp's children (fork context: started from this very process image)
+
+void mp_echo(mp::Connection conn, int cpu) {
+  pin_child(cpu);
+  for (;;) {
+    std::string m = conn.recv_bytes();
+    if (m == kStop) return;
+    conn.send_bytes(m);
+  }
+}
+
+// Receives kChunks messages, answers one byte, and again, until "stop".
+void mp_sink(mp::Connection conn, bool into) {
+  std::vector<std::byte> buf(kChunk);
+  std::size_t got = 0;
+  for (;;) {
+    std::size_t n;
+    if (into) {
+      n = conn.recv_bytes_into(buf);
+      if (n == kStop.size() && std::memcmp(buf.data(), kStop.data(), n) == 0) return;
+    } else {
+      std::string m = conn.recv_bytes();
+      if (m == kStop) return;
+      n = m.size();
+    }
+    got += n;
+    if (got >= kTotal) {
+      got = 0;
+      conn.send_bytes("!");
+    }
+  }
+}
+
+// ---- mp
+
+void run_mp_roundtrip(benchmark::State& state, Pin where) {
+  Pinning pin(where);
+  if (!pin.ok()) {
+    state.SkipWithError("needs 2 CPUs");
+    return;
+  }
+  try {
+    auto [parent, child] = mp::Pipe();
+    auto p = mp::fork_context.Process(mp_echo, std::move(child), pin.child_cpu());
+    p.start();
+    const std::array<std::byte, kSmall> ping{};
+    for (auto _ : state) {
+      parent.send_bytes(ping);
+      std::string pong = parent.recv_bytes();
+      if (pong.size() != kSmall) {
+        state.SkipWithError("wrong echo");
+        break;
+      }
+    }
+    parent.send_bytes(kStop);
+    p.join();
+    if (p.exitcode() != 0) state.SkipWithError("echo child did not exit with 0");
+  } catch (const std::exception& e) {
+    state.SkipWithError(e.what());
+  }
+}
+
+void BM_mp_roundtrip(benchmark::State& state) {
+  run_mp_roundtrip(state, Pin::none);
+}
+void BM_mp_roundtrip_1core(benchmark::State& state) {
+  run_mp_roundtrip(state, Pin::same);
+}
+void BM_mp_roundtrip_2cores(benchmark::State& state) {
+  run_mp_roundtrip(state, Pin::split);
+}
+
+void run_mp_bandwidth(benchmark::State& state, bool into) {
+  try {
+    auto [parent, child] = mp::Pipe();
+    auto p = mp::fork_context.Process(mp_sink, std::move(child), into);
+    p.start();
+    std::vector<std::byte> chunk(kChunk, std::byte{0x5a});
+    for (auto _ : state) {
+      for (int i = 0; i < kChunks; ++i) parent.send_bytes(chunk);
+      if (parent.recv_bytes() != "!") {
+        state.SkipWithError("wrong answer");
+        break;
+      }
+    }
+    parent.send_bytes(kStop);
+    p.join();
+    if (p.exitcode() != 0) state.SkipWithError("sink child did not exit with 0");
+  } catch (const std::exception& e) {
+    state.SkipWithError(e.what());
+  }
+  state.SetBytesProcessed(static_cast<int64_t>(state.iterations() * kTotal));
+}
+
+void BM_mp_bandwidth_recv_bytes_into(benchmark::State& state) {
+  run_mp_bandwidth(state, true);
+}
+void BM_mp_bandwidth_recv_bytes(benchmark::State& state) {
+  run_mp_bandwidth(state, false);
+}
+
+// ---- floors, in plain C style
+
+long now_ns(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return ts.tv_sec * 1000000000L + ts.tv_nsec;
+}
+
+// One read of at most n bytes (EINTR retried). With spin_ns > 0 (a socket), non-blocking recvs
+// for up to spin_ns first; *spun tells whether one of them got the data.
+ssize_t read_some(int fd, void* buf, size_t n, long spin_ns, int* spun) {
+  ssize_t r;
+  if (spun) *spun = 0;
+  if (spin_ns > 0) {
+    long t0 = now_ns();
+    do {
+      r = recv(fd, buf, n, MSG_DONTWAIT);
+      if (r >= 0 || (errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR)) {
+        if (spun) *spun = 1;
+        return r;
+      }
+    } while (now_ns() - t0 < spin_ns);
+  }
+  do r = read(fd, buf, n);
+  while (r < 0 && errno == EINTR);
+  return r;
+}
+
+// Exactly n bytes; 0 at once on EOF, -1 on error or EOF inside.
+ssize_t read_full(int fd, void* buf, size_t n, long spin_ns, int* spun) {
+  size_t got = 0;
+  while (got < n) {
+    ssize_t r = read_some(fd, (char*)buf + got, n - got, spin_ns, got == 0 ? spun : NULL);
+    if (r == 0 && got == 0) return 0;
+    if (r <= 0) return -1;
+    got += (size_t)r;
+  }
+  return (ssize_t)n;
+}
+
+int write_full(int fd, const void* buf, size_t n) {
+  size_t put = 0;
+  while (put < n) {
+    ssize_t r = write(fd, (const char*)buf + put, n - put);
+    if (r < 0 && errno == EINTR) continue;
+    if (r <= 0) return -1;
+    put += (size_t)r;
+  }
+  return 0;
+}
+
+// A child echoing kSmall-byte messages from `in` to `out` until EOF.
+[[noreturn]] void floor_echo(int in, int out, long spin_ns) {
+  char buf[kSmall];
+  for (;;) {
+    ssize_t r = read_full(in, buf, kSmall, spin_ns, NULL);
+    if (r == 0) _exit(0);
+    if (r < 0 || write_full(out, buf, kSmall) != 0) _exit(1);
+  }
+}
+
+enum class Channel { socketpair, pipes };
+
+void run_floor_roundtrip(benchmark::State& state, Channel ch, long spin_ns, Pin where) {
+  Pinning pin(where);
+  if (!pin.ok()) {
+    state.SkipWithError("needs 2 CPUs");
+    return;
+  }
+  // Parent writes to fds[0].. and reads from its own end; the child the other way round.
+  int p_read, p_write, c_read, c_write;
+  int sv[2], down[2], up[2];
+  if (ch == Channel::socketpair) {
+    if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) != 0) {
+      state.SkipWithError("socketpair failed");
+      return;
+    }
+    p_read = p_write = sv[0];
+    c_read = c_write = sv[1];
+  } else {
+    if (pipe2(down, O_CLOEXEC) != 0 || pipe2(up, O_CLOEXEC) != 0) {
+      state.SkipWithError("pipe2 failed");
+      return;
+    }
+    p_read = up[0];
+    p_write = down[1];
+    c_read = down[0];
+    c_write = up[1];
+  }
+  pid_t pid = fork();
+  if (pid == 0) {
+    pin_child(pin.child_cpu());
+    close(p_read);
+    if (p_write != p_read) close(p_write);
+    floor_echo(c_read, c_write, spin_ns);
+  }
+  close(c_read);
+  if (c_write != c_read) close(c_write);
+  char ping[kSmall] = {0}, pong[kSmall];
+  long hits = 0;
+  for (auto _ : state) {
+    int spun = 0;
+    if (pid < 0 || write_full(p_write, ping, kSmall) != 0 ||
+        read_full(p_read, pong, kSmall, spin_ns, &spun) != (ssize_t)kSmall) {
+      state.SkipWithError("floor round trip failed");
+      break;
+    }
+    hits += spun;
+  }
+  if (ch == Channel::socketpair) shutdown(p_write, SHUT_WR);  // EOF for the child
+  close(p_write);
+  if (p_read != p_write) close(p_read);
+  int status = 0;
+  if (pid > 0 && (waitpid(pid, &status, 0) != pid || status != 0))
+    state.SkipWithError("floor child failed");
+  if (spin_ns > 0)
+    state.counters["spin_hits"] =
+        state.iterations() ? (double)hits / (double)state.iterations() : 0.0;
+}
+
+void BM_floor_socketpair_roundtrip(benchmark::State& state) {
+  run_floor_roundtrip(state, Channel::socketpair, 0, Pin::none);
+}
+void BM_floor_pipes_roundtrip(benchmark::State& state) {
+  run_floor_roundtrip(state, Channel::pipes, 0, Pin::none);
+}
+void BM_floor_socketpair_busypoll_roundtrip(benchmark::State& state) {
+  run_floor_roundtrip(state, Channel::socketpair, kSpinNs, Pin::none);
+}
+void BM_floor_socketpair_roundtrip_1core(benchmark::State& state) {
+  run_floor_roundtrip(state, Channel::socketpair, 0, Pin::same);
+}
+void BM_floor_socketpair_busypoll_roundtrip_1core(benchmark::State& state) {
+  run_floor_roundtrip(state, Channel::socketpair, kSpinNs, Pin::same);
+}
+void BM_floor_socketpair_roundtrip_2cores(benchmark::State& state) {
+  run_floor_roundtrip(state, Channel::socketpair, 0, Pin::split);
+}
+void BM_floor_socketpair_busypoll_roundtrip_2cores(benchmark::State& state) {
+  run_floor_roundtrip(state, Channel::socketpair, kSpinNs, Pin::split);
+}
+
+void BM_floor_socketpair_bandwidth(benchmark::State& state) {
+  int sv[2];
+  if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) != 0) {
+    state.SkipWithError("socketpair failed");
+    return;
+  }
+  pid_t pid = fork();
+  if (pid == 0) {  // reads until EOF, one byte back per kTotal received
+    close(sv[0]);
+    char* buf = (char*)malloc(kChunk);
+    size_t got = 0;
+    for (;;) {
+      ssize_t r = read_some(sv[1], buf, kChunk, 0, NULL);
+      if (r == 0) _exit(0);
+      if (r < 0) _exit(1);
+      got += (size_t)r;
+      if (got >= kTotal) {
+        got -= kTotal;
+        if (write_full(sv[1], "!", 1) != 0) _exit(1);
+      }
+    }
+  }
+  close(sv[1]);
+  std::vector<char> chunk(kChunk, 0x5a);
+  for (auto _ : state) {
+    bool ok = pid > 0;
+    for (int i = 0; ok && i < kChunks; ++i) ok = write_full(sv[0], chunk.data(), kChunk) == 0;
+    char answer;
+    if (!ok || read_full(sv[0], &answer, 1, 0, NULL) != 1) {
+      state.SkipWithError("floor bandwidth failed");
+      break;
+    }
+  }
+  shutdown(sv[0], SHUT_WR);
+  close(sv[0]);
+  int status = 0;
+  if (pid > 0 && (waitpid(pid, &status, 0) != pid || status != 0))
+    state.SkipWithError("floor child failed");
+  state.SetBytesProcessed(static_cast<int64_t>(state.iterations() * kTotal));
+}
+
+// ---- registration
+
+benchmark::internal::Benchmark* setup(benchmark::internal::Benchmark* b, double min_time) {
+  // Median of 5 repetitions: on 2 cores a single run is at the mercy of the scheduler.
+  return b->UseRealTime()
+      ->Unit(benchmark::kMicrosecond)
+      ->MinTime(min_time)
+      ->Repetitions(5)
+      ->ReportAggregatesOnly();
+}
+
+void register_all() {
+  const double rt = 0.15, bw = 0.25;  // seconds per repetition
+  setup(benchmark::RegisterBenchmark("mp_roundtrip", BM_mp_roundtrip), rt);
+  setup(benchmark::RegisterBenchmark("floor_socketpair_roundtrip", BM_floor_socketpair_roundtrip),
+        rt);
+  setup(benchmark::RegisterBenchmark("floor_pipes_roundtrip", BM_floor_pipes_roundtrip), rt);
+  setup(benchmark::RegisterBenchmark("floor_socketpair_busypoll_roundtrip",
+                                     BM_floor_socketpair_busypoll_roundtrip),
+        rt);
+  setup(benchmark::RegisterBenchmark("mp_roundtrip_1core", BM_mp_roundtrip_1core), rt);
+  setup(benchmark::RegisterBenchmark("floor_socketpair_roundtrip_1core",
+                                     BM_floor_socketpair_roundtrip_1core),
+        rt);
+  setup(benchmark::RegisterBenchmark("floor_socketpair_busypoll_roundtrip_1core",
+                                     BM_floor_socketpair_busypoll_roundtrip_1core),
+        rt);
+  setup(benchmark::RegisterBenchmark("mp_roundtrip_2cores", BM_mp_roundtrip_2cores), rt);
+  setup(benchmark::RegisterBenchmark("floor_socketpair_roundtrip_2cores",
+                                     BM_floor_socketpair_roundtrip_2cores),
+        rt);
+  setup(benchmark::RegisterBenchmark("floor_socketpair_busypoll_roundtrip_2cores",
+                                     BM_floor_socketpair_busypoll_roundtrip_2cores),
+        rt);
+  setup(
+      benchmark::RegisterBenchmark("mp_bandwidth_recv_bytes_into", BM_mp_bandwidth_recv_bytes_into),
+      bw)
+      ->Unit(benchmark::kMillisecond);
+  setup(benchmark::RegisterBenchmark("mp_bandwidth_recv_bytes", BM_mp_bandwidth_recv_bytes), bw)
+      ->Unit(benchmark::kMillisecond);
+  setup(benchmark::RegisterBenchmark("floor_socketpair_bandwidth", BM_floor_socketpair_bandwidth),
+        bw)
+      ->Unit(benchmark::kMillisecond);
+}
+
+// The console output, plus the median real time of each benchmark (µs) for the ratio table.
+class Collector : public benchmark::ConsoleReporter {
+ public:
+  Collector() : ConsoleReporter(isatty(STDOUT_FILENO) ? OO_ColorTabular : OO_Tabular) {}
+  std::map<std::string, double> median;
+  void ReportRuns(const std::vector<Run>& runs) override {
+    ConsoleReporter::ReportRuns(runs);
+    for (const auto& r : runs)
+      if (!r.error_occurred && (r.run_type == Run::RT_Iteration || r.aggregate_name == "median"))
+        median[r.run_name.function_name] =
+            r.GetAdjustedRealTime() * 1e6 / benchmark::GetTimeUnitMultiplier(r.time_unit);
+  }
+};
+
+double mib_per_s(double us_per_64mib) {
+  return (double)kTotal / (1 << 20) / (us_per_64mib * 1e-6);
+}
+
+void print_ratios(const std::map<std::string, double>& t) {
+  enum Kind { gap, time, rate };
+  struct Row {
+    Kind kind;  // time: num/den of the times, lower is better; rate: num/den of the rates
+    const char *num, *den;
+    double limit;  // the target: time <= limit, rate >= limit; 0: none, for information
+    const char* note;
+  };
+  // clang-format off
+  const Row rows[] = {
+      {time, "mp_roundtrip",                        "floor_socketpair_roundtrip", 1.1, ""},
+      {time, "mp_roundtrip",                        "floor_pipes_roundtrip",      0,   "pipes instead of a socket"},
+      {time, "floor_pipes_roundtrip",               "floor_socketpair_roundtrip", 0,   ""},
+      {time, "floor_socketpair_busypoll_roundtrip", "floor_socketpair_roundtrip", 0,   "< 1: a 20 us busy-poll gains"},
+      {gap, nullptr, nullptr, 0, nullptr},
+      {time, "mp_roundtrip_1core",                  "floor_socketpair_roundtrip_1core", 0, "mp's share, one shared core"},
+      {time, "floor_socketpair_busypoll_roundtrip_1core", "floor_socketpair_roundtrip_1core", 0, "> 1: spinning on a shared core"},
+      {gap, nullptr, nullptr, 0, nullptr},
+      {time, "mp_roundtrip_2cores",                 "floor_socketpair_roundtrip_2cores", 0, "mp's share, a core each"},
+      {time, "floor_socketpair_roundtrip_2cores",   "floor_socketpair_roundtrip_1core", 0, "cross-core wake-up vs context switch"},
+      {time, "floor_socketpair_busypoll_roundtrip_2cores", "floor_socketpair_roundtrip_2cores", 0, "< 1: busy-poll, a core each"},
+      {time, "floor_socketpair_busypoll_roundtrip_2cores", "floor_socketpair_roundtrip", 0, "< 1: ... against the unpinned floor"},
+      {gap, nullptr, nullptr, 0, nullptr},
+      {rate, "mp_bandwidth_recv_bytes_into",        "floor_socketpair_bandwidth", 0.8, ""},
+      {rate, "mp_bandwidth_recv_bytes",             "floor_socketpair_bandwidth", 0.8, ""},
+  };
+  // clang-format on
+  std::printf("\n%-66s %9s %9s %8s  %s\n", "ratio of median real times (rate: of MiB/s)", "num",
+              "den", "ratio", "target");
+  bool gap_before = false;
+  for (const Row& r : rows) {
+    if (r.kind == gap) {
+      gap_before = true;
+      continue;
+    }
+    auto n = t.find(r.num), d = t.find(r.den);
+    if (n == t.end() || d == t.end()) continue;  // filtered out or failed
+    double num = r.kind == time ? n->second : mib_per_s(n->second);
+    double den = r.kind == time ? d->second : mib_per_s(d->second);
+    double ratio = num / den;
+    std::string name = std::string(r.num) + " / " + r.den, target = r.note;
+    if (r.limit > 0) {
+      bool ok = r.kind == time ? ratio <= r.limit : ratio >= r.limit;
+      char buf[48];
+      std::snprintf(buf, sizeof buf, "%s %.1fx %s", r.kind == time ? "<=" : ">=", r.limit,
+                    ok ? "ok" : "MISSED");
+      target = buf;
+    }
+    if (gap_before) std::printf("\n");
+    gap_before = false;
+    std::printf("%-66s %9.1f %9.1f %7.2fx  %s\n", name.c_str(), num, den, ratio, target.c_str());
+  }
+  std::printf("\n(round trips in us; bandwidth in MiB/s: 64 MiB in 1 MiB messages)\n");
+  for (const char* b :
+       {"mp_bandwidth_recv_bytes_into", "mp_bandwidth_recv_bytes", "floor_socketpair_bandwidth"})
+    if (auto it = t.find(b); it != t.end())
+      std::printf("  %-30s %8.0f MiB/s\n", b, mib_per_s(it->second));
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  mp::init(argc, argv);  // for a spawned child (none here: every mp child is forked)
+
+  // Interleaved repetitions by default; the caller's flags come after, so they can say no.
+  std::vector<char*> args(argv, argv + argc);
+  char interleave[] = "--benchmark_enable_random_interleaving=true";
+  args.insert(args.begin() + 1, interleave);
+  int n = static_cast<int>(args.size());
+  args.push_back(nullptr);
+
+  register_all();
+  benchmark::Initialize(&n, args.data());
+  if (benchmark::ReportUnrecognizedArguments(n, args.data())) return 1;
+  Collector reporter;
+  benchmark::RunSpecifiedBenchmarks(&reporter);
+  benchmark::Shutdown();
+  print_ratios(reporter.median);
+}
