@@ -115,14 +115,14 @@ void Connection::send_message(std::span<const std::byte> head, std::span<const s
 std::string Connection::recv_message(std::optional<std::size_t> maxlength) {
   check_readable();
   unsigned char h[4];
-  std::size_t got = posix::read_exact(fd_, {reinterpret_cast<std::byte*>(h), 4});
+  std::size_t got = posix::read_full(fd_, {reinterpret_cast<std::byte*>(h), 4});
   if (got == 0) throw EOFError("EOF: the other end of the connection was closed");
   if (got < 4) throw ProcessError("got end of file during message");
   std::uint64_t n = std::uint64_t(h[0]) << 24 | std::uint64_t(h[1]) << 16 |
                     std::uint64_t(h[2]) << 8 | std::uint64_t(h[3]);
   if (n == 0xffffffffu) {
     unsigned char l[8];
-    if (posix::read_exact(fd_, {reinterpret_cast<std::byte*>(l), 8}) != 8)
+    if (posix::read_full(fd_, {reinterpret_cast<std::byte*>(l), 8}) != 8)
       throw ProcessError("got end of file during message");
     n = 0;
     for (unsigned char b : l) n = n << 8 | b;
@@ -149,7 +149,7 @@ std::string Connection::recv_message(std::optional<std::size_t> maxlength) {
     const std::size_t have = message.size();
     const std::size_t want = std::min<std::size_t>(static_cast<std::size_t>(n) - have, kStep);
     message.resize(have + want);
-    if (posix::read_exact(fd_, {reinterpret_cast<std::byte*>(message.data() + have), want}) != want)
+    if (posix::read_full(fd_, {reinterpret_cast<std::byte*>(message.data() + have), want}) != want)
       throw ProcessError("got end of file during message");
   }
   return message;

@@ -113,8 +113,8 @@ std::size_t read_full(int fd, std::span<std::byte> data) {
     ssize_t n = ::read(fd, data.data() + got, data.size() - got);
     if (n > 0) {
       got += static_cast<std::size_t>(n);
-    } else if (n == 0) {
-      break;
+    } else if (n == 0 || errno == ECONNRESET) {
+      break;  // a reset socket ends like EOF: the caller sees a short read
     } else if (errno != EINTR) {
       check(-1, "read");
     }

@@ -55,7 +55,8 @@ bool wait_readable(int fd, std::optional<Duration> timeout);
 /// Writes everything (EINTR retried); false if the peer is gone (EPIPE, never SIGPIPE).
 /// `abort_fd` (if >= 0) readable ends the wait for a slow reader: returns false.
 bool send_all(int fd, std::span<const std::byte> data, int abort_fd);
-/// Reads exactly data.size() bytes unless EOF comes first; returns the count read.
+/// Reads exactly data.size() bytes unless EOF (or a reset connection) comes first; returns
+/// the count read. EINTR retried.
 std::size_t read_full(int fd, std::span<std::byte> data);
 
 /// pidfd_open(2); an invalid fd where the kernel (or a seccomp filter) has none.
@@ -133,9 +134,6 @@ namespace mp::posix {
 /// handled). A socket never raises SIGPIPE (MSG_NOSIGNAL); for a pipe SIGPIPE is blocked
 /// around the write and a signal it raised is taken back. The peer gone: system_error EPIPE.
 void write_all(int fd, std::span<const std::span<const std::byte>> parts, bool is_socket);
-/// Reads exactly data.size() bytes unless EOF (or a reset connection) comes first; returns the
-/// count read. EINTR retried.
-std::size_t read_exact(int fd, std::span<std::byte> data);
 /// Whether fd is a socket.
 bool is_socket(int fd);
 /// The descriptors among `fds` that are readable (or hung up) within `timeout`.

@@ -91,21 +91,6 @@ void write_all(int fd, std::span<const std::span<const std::byte>> parts, bool s
   }
 }
 
-std::size_t read_exact(int fd, std::span<std::byte> data) {
-  std::size_t got = 0;
-  while (got < data.size()) {
-    ssize_t n = ::read(fd, data.data() + got, data.size() - got);
-    if (n > 0) {
-      got += static_cast<std::size_t>(n);
-    } else if (n == 0 || errno == ECONNRESET) {
-      break;
-    } else if (errno != EINTR) {
-      check(-1, "read");
-    }
-  }
-  return got;
-}
-
 std::vector<int> wait_any_readable(std::span<const int> fds, std::optional<Duration> timeout) {
   using clock = std::chrono::steady_clock;
   if (timeout && !(timeout->count() < 1e9)) timeout.reset();
