@@ -5,17 +5,25 @@
 //   - *_roundtrip: the parent sends an 8-byte message, the child echoes it back; the time
 //     reported is one round trip. mp's child is started with the fork context and echoes with
 //     recv_bytes/send_bytes until a "stop" message.
+//   - floor_socketpair_framed_roundtrip: the socketpair floor with mp's framing and system calls
+//     (one write of length + body; one read for the length, one for the body): the best mp can
+//     do while it never reads past the end of a message.
 //   - floor_socketpair_busypoll_roundtrip: the socketpair floor again, but each side first spins
 //     up to 20 us on a non-blocking recv before a blocking read: what a bounded busy-poll in
 //     recv_bytes would buy (the library does not do it). The spin_hits counter is the share of
 //     the parent's reads that the spin satisfied.
-//   - *_1core: parent and child pinned to one CPU: every message is a context switch (no
-//     cross-core wake-up), and a spinner only burns the time its peer needs to answer.
-//   - *_2cores: parent and child pinned to a CPU each: every message wakes the other CPU, and a
-//     spinner finds the answer without sleeping.
 //   - *_bandwidth: 64 MiB in 1 MiB messages from the parent to the child, which answers one byte
 //     after the last one; the time reported is per 64 MiB (bytes_per_second: the rate). mp's
 //     child receives with recv_bytes_into a preallocated 1 MiB buffer, or with recv_bytes.
+//
+// Each case runs three ways, because where the two processes run decides the result more than
+// anything else (in a small VM, waking an idle CPU costs tens of microseconds):
+//   - no suffix: wherever the scheduler puts them (on 2 CPUs: often the same one, not always);
+//   - *_1core: both pinned to one CPU: every message is a context switch, and a spinner only
+//     burns the time its peer needs to answer;
+//   - *_2cores: a CPU each: every message wakes the other CPU, and a spinner finds the answer
+//     without sleeping.
+// The targets are checked where the placement is fixed: *_1core and *_2cores.
 //
 // Repetitions are interleaved at random (--benchmark_enable_random_interleaving=true, which a
 // later flag may turn off) so that a change of load on the machine hits every case alike.
@@ -115,7 +123,8 @@ void mp_echo(mp::Connection conn, int cpu) {
 }
 
 // Receives kChunks messages, answers one byte, and again, until "stop".
-void mp_sink(mp::Connection conn, bool into) {
+void mp_sink(mp::Connection conn, bool into, int cpu) {
+  pin_child(cpu);
   std::vector<std::byte> buf(kChunk);
   std::size_t got = 0;
   for (;;) {
@@ -165,20 +174,15 @@ void run_mp_roundtrip(benchmark::State& state, Pin where) {
   }
 }
 
-void BM_mp_roundtrip(benchmark::State& state) {
-  run_mp_roundtrip(state, Pin::none);
-}
-void BM_mp_roundtrip_1core(benchmark::State& state) {
-  run_mp_roundtrip(state, Pin::same);
-}
-void BM_mp_roundtrip_2cores(benchmark::State& state) {
-  run_mp_roundtrip(state, Pin::split);
-}
-
-void run_mp_bandwidth(benchmark::State& state, bool into) {
+void run_mp_bandwidth(benchmark::State& state, bool into, Pin where) {
+  Pinning pin(where);
+  if (!pin.ok()) {
+    state.SkipWithError("needs 2 CPUs");
+    return;
+  }
   try {
     auto [parent, child] = mp::Pipe();
-    auto p = mp::fork_context.Process(mp_sink, std::move(child), into);
+    auto p = mp::fork_context.Process(mp_sink, std::move(child), into, pin.child_cpu());
     p.start();
     std::vector<std::byte> chunk(kChunk, std::byte{0x5a});
     for (auto _ : state) {
@@ -195,13 +199,6 @@ void run_mp_bandwidth(benchmark::State& state, bool into) {
     state.SkipWithError(e.what());
   }
   state.SetBytesProcessed(static_cast<int64_t>(state.iterations() * kTotal));
-}
-
-void BM_mp_bandwidth_recv_bytes_into(benchmark::State& state) {
-  run_mp_bandwidth(state, true);
-}
-void BM_mp_bandwidth_recv_bytes(benchmark::State& state) {
-  run_mp_bandwidth(state, false);
 }
 
 // ---- floors, in plain C style
@@ -255,19 +252,45 @@ int write_full(int fd, const void* buf, size_t n) {
   return 0;
 }
 
+// A message of n <= kSmall bytes. Raw: the bytes alone, one write and one read. Framed: as mp
+// does it (CPython's 4-byte big-endian length first), with mp's system calls but nothing else:
+// one write for length and body, then one read for the length and one for the body.
+int send_msg(int fd, const char* body, size_t n, int framed) {
+  if (!framed) return write_full(fd, body, n);
+  unsigned char m[4 + kSmall];
+  m[0] = m[1] = 0;
+  m[2] = (unsigned char)(n >> 8);
+  m[3] = (unsigned char)n;
+  memcpy(m + 4, body, n);
+  return write_full(fd, m, 4 + n);
+}
+
+// The message's size; 0 on EOF, -1 on error.
+ssize_t recv_msg(int fd, char* body, size_t n, int framed, long spin_ns, int* spun) {
+  if (!framed) return read_full(fd, body, n, spin_ns, spun);
+  unsigned char h[4];
+  ssize_t r = read_full(fd, h, 4, spin_ns, spun);
+  if (r <= 0) return r;
+  size_t len = (size_t)h[0] << 24 | (size_t)h[1] << 16 | (size_t)h[2] << 8 | h[3];
+  if (len > n || read_full(fd, body, len, 0, NULL) != (ssize_t)len) return -1;
+  return (ssize_t)len;
+}
+
 // A child echoing kSmall-byte messages from `in` to `out` until EOF.
-[[noreturn]] void floor_echo(int in, int out, long spin_ns) {
+[[noreturn]] void floor_echo(int in, int out, int framed, long spin_ns) {
   char buf[kSmall];
   for (;;) {
-    ssize_t r = read_full(in, buf, kSmall, spin_ns, NULL);
+    ssize_t r = recv_msg(in, buf, kSmall, framed, spin_ns, NULL);
     if (r == 0) _exit(0);
-    if (r < 0 || write_full(out, buf, kSmall) != 0) _exit(1);
+    if (r < 0 || send_msg(out, buf, (size_t)r, framed) != 0) _exit(1);
   }
 }
 
 enum class Channel { socketpair, pipes };
+enum Framing { raw, framed };
 
-void run_floor_roundtrip(benchmark::State& state, Channel ch, long spin_ns, Pin where) {
+void run_floor_roundtrip(benchmark::State& state, Channel ch, long spin_ns, Pin where,
+                         Framing framing = raw) {
   Pinning pin(where);
   if (!pin.ok()) {
     state.SkipWithError("needs 2 CPUs");
@@ -298,7 +321,7 @@ void run_floor_roundtrip(benchmark::State& state, Channel ch, long spin_ns, Pin 
     pin_child(pin.child_cpu());
     close(p_read);
     if (p_write != p_read) close(p_write);
-    floor_echo(c_read, c_write, spin_ns);
+    floor_echo(c_read, c_write, framing, spin_ns);
   }
   close(c_read);
   if (c_write != c_read) close(c_write);
@@ -306,8 +329,8 @@ void run_floor_roundtrip(benchmark::State& state, Channel ch, long spin_ns, Pin 
   long hits = 0;
   for (auto _ : state) {
     int spun = 0;
-    if (pid < 0 || write_full(p_write, ping, kSmall) != 0 ||
-        read_full(p_read, pong, kSmall, spin_ns, &spun) != (ssize_t)kSmall) {
+    if (pid < 0 || send_msg(p_write, ping, kSmall, framing) != 0 ||
+        recv_msg(p_read, pong, kSmall, framing, spin_ns, &spun) != (ssize_t)kSmall) {
       state.SkipWithError("floor round trip failed");
       break;
     }
@@ -324,29 +347,12 @@ void run_floor_roundtrip(benchmark::State& state, Channel ch, long spin_ns, Pin 
         state.iterations() ? (double)hits / (double)state.iterations() : 0.0;
 }
 
-void BM_floor_socketpair_roundtrip(benchmark::State& state) {
-  run_floor_roundtrip(state, Channel::socketpair, 0, Pin::none);
-}
-void BM_floor_pipes_roundtrip(benchmark::State& state) {
-  run_floor_roundtrip(state, Channel::pipes, 0, Pin::none);
-}
-void BM_floor_socketpair_busypoll_roundtrip(benchmark::State& state) {
-  run_floor_roundtrip(state, Channel::socketpair, kSpinNs, Pin::none);
-}
-void BM_floor_socketpair_roundtrip_1core(benchmark::State& state) {
-  run_floor_roundtrip(state, Channel::socketpair, 0, Pin::same);
-}
-void BM_floor_socketpair_busypoll_roundtrip_1core(benchmark::State& state) {
-  run_floor_roundtrip(state, Channel::socketpair, kSpinNs, Pin::same);
-}
-void BM_floor_socketpair_roundtrip_2cores(benchmark::State& state) {
-  run_floor_roundtrip(state, Channel::socketpair, 0, Pin::split);
-}
-void BM_floor_socketpair_busypoll_roundtrip_2cores(benchmark::State& state) {
-  run_floor_roundtrip(state, Channel::socketpair, kSpinNs, Pin::split);
-}
-
-void BM_floor_socketpair_bandwidth(benchmark::State& state) {
+void run_floor_bandwidth(benchmark::State& state, Pin where) {
+  Pinning pin(where);
+  if (!pin.ok()) {
+    state.SkipWithError("needs 2 CPUs");
+    return;
+  }
   int sv[2];
   if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) != 0) {
     state.SkipWithError("socketpair failed");
@@ -354,6 +360,7 @@ void BM_floor_socketpair_bandwidth(benchmark::State& state) {
   }
   pid_t pid = fork();
   if (pid == 0) {  // reads until EOF, one byte back per kTotal received
+    pin_child(pin.child_cpu());
     close(sv[0]);
     char* buf = (char*)malloc(kChunk);
     size_t got = 0;
@@ -400,36 +407,56 @@ benchmark::internal::Benchmark* setup(benchmark::internal::Benchmark* b, double 
 
 void register_all() {
   const double rt = 0.15, bw = 0.25;  // seconds per repetition
-  setup(benchmark::RegisterBenchmark("mp_roundtrip", BM_mp_roundtrip), rt);
-  setup(benchmark::RegisterBenchmark("floor_socketpair_roundtrip", BM_floor_socketpair_roundtrip),
-        rt);
-  setup(benchmark::RegisterBenchmark("floor_pipes_roundtrip", BM_floor_pipes_roundtrip), rt);
-  setup(benchmark::RegisterBenchmark("floor_socketpair_busypoll_roundtrip",
-                                     BM_floor_socketpair_busypoll_roundtrip),
-        rt);
-  setup(benchmark::RegisterBenchmark("mp_roundtrip_1core", BM_mp_roundtrip_1core), rt);
-  setup(benchmark::RegisterBenchmark("floor_socketpair_roundtrip_1core",
-                                     BM_floor_socketpair_roundtrip_1core),
-        rt);
-  setup(benchmark::RegisterBenchmark("floor_socketpair_busypoll_roundtrip_1core",
-                                     BM_floor_socketpair_busypoll_roundtrip_1core),
-        rt);
-  setup(benchmark::RegisterBenchmark("mp_roundtrip_2cores", BM_mp_roundtrip_2cores), rt);
-  setup(benchmark::RegisterBenchmark("floor_socketpair_roundtrip_2cores",
-                                     BM_floor_socketpair_roundtrip_2cores),
-        rt);
-  setup(benchmark::RegisterBenchmark("floor_socketpair_busypoll_roundtrip_2cores",
-                                     BM_floor_socketpair_busypoll_roundtrip_2cores),
-        rt);
-  setup(
-      benchmark::RegisterBenchmark("mp_bandwidth_recv_bytes_into", BM_mp_bandwidth_recv_bytes_into),
-      bw)
-      ->Unit(benchmark::kMillisecond);
-  setup(benchmark::RegisterBenchmark("mp_bandwidth_recv_bytes", BM_mp_bandwidth_recv_bytes), bw)
-      ->Unit(benchmark::kMillisecond);
-  setup(benchmark::RegisterBenchmark("floor_socketpair_bandwidth", BM_floor_socketpair_bandwidth),
-        bw)
-      ->Unit(benchmark::kMillisecond);
+  struct Placement {
+    Pin pin;
+    const char* suffix;
+  };
+  const Placement placements[] = {{Pin::none, ""}, {Pin::same, "_1core"}, {Pin::split, "_2cores"}};
+  auto name = [](const char* base, const Placement& where) {
+    return std::string(base) + where.suffix;
+  };
+  for (const Placement& w : placements) {
+    const Pin pin = w.pin;
+    setup(benchmark::RegisterBenchmark(name("mp_roundtrip", w).c_str(),
+                                       [pin](benchmark::State& s) { run_mp_roundtrip(s, pin); }),
+          rt);
+    setup(benchmark::RegisterBenchmark(
+              name("floor_socketpair_roundtrip", w).c_str(),
+              [pin](benchmark::State& s) { run_floor_roundtrip(s, Channel::socketpair, 0, pin); }),
+          rt);
+    setup(benchmark::RegisterBenchmark(name("floor_socketpair_framed_roundtrip", w).c_str(),
+                                       [pin](benchmark::State& s) {
+                                         run_floor_roundtrip(s, Channel::socketpair, 0, pin,
+                                                             framed);
+                                       }),
+          rt);
+    setup(benchmark::RegisterBenchmark(
+              name("floor_pipes_roundtrip", w).c_str(),
+              [pin](benchmark::State& s) { run_floor_roundtrip(s, Channel::pipes, 0, pin); }),
+          rt);
+    setup(benchmark::RegisterBenchmark(name("floor_socketpair_busypoll_roundtrip", w).c_str(),
+                                       [pin](benchmark::State& s) {
+                                         run_floor_roundtrip(s, Channel::socketpair, kSpinNs, pin);
+                                       }),
+          rt);
+  }
+  for (const Placement& w : placements) {
+    const Pin pin = w.pin;
+    setup(benchmark::RegisterBenchmark(
+              name("mp_bandwidth_recv_bytes_into", w).c_str(),
+              [pin](benchmark::State& s) { run_mp_bandwidth(s, true, pin); }),
+          bw)
+        ->Unit(benchmark::kMillisecond);
+    setup(benchmark::RegisterBenchmark(
+              name("mp_bandwidth_recv_bytes", w).c_str(),
+              [pin](benchmark::State& s) { run_mp_bandwidth(s, false, pin); }),
+          bw)
+        ->Unit(benchmark::kMillisecond);
+    setup(benchmark::RegisterBenchmark(name("floor_socketpair_bandwidth", w).c_str(),
+                                       [pin](benchmark::State& s) { run_floor_bandwidth(s, pin); }),
+          bw)
+        ->Unit(benchmark::kMillisecond);
+  }
 }
 
 // The console output, plus the median real time of each benchmark (µs) for the ratio table.
@@ -450,63 +477,102 @@ double mib_per_s(double us_per_64mib) {
   return (double)kTotal / (1 << 20) / (us_per_64mib * 1e-6);
 }
 
+const char* const kSuffixes[] = {"", "_1core", "_2cores"};
+
+void print_grid(const std::map<std::string, double>& t) {
+  struct Line {
+    const char *label, *base;
+    bool rate;
+  };
+  const Line lines[] = {
+      {"round trip, us", nullptr, false},
+      {"  mp Pipe()", "mp_roundtrip", false},
+      {"  socketpair", "floor_socketpair_roundtrip", false},
+      {"  socketpair, mp's framing", "floor_socketpair_framed_roundtrip", false},
+      {"  pipe pair", "floor_pipes_roundtrip", false},
+      {"  socketpair, 20 us busy-poll", "floor_socketpair_busypoll_roundtrip", false},
+      {"64 MiB in 1 MiB messages, MiB/s", nullptr, true},
+      {"  mp recv_bytes_into", "mp_bandwidth_recv_bytes_into", true},
+      {"  mp recv_bytes", "mp_bandwidth_recv_bytes", true},
+      {"  socketpair write/read", "floor_socketpair_bandwidth", true},
+  };
+  std::printf("\n%-34s %10s %10s %10s   (medians)\n", "", "unpinned", "1 core", "2 cores");
+  for (const Line& l : lines) {
+    std::printf("%-34s", l.label);
+    for (const char* suffix : kSuffixes) {
+      if (!l.base) break;
+      auto it = t.find(std::string(l.base) + suffix);
+      if (it == t.end())
+        std::printf(" %10s", "-");
+      else
+        std::printf(l.rate ? " %10.0f" : " %10.2f", l.rate ? mib_per_s(it->second) : it->second);
+    }
+    std::printf("\n");
+  }
+}
+
 void print_ratios(const std::map<std::string, double>& t) {
-  enum Kind { gap, time, rate };
+  enum Kind { time, rate };
   struct Row {
     Kind kind;  // time: num/den of the times, lower is better; rate: num/den of the rates
-    const char *num, *den;
+    std::string num, den;
     double limit;  // the target: time <= limit, rate >= limit; 0: none, for information
-    const char* note;
+    std::string note;
   };
-  // clang-format off
-  const Row rows[] = {
-      {time, "mp_roundtrip",                        "floor_socketpair_roundtrip", 1.1, ""},
-      {time, "mp_roundtrip",                        "floor_pipes_roundtrip",      0,   "pipes instead of a socket"},
-      {time, "floor_pipes_roundtrip",               "floor_socketpair_roundtrip", 0,   ""},
-      {time, "floor_socketpair_busypoll_roundtrip", "floor_socketpair_roundtrip", 0,   "< 1: a 20 us busy-poll gains"},
-      {gap, nullptr, nullptr, 0, nullptr},
-      {time, "mp_roundtrip_1core",                  "floor_socketpair_roundtrip_1core", 0, "mp's share, one shared core"},
-      {time, "floor_socketpair_busypoll_roundtrip_1core", "floor_socketpair_roundtrip_1core", 0, "> 1: spinning on a shared core"},
-      {gap, nullptr, nullptr, 0, nullptr},
-      {time, "mp_roundtrip_2cores",                 "floor_socketpair_roundtrip_2cores", 0, "mp's share, a core each"},
-      {time, "floor_socketpair_roundtrip_2cores",   "floor_socketpair_roundtrip_1core", 0, "cross-core wake-up vs context switch"},
-      {time, "floor_socketpair_busypoll_roundtrip_2cores", "floor_socketpair_roundtrip_2cores", 0, "< 1: busy-poll, a core each"},
-      {time, "floor_socketpair_busypoll_roundtrip_2cores", "floor_socketpair_roundtrip", 0, "< 1: ... against the unpinned floor"},
-      {gap, nullptr, nullptr, 0, nullptr},
-      {rate, "mp_bandwidth_recv_bytes_into",        "floor_socketpair_bandwidth", 0.8, ""},
-      {rate, "mp_bandwidth_recv_bytes",             "floor_socketpair_bandwidth", 0.8, ""},
-  };
-  // clang-format on
-  std::printf("\n%-66s %9s %9s %8s  %s\n", "ratio of median real times (rate: of MiB/s)", "num",
-              "den", "ratio", "target");
-  bool gap_before = false;
-  for (const Row& r : rows) {
-    if (r.kind == gap) {
-      gap_before = true;
-      continue;
-    }
-    auto n = t.find(r.num), d = t.find(r.den);
-    if (n == t.end() || d == t.end()) continue;  // filtered out or failed
-    double num = r.kind == time ? n->second : mib_per_s(n->second);
-    double den = r.kind == time ? d->second : mib_per_s(d->second);
-    double ratio = num / den;
-    std::string name = std::string(r.num) + " / " + r.den, target = r.note;
-    if (r.limit > 0) {
-      bool ok = r.kind == time ? ratio <= r.limit : ratio >= r.limit;
-      char buf[48];
-      std::snprintf(buf, sizeof buf, "%s %.1fx %s", r.kind == time ? "<=" : ">=", r.limit,
-                    ok ? "ok" : "MISSED");
-      target = buf;
-    }
-    if (gap_before) std::printf("\n");
-    gap_before = false;
-    std::printf("%-66s %9.1f %9.1f %7.2fx  %s\n", name.c_str(), num, den, ratio, target.c_str());
+  std::vector<std::vector<Row>> groups;
+  for (const char* sfx : kSuffixes) {
+    const std::string x = sfx;
+    const bool pinned = !x.empty();  // targets only where the placement is fixed
+    const char* luck = "placement left to the scheduler";
+    groups.push_back({
+        {time, "mp_roundtrip" + x, "floor_socketpair_roundtrip" + x, pinned ? 1.1 : 0,
+         pinned ? "" : luck},
+        {time, "mp_roundtrip" + x, "floor_socketpair_framed_roundtrip" + x, 0,
+         "floor with mp's framing & syscalls"},
+        {time, "floor_socketpair_framed_roundtrip" + x, "floor_socketpair_roundtrip" + x, 0,
+         "the framing's second read"},
+        {time, "floor_pipes_roundtrip" + x, "floor_socketpair_roundtrip" + x, 0,
+         "pipes instead of a socket"},
+        {time, "floor_socketpair_busypoll_roundtrip" + x, "floor_socketpair_roundtrip" + x, 0,
+         "< 1: what a 20 us busy-poll gains"},
+        {rate, "mp_bandwidth_recv_bytes_into" + x, "floor_socketpair_bandwidth" + x,
+         pinned ? 0.8 : 0, pinned ? "" : luck},
+        {rate, "mp_bandwidth_recv_bytes" + x, "floor_socketpair_bandwidth" + x, pinned ? 0.8 : 0,
+         pinned ? "" : luck},
+    });
   }
-  std::printf("\n(round trips in us; bandwidth in MiB/s: 64 MiB in 1 MiB messages)\n");
-  for (const char* b :
-       {"mp_bandwidth_recv_bytes_into", "mp_bandwidth_recv_bytes", "floor_socketpair_bandwidth"})
-    if (auto it = t.find(b); it != t.end())
-      std::printf("  %-30s %8.0f MiB/s\n", b, mib_per_s(it->second));
+  groups.push_back({
+      {time, "floor_socketpair_roundtrip_2cores", "floor_socketpair_roundtrip_1core", 0,
+       "waking another CPU vs a context switch"},
+      {time, "floor_socketpair_busypoll_roundtrip_2cores", "floor_socketpair_roundtrip_1core", 0,
+       "< 1: busy-poll apart beats blocking together"},
+      {time, "floor_socketpair_busypoll_roundtrip_2cores", "floor_socketpair_roundtrip", 0,
+       "< 1: ... beats the unpinned floor"},
+  });
+  std::printf("\n%-68s %9s %9s %8s  %s\n", "ratio of medians (time; bandwidth: of MiB/s)", "num",
+              "den", "ratio", "target");
+  for (const auto& rows : groups) {
+    bool first = true;
+    for (const Row& r : rows) {
+      auto n = t.find(r.num), d = t.find(r.den);
+      if (n == t.end() || d == t.end()) continue;  // filtered out or failed
+      double num = r.kind == time ? n->second : mib_per_s(n->second);
+      double den = r.kind == time ? d->second : mib_per_s(d->second);
+      double ratio = num / den;
+      std::string name = r.num + " / " + r.den, target = r.note;
+      if (r.limit > 0) {
+        bool ok = r.kind == time ? ratio <= r.limit : ratio >= r.limit;
+        char buf[48];
+        std::snprintf(buf, sizeof buf, "%s %.1fx %s", r.kind == time ? "<=" : ">=", r.limit,
+                      ok ? "ok" : "MISSED");
+        target = buf;
+      }
+      if (first) std::printf("\n");
+      first = false;
+      std::printf("%-68s %9.*f %9.*f %7.2fx  %s\n", name.c_str(), r.kind == time ? 2 : 0, num,
+                  r.kind == time ? 2 : 0, den, ratio, target.c_str());
+    }
+  }
 }
 
 }  // namespace
@@ -527,5 +593,6 @@ int main(int argc, char** argv) {
   Collector reporter;
   benchmark::RunSpecifiedBenchmarks(&reporter);
   benchmark::Shutdown();
+  print_grid(reporter.median);
   print_ratios(reporter.median);
 }

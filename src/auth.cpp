@@ -4,7 +4,9 @@
 #include <nettle/memops.h>
 
 #include <cstring>
+#include <string>
 #include <string_view>
+#include <utility>
 
 #include "mp/errors.hpp"
 
@@ -56,13 +58,53 @@ void send_message(int fd, std::span<const std::byte> payload, posix::Deadline de
 
 std::vector<std::byte> hmac_sha256(const AuthenticationString& key,
                                    std::span<const std::byte> message) {
-  hmac_sha256_ctx ctx;
-  hmac_sha256_set_key(&ctx, key.size(), reinterpret_cast<const std::uint8_t*>(key.bytes().data()));
-  hmac_sha256_update(&ctx, message.size(), reinterpret_cast<const std::uint8_t*>(message.data()));
-  std::vector<std::byte> out(SHA256_DIGEST_SIZE);
-  hmac_sha256_digest(&ctx, SHA256_DIGEST_SIZE, reinterpret_cast<std::uint8_t*>(out.data()));
-  return out;
+  return hmac("sha256", key, message);
 }
+
+std::vector<std::byte> hmac(std::string_view digest, const AuthenticationString& key,
+                            std::span<const std::byte> message) {
+  const auto* k = reinterpret_cast<const std::uint8_t*>(key.bytes().data());
+  const auto* m = reinterpret_cast<const std::uint8_t*>(message.data());
+  if (digest == "sha256") {
+    hmac_sha256_ctx ctx;
+    hmac_sha256_set_key(&ctx, key.size(), k);
+    hmac_sha256_update(&ctx, message.size(), m);
+    std::vector<std::byte> out(SHA256_DIGEST_SIZE);
+    hmac_sha256_digest(&ctx, SHA256_DIGEST_SIZE, reinterpret_cast<std::uint8_t*>(out.data()));
+    return out;
+  }
+  if (digest == "md5") {
+    hmac_md5_ctx ctx;
+    hmac_md5_set_key(&ctx, key.size(), k);
+    hmac_md5_update(&ctx, message.size(), m);
+    std::vector<std::byte> out(MD5_DIGEST_SIZE);
+    hmac_md5_digest(&ctx, MD5_DIGEST_SIZE, reinterpret_cast<std::uint8_t*>(out.data()));
+    return out;
+  }
+  throw AuthenticationError("digest '" + std::string(digest) + "' unsupported");
+}
+
+namespace {
+
+// CPython 3.12's _get_digest_name_and_payload: a 16- or 20-byte message is the legacy
+// protocol (HMAC-MD5, no prefix: CPython <= 3.11); otherwise "{digest}payload".
+std::pair<std::string, std::span<const std::byte>> digest_and_payload(
+    std::span<const std::byte> message) {
+  if (message.size() == 16 || message.size() == 20) return {"", message};
+  const auto* c = reinterpret_cast<const char*>(message.data());
+  if (!message.empty() && c[0] == '{') {
+    for (std::size_t i = 1; i < message.size() && i <= 21; ++i) {
+      if (c[i] != '}') continue;
+      std::string digest(c + 1, i - 1);
+      if (digest == "sha256" || digest == "md5") return {digest, message.subspan(i + 1)};
+      break;
+    }
+  }
+  throw AuthenticationError(
+      "unsupported message length, missing digest prefix, or unsupported digest");
+}
+
+}  // namespace
 
 void deliver_challenge(int fd, const AuthenticationString& key, posix::Deadline deadline) {
   // The HMAC covers the whole challenge, digest name included (CPython 3.12+).
@@ -74,10 +116,16 @@ void deliver_challenge(int fd, const AuthenticationString& key, posix::Deadline 
   send_message(fd, challenge, deadline);
 
   auto response = recv_message(fd, kMaxHandshakeMessage, deadline);
-  auto expected = hmac_sha256(key, message);
-  const bool ok = response.size() == kSha256.size() + expected.size() &&
-                  starts_with(response, kSha256) &&
-                  memeql_sec(response.data() + kSha256.size(), expected.data(), expected.size());
+  bool ok = false;
+  try {
+    // A CPython <= 3.11 client answers the whole challenge with a bare HMAC-MD5, as CPython
+    // 3.12 itself accepts.
+    auto [digest, mac] = digest_and_payload(response);
+    auto expected = hmac(digest.empty() ? "md5" : digest, key, message);
+    ok = expected.size() == mac.size() && memeql_sec(expected.data(), mac.data(), mac.size());
+  } catch (const AuthenticationError&) {
+    ok = false;
+  }
   if (!ok) {
     try {
       send_message(fd, bytes_of(kFailure), deadline);
@@ -93,14 +141,19 @@ void answer_challenge(int fd, const AuthenticationString& key, posix::Deadline d
   auto message = recv_message(fd, kMaxHandshakeMessage, deadline);
   if (!starts_with(message, kChallenge))
     throw AuthenticationError("Protocol error, expected challenge");
-  std::span<const std::byte> payload(message.data() + kChallenge.size(),
-                                     message.size() - kChallenge.size());
-  if (payload.size() < kSha256.size() + 20 ||
-      std::memcmp(payload.data(), kSha256.data(), kSha256.size()) != 0)
-    throw AuthenticationError("challenge too short or not {sha256}");
-  auto digest = hmac_sha256(key, payload);
-  std::vector<std::byte> response(bytes_of(kSha256).begin(), bytes_of(kSha256).end());
-  response.insert(response.end(), digest.begin(), digest.end());
+  std::span<const std::byte> challenge(message.data() + kChallenge.size(),
+                                       message.size() - kChallenge.size());
+  if (challenge.size() < 20) throw AuthenticationError("challenge too short");
+  auto [digest, payload] = digest_and_payload(challenge);
+  std::vector<std::byte> response;
+  if (digest.empty()) {
+    response = hmac("md5", key, challenge);  // a CPython <= 3.11 peer: bare HMAC-MD5
+  } else {
+    const std::string prefix = "{" + digest + "}";
+    response.assign(bytes_of(prefix).begin(), bytes_of(prefix).end());
+    auto mac = hmac(digest, key, challenge);  // over the whole challenge, prefix included
+    response.insert(response.end(), mac.begin(), mac.end());
+  }
   send_message(fd, response, deadline);
   auto verdict = recv_message(fd, kMaxHandshakeMessage, deadline);
   if (verdict.size() != kWelcome.size() || !starts_with(verdict, kWelcome))

@@ -1,7 +1,9 @@
 // Authentication by authkey (CPython connection.deliver_challenge / answer_challenge), in
 // CPython's wire format: messages framed by a 4-byte big-endian length; the server sends
 // "#CHALLENGE#{sha256}" + 40 random bytes, the client answers "{sha256}" + HMAC-SHA256(key,
-// challenge after "#CHALLENGE#"), the server replies "#WELCOME#" or "#FAILURE#".
+// challenge after "#CHALLENGE#"), the server replies "#WELCOME#" or "#FAILURE#". A CPython
+// <= 3.11 peer's legacy form (20-byte challenge, bare 16-byte HMAC-MD5 answer) is understood
+// both ways, as CPython 3.12+ does.
 #pragma once
 
 #include <cstddef>
@@ -25,7 +27,10 @@ void deliver_challenge(int fd, const AuthenticationString& key, posix::Deadline 
 /// Client side: answer a challenge; throws mp::AuthenticationError("digest sent was rejected").
 void answer_challenge(int fd, const AuthenticationString& key, posix::Deadline deadline);
 
-/// HMAC-SHA256 of `message` under `key` (constant-time compared by the callers).
+/// HMAC of `message` under `key` with "sha256" or "md5" (constant-time compared by the
+/// callers); another digest: mp::AuthenticationError.
+std::vector<std::byte> hmac(std::string_view digest, const AuthenticationString& key,
+                            std::span<const std::byte> message);
 std::vector<std::byte> hmac_sha256(const AuthenticationString& key,
                                    std::span<const std::byte> message);
 

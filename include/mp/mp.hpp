@@ -4,6 +4,7 @@
 #include "mp/connection.hpp"
 #include "mp/context.hpp"
 #include "mp/errors.hpp"
+#include "mp/listener.hpp"
 #include "mp/process.hpp"
 #include "mp/reduction.hpp"
 #include "mp/spawn.hpp"

@@ -1,0 +1,291 @@
+// CPython's _TestListener, _TestListenerClient, _TestAuthentication (and friends): Listener
+// and Client over every family, with and without keys, and against CPython itself.
+#include <spawn.h>
+#include <sys/socket.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <thread>
+
+#include "auth.hpp"
+#include "support.hpp"
+
+using namespace mp_test;
+using namespace std::chrono_literals;
+
+extern char** environ;
+
+namespace {
+
+template <class F>
+std::string logic_text(F f) {
+  try {
+    f();
+  } catch (const std::logic_error& e) {
+    return e.what();
+  }
+  return "no exception";
+}
+
+void send_hello(mp::Address address) {
+  mp::Client(address).send(std::string("hello"));
+}
+
+void send_hello_with_key(mp::Address address, std::string key) {
+  auto c = mp::Client(address, std::nullopt, mp::AuthenticationString(key));
+  c.send(std::string("hello"));
+}
+
+std::vector<mp::Address> addresses() {
+  return {mp::Address(std::string()),  // default: a fresh path
+          mp::Address(std::string("\0mp-test-", 9) + std::to_string(::getpid())),
+          mp::Address(std::pair<std::string, int>("localhost", 0))};
+}
+
+mp::Listener make_listener(const mp::Address& a,
+                           std::optional<mp::AuthenticationString> key = std::nullopt) {
+  if (auto* s = std::get_if<std::string>(&a); s && s->empty())
+    return mp::Listener(std::nullopt, std::nullopt, 1, std::move(key));
+  return mp::Listener(a, std::nullopt, 1, std::move(key));
+}
+
+TEST(Listener, EveryFamilyAcceptsAClient) {
+  for (const auto& a : addresses()) {
+    auto l = make_listener(a);
+    auto p = mp::Process(send_hello, l.address());
+    p.start();
+    auto c = l.accept();
+    EXPECT_EQ(c.recv<std::string>(), "hello");
+    p.join(kHang);
+    EXPECT_EQ(p.exitcode(), 0);
+  }
+}
+
+TEST(Listener, AddressesAndLastAccepted) {
+  mp::Listener unix_default;
+  const auto& path = std::get<std::string>(unix_default.address());
+  EXPECT_TRUE(std::filesystem::exists(path)) << path;
+  EXPECT_FALSE(unix_default.last_accepted());
+  auto client = mp::Client(unix_default.address());
+  unix_default.accept();
+  EXPECT_EQ(unix_default.last_accepted(), mp::Address(std::string()));
+  unix_default.close();
+  EXPECT_FALSE(std::filesystem::exists(path)) << "close() removes the socket file";
+
+  mp::Listener tcp(mp::Address(std::pair<std::string, int>("localhost", 0)));
+  const auto& [host, port] = std::get<std::pair<std::string, int>>(tcp.address());
+  EXPECT_EQ(host, "127.0.0.1");
+  EXPECT_GT(port, 0);
+  auto c = mp::Client(tcp.address());
+  tcp.accept();
+  ASSERT_TRUE(tcp.last_accepted());
+  using HostPort = std::pair<std::string, int>;
+  EXPECT_EQ(std::get<HostPort>(*tcp.last_accepted()).first, "127.0.0.1");
+}
+
+TEST(Listener, ClientThatSentAndLeftBeforeAccept) {
+  for (const auto& a : addresses()) {  // issue 14725
+    auto l = make_listener(a);
+    auto p = mp::Process(send_hello, l.address());
+    p.start();
+    p.join(kHang);
+    auto c = l.accept();
+    EXPECT_EQ(c.recv<std::string>(), "hello");
+  }
+}
+
+TEST(Listener, PollSeesThePeersBytes) {  // issue 16955
+  mp::Listener l;
+  auto client = mp::Client(l.address());
+  auto server = l.accept();
+  server.send_bytes("x");
+  EXPECT_TRUE(client.poll(1s));
+  EXPECT_EQ(client.recv_bytes(), "x");
+}
+
+TEST(Listener, Errors) {
+  for (const auto& a : addresses()) {
+    auto l = make_listener(a);
+    try {
+      mp::Listener again(l.address());
+      ADD_FAILURE() << "bound twice";
+    } catch (const std::system_error& e) {
+      EXPECT_EQ(e.code().value(), EADDRINUSE) << e.what();
+    }
+    l.close();
+    EXPECT_EQ(logic_text([&] { l.accept(); }), "listener is closed");
+  }
+  EXPECT_EQ(logic_text([] { mp::Listener l(mp::Address(std::string(R"(\\.\test)"))); }),
+            "Family AF_PIPE is not recognized.");
+  EXPECT_EQ(logic_text([] { mp::Listener l(std::nullopt, std::string("AF_BOGUS")); }),
+            "unrecognized family");
+  try {
+    mp::Client(mp::Address(std::string("/nonexistent/mp-socket")));
+    ADD_FAILURE() << "connected to nothing";
+  } catch (const std::system_error& e) {
+    EXPECT_EQ(e.code().value(), ENOENT);
+  }
+  int port = 0;
+  {
+    mp::Listener tcp(mp::Address(std::pair<std::string, int>("localhost", 0)));
+    port = std::get<std::pair<std::string, int>>(tcp.address()).second;
+  }
+  try {
+    mp::Client(mp::Address(std::pair<std::string, int>("localhost", port)));
+    ADD_FAILURE() << "connected to a closed port";
+  } catch (const std::system_error& e) {
+    EXPECT_EQ(e.code().value(), ECONNREFUSED);
+  }
+}
+
+TEST(Listener, Authentication) {
+  for (const std::string& key : {std::string("a key"), std::string()}) {  // empty: bpo-43952
+    auto l = make_listener(addresses()[0], mp::AuthenticationString(key));
+    auto p = mp::Process(send_hello_with_key, l.address(), key);
+    p.start();
+    auto c = l.accept();
+    EXPECT_EQ(c.recv<std::string>(), "hello");
+    p.join(kHang);
+    EXPECT_EQ(p.exitcode(), 0);
+  }
+  // Different keys: both sides fail, and no application byte gets through.
+  auto l = make_listener(addresses()[0], mp::AuthenticationString("server key"));
+  Capture err(2);
+  auto p = mp::Process(send_hello_with_key, l.address(), std::string("client key"));
+  p.start();
+  try {
+    l.accept();
+    ADD_FAILURE() << "a wrong key was accepted";
+  } catch (const mp::AuthenticationError& e) {
+    EXPECT_STREQ(e.what(), "digest received was wrong");
+  }
+  p.join(kHang);
+  EXPECT_EQ(p.exitcode(), 1);
+  auto text = err.text();
+  EXPECT_NE(text.find("digest sent was rejected"), std::string::npos) << text;
+}
+
+TEST(Listener, ProtocolViolationsInTheHandshake) {
+  auto l = make_listener(addresses()[0], mp::AuthenticationString("k"));
+  auto raw = mp::Client(l.address());  // no key: it will not answer properly
+  std::thread peer([&] {
+    raw.recv_bytes();           // the challenge
+    raw.send_bytes("garbage");  // instead of a digest
+  });
+  EXPECT_THROW(l.accept(), mp::AuthenticationError);
+  peer.join();
+  // A first message that is not a challenge.
+  mp::Listener plain;
+  std::thread server([&] { plain.accept().send_bytes("hello, no challenge"); });
+  try {
+    mp::Client(plain.address(), std::nullopt, mp::AuthenticationString("k"));
+    ADD_FAILURE() << "expected AuthenticationError";
+  } catch (const mp::AuthenticationError& e) {
+    EXPECT_NE(std::string(e.what()).find("Protocol error, expected challenge"), std::string::npos);
+  }
+  server.join();
+}
+
+// ---- against CPython (Debian's python3) ----
+
+// Runs python3 with `script`; its first output line comes back (an address or a verdict).
+struct Python {
+  pid_t pid = -1;
+  mp::Connection out;
+  explicit Python(const std::string& script) {
+    auto [r, w] = mp::Pipe(false);
+    posix_spawn_file_actions_t fa;
+    posix_spawn_file_actions_init(&fa);
+    posix_spawn_file_actions_adddup2(&fa, w.fileno(), 1);
+    const char* argv[] = {"/usr/bin/python3", "-c", script.c_str(), nullptr};
+    if (::posix_spawn(&pid, argv[0], &fa, nullptr, const_cast<char**>(argv), environ) != 0)
+      throw std::runtime_error("posix_spawn python3");
+    posix_spawn_file_actions_destroy(&fa);
+    out = std::move(r);
+  }
+  std::string line() {
+    std::string s;
+    char c;
+    while (wait_readable(out.fileno(), kHang) && ::read(out.fileno(), &c, 1) == 1 && c != '\n')
+      s += c;
+    return s;
+  }
+  int wait() {
+    int status = 0;
+    ::waitpid(pid, &status, 0);
+    return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+  }
+};
+
+bool have_python() {
+  return ::access("/usr/bin/python3", X_OK) == 0;
+}
+
+TEST(Interop, OurClientAgainstACPythonListener) {
+  if (!have_python()) GTEST_SKIP() << "no /usr/bin/python3";
+  for (bool right_key : {true, false}) {
+    Python py(
+        "import sys\n"
+        "from multiprocessing.connection import Listener\n"
+        "with Listener(('127.0.0.1', 0), authkey=b'secret') as l:\n"
+        "    print(l.address[1], flush=True)\n"
+        "    try:\n"
+        "        with l.accept() as c:\n"
+        "            c.send_bytes(c.recv_bytes().upper())\n"
+        "        print('ok', flush=True)\n"
+        "    except Exception as e:\n"
+        "        print(type(e).__name__, e, flush=True)\n");
+    const int port = std::stoi(py.line());
+    const mp::Address a(std::pair<std::string, int>("127.0.0.1", port));
+    if (right_key) {
+      auto c = mp::Client(a, std::nullopt, mp::AuthenticationString("secret"));
+      c.send_bytes("hello");
+      EXPECT_EQ(c.recv_bytes(), "HELLO");
+      EXPECT_EQ(py.line(), "ok");
+    } else {
+      try {
+        mp::Client(a, std::nullopt, mp::AuthenticationString("wrong"));
+        ADD_FAILURE() << "a wrong key was accepted by CPython";
+      } catch (const mp::AuthenticationError& e) {
+        EXPECT_STREQ(e.what(), "digest sent was rejected");
+      }
+      EXPECT_EQ(py.line(), "AuthenticationError digest received was wrong");
+    }
+    EXPECT_EQ(py.wait(), 0);
+  }
+}
+
+TEST(Interop, ACPythonClientAgainstOurListener) {
+  if (!have_python()) GTEST_SKIP() << "no /usr/bin/python3";
+  for (bool right_key : {true, false}) {
+    mp::Listener l(mp::Address(std::pair<std::string, int>("127.0.0.1", 0)), std::nullopt, 1,
+                   mp::AuthenticationString("secret"));
+    const int port = std::get<std::pair<std::string, int>>(l.address()).second;
+    Python py(std::string("from multiprocessing.connection import Client\n"
+                          "try:\n"
+                          "    with Client(('127.0.0.1', ") +
+              std::to_string(port) + "), authkey=b'" + (right_key ? "secret" : "wrong") +
+              "') as c:\n"
+              "        c.send_bytes(b'hello')\n"
+              "        print(c.recv_bytes().decode(), flush=True)\n"
+              "except Exception as e:\n"
+              "    print(type(e).__name__, e, flush=True)\n");
+    if (right_key) {
+      auto c = l.accept();
+      auto m = c.recv_bytes();
+      c.send_bytes(m + " back");
+      EXPECT_EQ(py.line(), "hello back");
+    } else {
+      try {
+        l.accept();
+        ADD_FAILURE() << "a wrong key was accepted";
+      } catch (const mp::AuthenticationError& e) {
+        EXPECT_STREQ(e.what(), "digest received was wrong");
+      }
+      EXPECT_EQ(py.line(), "AuthenticationError digest sent was rejected");
+    }
+    EXPECT_EQ(py.wait(), 0);
+  }
+}
+
+}  // namespace
