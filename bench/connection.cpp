@@ -35,13 +35,13 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <sched.h>
-#include <signal.h>
+#include <stdlib.h>
 #include <sys/socket.h>
 #include <sys/wait.h>
+#include <time.h>
 #include <unistd.h>
 
 #include <array>
-#include <chrono>
 #include <cstdio>
 #include <cstring>
 #include <map>
@@ -549,7 +549,7 @@ void print_ratios(const std::map<std::string, double>& t) {
       {time, "floor_socketpair_busypoll_roundtrip_2cores", "floor_socketpair_roundtrip", 0,
        "< 1: ... beats the unpinned floor"},
   });
-  std::printf("\n%-68s %9s %9s %8s  %s\n", "ratio of medians (time; bandwidth: of MiB/s)", "num",
+  std::printf("\n%-78s %9s %9s %8s  %s\n", "ratio of medians (time; bandwidth: of MiB/s)", "num",
               "den", "ratio", "target");
   for (const auto& rows : groups) {
     bool first = true;
@@ -569,7 +569,7 @@ void print_ratios(const std::map<std::string, double>& t) {
       }
       if (first) std::printf("\n");
       first = false;
-      std::printf("%-68s %9.*f %9.*f %7.2fx  %s\n", name.c_str(), r.kind == time ? 2 : 0, num,
+      std::printf("%-78s %9.*f %9.*f %7.2fx  %s\n", name.c_str(), r.kind == time ? 2 : 0, num,
                   r.kind == time ? 2 : 0, den, ratio, target.c_str());
     }
   }

@@ -1,24 +1,46 @@
 #!/bin/sh
-# Builds the benchmarks (Release) and runs them: mp's process start (spawn, fork, forkserver)
-# against its floors, one at a time and 64 at once, then the same measurements with CPython's
-# multiprocessing, compared. About 2 minutes on 2 cores.
-#   bench/run.sh [process_start flags, e.g. --benchmark_filter=spawn]
-# Environment: BUILD (build dir, default build/bench), PYTHON (default Debian's /usr/bin/python3).
+# Builds the benchmarks (Release) and runs them, each part followed by the same measurements with
+# CPython's multiprocessing, compared:
+#   process_start: mp's process start (spawn, fork, forkserver) against its floors, one at a time
+#     and 64 at once. About 2 minutes on 2 cores.
+#   connection: mp::Pipe() round trips and bandwidth between two processes against write/read on
+#     a socketpair and on pipes, unpinned, on one CPU and on a CPU each. About 40 s on 2 cores.
+#   bench/run.sh [Google Benchmark flags, e.g. --benchmark_filter=spawn]
+# Environment: BUILD (build dir, default build/bench), PYTHON (default Debian's /usr/bin/python3),
+# ONLY (process_start or connection: run that part alone; the flags go to whichever part runs).
 set -eu
 root=$(cd "$(dirname "$0")/.." && pwd)
 build=${BUILD:-$root/build/bench}
 python=${PYTHON:-/usr/bin/python3}
 [ -x "$python" ] || python=python3
+only=${ONLY:-}
+case "$only" in
+  "" | process_start | connection) ;;
+  *) echo "ONLY must be process_start or connection, not '$only'" >&2; exit 2 ;;
+esac
 
 cmake -S "$root" -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=Release -DMP_BUILD_BENCH=ON \
   -DMP_BUILD_TESTS=OFF >/dev/null
-ninja -C "$build" process_start mp_bench_noop
+ninja -C "$build" process_start mp_bench_noop connection
 
-echo
-echo "== mp: start + join of no-op children ($(nproc) cores)"
-"$build/bench/process_start" --benchmark_out="$build/process_start.json" \
-  --benchmark_out_format=json "$@"
+if [ "$only" != connection ]; then
+  echo
+  echo "== mp: start + join of no-op children ($(nproc) cores)"
+  "$build/bench/process_start" --benchmark_out="$build/process_start.json" \
+    --benchmark_out_format=json "$@"
 
-echo
-echo "== CPython multiprocessing, same measurements"
-"$python" "$root/bench/python_process_start.py" --mp-json "$build/process_start.json"
+  echo
+  echo "== CPython multiprocessing, same measurements"
+  "$python" "$root/bench/python_process_start.py" --mp-json "$build/process_start.json"
+fi
+
+if [ "$only" != process_start ]; then
+  echo
+  echo "== mp: Pipe() round trips and bandwidth against write/read floors ($(nproc) cores)"
+  "$build/bench/connection" --benchmark_out="$build/connection.json" \
+    --benchmark_out_format=json "$@"
+
+  echo
+  echo "== CPython multiprocessing Pipe(), same measurements"
+  "$python" "$root/bench/python_connection.py" --mp-json "$build/connection.json"
+fi

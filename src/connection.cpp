@@ -174,6 +174,28 @@ bool Connection::poll(std::optional<Duration> timeout) {
   return posix::wait_readable(fd_, timeout);
 }
 
+void send_handle(Connection& conn, int fd) {
+  posix::send_fd(conn.fileno(), fd);
+}
+
+int recv_handle(Connection& conn) {
+  const int fd = posix::recv_fd(conn.fileno());
+  if (fd == -2) throw EOFError("EOF: the other end of the connection was closed");
+  if (fd < 0) throw std::runtime_error("received 0 items of ancdata");
+  return fd;
+}
+
+void send_connection(Connection& via, const Connection& conn) {
+  send_handle(via, conn.fileno());
+  via.send(std::pair<bool, bool>(conn.readable(), conn.writable()));
+}
+
+Connection recv_connection(Connection& via) {
+  posix::unique_fd fd(recv_handle(via));
+  auto [readable, writable] = via.recv<std::pair<bool, bool>>();
+  return Connection(fd.release(), readable, writable);
+}
+
 std::pair<Connection, Connection> Pipe(bool duplex) {
   if (duplex) {
     auto [a, b] = posix::make_socketpair();

@@ -1,5 +1,6 @@
 // CPython's _TestConnection, _TestPoll, TestWait and friends: Pipe and Connection, alone and
 // across processes started by every method.
+#include <fcntl.h>
 #include <signal.h>
 #include <spawn.h>
 #include <sys/wait.h>
@@ -8,6 +9,7 @@
 #include <map>
 #include <optional>
 
+#include "posix/posix.hpp"
 #include "support.hpp"
 
 using namespace mp_test;
@@ -309,6 +311,51 @@ TEST_P(ConnectionAcross, EofOnlyOnceEveryCopyIsClosed) {
   EXPECT_TRUE(r.poll(kHang));
   EXPECT_THROW(r.recv_bytes(), mp::EOFError);
   p.join(kHang);
+}
+
+void use_received_handles(mp::Connection via) {
+  // A raw descriptor (a pipe's write end, numbered above 256), then a whole Connection.
+  mp::posix::unique_fd fd(mp::recv_handle(via));
+  if (::write(fd.get(), "raw", 3) != 3) mp::exit(3);
+  auto conn = mp::recv_connection(via);
+  conn.send_bytes("through a received connection");
+  via.send_bytes("done");
+}
+
+TEST_P(ConnectionAcross, HandlesAndConnectionsSentToARunningChild) {
+  auto [mine, theirs] = mp::Pipe();
+  auto p = ctx().Process(use_received_handles, std::move(theirs));
+  p.start();
+  int fds[2];
+  ASSERT_EQ(::pipe2(fds, O_CLOEXEC), 0);
+  const int high = ::fcntl(fds[1], F_DUPFD_CLOEXEC, 300);
+  ::close(fds[1]);
+  mp::send_handle(mine, high);
+  ::close(high);
+  auto [r, w] = mp::Pipe(false);
+  mp::send_connection(mine, w);
+  w.close();
+  EXPECT_EQ(mine.recv_bytes(), "done");
+  char buf[3];
+  EXPECT_EQ(::read(fds[0], buf, 3), 3);
+  EXPECT_EQ(std::string(buf, 3), "raw");
+  ::close(fds[0]);
+  EXPECT_EQ(r.recv_bytes(), "through a received connection");
+  p.join(kHang);
+  EXPECT_EQ(p.exitcode(), 0);
+}
+
+TEST(Connection, RecvHandleWithoutOne) {
+  auto [a, b] = mp::Pipe();
+  ASSERT_EQ(::write(a.fileno(), "A", 1), 1);  // the byte, no descriptor with it
+  try {
+    mp::recv_handle(b);
+    ADD_FAILURE() << "expected an error";
+  } catch (const std::runtime_error& e) {
+    EXPECT_STREQ(e.what(), "received 0 items of ancdata");
+  }
+  a.close();
+  EXPECT_THROW(mp::recv_handle(b), mp::EOFError);
 }
 
 TEST_P(ConnectionAcross, WaitCollectsEveryMessage) {

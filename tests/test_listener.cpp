@@ -1,5 +1,6 @@
 // CPython's _TestListener, _TestListenerClient, _TestAuthentication (and friends): Listener
 // and Client over every family, with and without keys, and against CPython itself.
+#include <signal.h>
 #include <spawn.h>
 #include <sys/socket.h>
 #include <sys/wait.h>
@@ -184,6 +185,67 @@ TEST(Listener, ProtocolViolationsInTheHandshake) {
     EXPECT_NE(std::string(e.what()).find("Protocol error, expected challenge"), std::string::npos);
   }
   server.join();
+}
+
+TEST(Listener, TenThousandConnectionsLeakNothing) {
+  mp::Listener l;
+  const int fds = open_fd_count();
+  for (int i = 0; i < 10000; ++i) {
+    auto client = mp::Client(l.address());
+    auto server = l.accept();
+  }
+  EXPECT_EQ(open_fd_count(), fds);
+}
+
+void accept_under_signals(std::string out) {
+  arm_alarm_storm();
+  mp::Listener l(std::nullopt, std::nullopt, 1, mp::AuthenticationString("k"));
+  auto p = mp::Process(send_hello_with_key, l.address(), std::string("k"));
+  p.start();
+  auto c = l.accept();
+  Channel::send(out, c.recv<std::string>());
+  p.join();
+}
+
+TEST(Listener, AcceptUnderSignals) {
+  Channel out;
+  auto h = mp::get_context("fork").Process(accept_under_signals, out.path());
+  h.start();
+  EXPECT_EQ(out.recv(), "hello");
+  h.join(kHang);
+  EXPECT_EQ(h.exitcode(), 0);
+}
+
+TEST(Listener, StalledHandshakeIsBounded) {
+  // A peer that connects and then says nothing: accept() gives up after kHandshakeTimeout.
+  mp::Listener l(std::nullopt, std::nullopt, 1, mp::AuthenticationString("k"));
+  auto silent = mp::Client(l.address());
+  auto t0 = std::chrono::steady_clock::now();
+  EXPECT_THROW(l.accept(), mp::TimeoutError);
+  EXPECT_GE(std::chrono::steady_clock::now() - t0, mp::kHandshakeTimeout - 1s);
+}
+
+void die_mid_message(mp::Address address) {
+  auto c = mp::Client(address);
+  const unsigned char partial[] = {0, 0, 0, 100, 'h', 'a', 'l', 'f'};
+  if (::write(c.fileno(), partial, sizeof partial) != sizeof partial) mp::exit(2);
+  ::signal(SIGKILL, SIG_DFL);
+  ::kill(::getpid(), SIGKILL);
+}
+
+TEST(Listener, PeerDiesMidMessage) {
+  mp::Listener l;
+  auto p = mp::Process(die_mid_message, l.address());
+  p.start();
+  auto c = l.accept();
+  try {
+    c.recv_bytes();
+    ADD_FAILURE() << "expected an error";
+  } catch (const mp::ProcessError& e) {
+    EXPECT_STREQ(e.what(), "got end of file during message");
+  }
+  p.join(kHang);
+  EXPECT_EQ(p.exitcode(), -SIGKILL);
 }
 
 // ---- against CPython (Debian's python3) ----

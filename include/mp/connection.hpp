@@ -102,6 +102,18 @@ class Connection {
   bool is_socket_ = false;  // sockets send with MSG_NOSIGNAL; pipes block SIGPIPE instead
 };
 
+/// Sends a copy of descriptor `fd` through a socket connection (CPython's
+/// reduction.send_handle: one byte and SCM_RIGHTS, outside the message framing). The caller
+/// keeps its own descriptor.
+void send_handle(Connection& conn, int fd);
+/// Receives a descriptor sent with send_handle (close-on-exec; the caller owns it). A message
+/// without one: std::runtime_error("received 0 items of ancdata"); EOF: mp::EOFError.
+int recv_handle(Connection& conn);
+/// A Connection through a Connection: its descriptor travels by send_handle, then its
+/// direction. The sender's copy stays open (close it if it is not needed any more).
+void send_connection(Connection& via, const Connection& conn);
+Connection recv_connection(Connection& via);
+
 /// A connected pair (Python's Pipe): duplex (a socket pair, both ends read and write) or not
 /// (a pipe: the first end reads, the second writes).
 std::pair<Connection, Connection> Pipe(bool duplex = true);

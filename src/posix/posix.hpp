@@ -134,6 +134,11 @@ namespace mp::posix {
 /// handled). A socket never raises SIGPIPE (MSG_NOSIGNAL); for a pipe SIGPIPE is blocked
 /// around the write and a signal it raised is taken back. The peer gone: system_error EPIPE.
 void write_all(int fd, std::span<const std::span<const std::byte>> parts, bool is_socket);
+/// One byte with descriptor `fd` attached (SCM_RIGHTS), as CPython's reduction.sendfds.
+void send_fd(int socket, int fd);
+/// The descriptor of one such byte (close-on-exec); -1 when the byte came without one, -2 on
+/// EOF.
+int recv_fd(int socket);
 /// Whether fd is a socket.
 bool is_socket(int fd);
 /// The descriptors among `fds` that are readable (or hung up) within `timeout`.

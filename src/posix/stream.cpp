@@ -7,10 +7,13 @@
 #include <time.h>
 
 #include <pthread.h>
+#include <unistd.h>
 #include <algorithm>
+
 #include <cerrno>
 #include <chrono>
 #include <cmath>
+#include <cstring>
 #include <optional>
 #include <system_error>
 
@@ -89,6 +92,53 @@ void write_all(int fd, std::span<const std::span<const std::byte>> parts, bool s
       iov[first].iov_len -= left;
     }
   }
+}
+
+void send_fd(int socket, int fd) {
+  char byte = 1;  // CPython sends len(fds) % 256
+  iovec iov{&byte, 1};
+  char control[CMSG_SPACE(sizeof(int))] = {};
+  msghdr msg{};
+  msg.msg_iov = &iov;
+  msg.msg_iovlen = 1;
+  msg.msg_control = control;
+  msg.msg_controllen = sizeof control;
+  cmsghdr* cm = CMSG_FIRSTHDR(&msg);
+  cm->cmsg_level = SOL_SOCKET;
+  cm->cmsg_type = SCM_RIGHTS;
+  cm->cmsg_len = CMSG_LEN(sizeof(int));
+  std::memcpy(CMSG_DATA(cm), &fd, sizeof fd);
+  while (::sendmsg(socket, &msg, MSG_NOSIGNAL) < 0)
+    if (errno != EINTR) check(-1, "sendmsg");
+}
+
+int recv_fd(int socket) {
+  char byte = 0;
+  iovec iov{&byte, 1};
+  char control[CMSG_SPACE(sizeof(int) * 4)] = {};
+  msghdr msg{};
+  msg.msg_iov = &iov;
+  msg.msg_iovlen = 1;
+  msg.msg_control = control;
+  msg.msg_controllen = sizeof control;
+  ssize_t n;
+  while ((n = ::recvmsg(socket, &msg, MSG_CMSG_CLOEXEC)) < 0)
+    if (errno != EINTR) check(-1, "recvmsg");
+  int found = -1;
+  for (cmsghdr* cm = CMSG_FIRSTHDR(&msg); cm; cm = CMSG_NXTHDR(&msg, cm)) {
+    if (cm->cmsg_level != SOL_SOCKET || cm->cmsg_type != SCM_RIGHTS) continue;
+    const std::size_t count = (cm->cmsg_len - CMSG_LEN(0)) / sizeof(int);
+    for (std::size_t i = 0; i < count; ++i) {
+      int fd;
+      std::memcpy(&fd, CMSG_DATA(cm) + i * sizeof(int), sizeof fd);
+      if (found < 0)
+        found = fd;
+      else
+        ::close(fd);  // one was asked for: the rest must not leak
+    }
+  }
+  if (n == 0 && found < 0) return -2;
+  return found < 0 ? -1 : above_stdio(unique_fd(found)).release();
 }
 
 std::vector<int> wait_any_readable(std::span<const int> fds, std::optional<Duration> timeout) {
