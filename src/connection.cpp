@@ -112,7 +112,7 @@ void Connection::send_message(std::span<const std::byte> head, std::span<const s
   posix::write_all(fd_, parts, is_socket_);
 }
 
-std::string Connection::recv_message(std::optional<std::size_t> maxlength) {
+std::uint64_t Connection::recv_length(std::optional<std::size_t> maxlength) {
   check_readable();
   unsigned char h[4];
   std::size_t got = posix::read_full(fd_, {reinterpret_cast<std::byte*>(h), 4});
@@ -138,10 +138,19 @@ std::string Connection::recv_message(std::optional<std::size_t> maxlength) {
     }
     throw ProcessError("bad message length");
   }
-  // A length no memory could hold is refused before anything is allocated. Otherwise up to
-  // 64 MiB is reserved (beyond, the buffer grows as data arrives) and filled a step at a
-  // time: a peer that announces more than it sends makes us touch little more than it sent.
-  if (n > posix::physical_memory()) throw ProcessError("bad message length");
+  // A length no memory could hold is refused before anything is allocated.
+  if (n > (std::uint64_t(64) << 20) && n > posix::physical_memory())
+    throw ProcessError("bad message length");
+  return n;
+}
+
+std::string Connection::recv_message(std::optional<std::size_t> maxlength) {
+  return recv_body(recv_length(maxlength));
+}
+
+std::string Connection::recv_body(std::uint64_t n) {
+  // Up to 64 MiB is reserved (beyond, the buffer grows as data arrives) and filled a step at
+  // a time: a peer that announces more than it sends makes us touch little more than it sent.
   constexpr std::size_t kStep = std::size_t(4) << 20;
   std::string message;
   message.reserve(std::min<std::size_t>(static_cast<std::size_t>(n), std::size_t(64) << 20));
@@ -162,11 +171,16 @@ std::string Connection::recv_bytes(std::optional<std::size_t> maxlength) {
 std::size_t Connection::recv_bytes_into(std::span<std::byte> buf, std::size_t offset) {
   check_readable();
   if (offset > buf.size()) throw std::logic_error("offset too large");
-  std::string message = recv_message(std::nullopt);
-  if (message.size() > buf.size() - offset || (offset == buf.size() && !message.empty()))
-    throw BufferTooShort(std::move(message));
-  std::memcpy(buf.data() + offset, message.data(), message.size());
-  return message.size();
+  const std::uint64_t n = recv_length(std::nullopt);
+  if (n > buf.size() - offset || (offset == buf.size() && n > 0)) {
+    // Too small: the whole message is read anyway (it is consumed), and handed over.
+    throw BufferTooShort(recv_body(n));
+  }
+  // It fits: straight into the caller's buffer, no copy.
+  const auto size = static_cast<std::size_t>(n);
+  if (posix::read_full(fd_, buf.subspan(offset, size)) != size)
+    throw ProcessError("got end of file during message");
+  return size;
 }
 
 bool Connection::poll(std::optional<Duration> timeout) {

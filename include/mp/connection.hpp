@@ -92,7 +92,9 @@ class Connection {
   void check_readable() const;
   void check_writable() const;
   void send_message(std::span<const std::byte> head, std::span<const std::byte> body);
+  std::uint64_t recv_length(std::optional<std::size_t> maxlength);
   std::string recv_message(std::optional<std::size_t> maxlength);
+  std::string recv_body(std::uint64_t length);
   static std::uint64_t tag_of(const std::type_info& type);
   static bool probe_socket(int fd);
 

@@ -160,8 +160,11 @@ void close_stdin() {
 }
 
 std::uint64_t physical_memory() {
-  const long pages = ::sysconf(_SC_PHYS_PAGES), size = ::sysconf(_SC_PAGESIZE);
-  return pages > 0 && size > 0 ? std::uint64_t(pages) * std::uint64_t(size) : ~std::uint64_t(0);
+  static const std::uint64_t bytes = [] {  // sysconf asks the kernel (sysinfo) every time
+    const long pages = ::sysconf(_SC_PHYS_PAGES), size = ::sysconf(_SC_PAGESIZE);
+    return pages > 0 && size > 0 ? std::uint64_t(pages) * std::uint64_t(size) : ~std::uint64_t(0);
+  }();
+  return bytes;
 }
 
 int cpu_count() {
