@@ -157,9 +157,19 @@ std::string Connection::recv_body(std::uint64_t n) {
   while (message.size() < n) {
     const std::size_t have = message.size();
     const std::size_t want = std::min<std::size_t>(static_cast<std::size_t>(n) - have, kStep);
+#if defined(__cpp_lib_string_resize_and_overwrite)
+    // Read straight into the new room: no zero-fill of what the read overwrites anyway.
+    std::size_t got = 0;
+    message.resize_and_overwrite(have + want, [&](char* p, std::size_t) {
+      got = posix::read_full(fd_, {reinterpret_cast<std::byte*>(p + have), want});
+      return have + got;
+    });
+#else
     message.resize(have + want);
-    if (posix::read_full(fd_, {reinterpret_cast<std::byte*>(message.data() + have), want}) != want)
-      throw ProcessError("got end of file during message");
+    const std::size_t got =
+        posix::read_full(fd_, {reinterpret_cast<std::byte*>(message.data() + have), want});
+#endif
+    if (got != want) throw ProcessError("got end of file during message");
   }
   return message;
 }
