@@ -5,6 +5,7 @@
 #include <fcntl.h>
 #include <poll.h>
 #include <sys/stat.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include <chrono>
@@ -162,6 +163,23 @@ inline int open_fd_count() {
   int n = 0;
   for ([[maybe_unused]] auto& e : std::filesystem::directory_iterator("/proc/self/fd")) ++n;
   return n - 1;
+}
+
+/// The what() of the std::logic_error f() throws ("no exception" if none).
+template <class F>
+std::string logic_text(F f) {
+  try {
+    f();
+  } catch (const std::logic_error& e) {
+    return e.what();
+  }
+  return "no exception";
+}
+
+/// No child of ours has ended unreaped (no zombie).
+inline bool no_child_left() {
+  siginfo_t info{};
+  return ::waitid(P_ALL, 0, &info, WEXITED | WNOHANG | WNOWAIT) < 0 || info.si_pid == 0;
 }
 
 /// SIGALRM every 100 µs without SA_RESTART, for the rest of this process: every blocking call

@@ -23,16 +23,6 @@ std::span<const std::byte> bytes(std::string_view s) {
   return std::as_bytes(std::span(s));
 }
 
-template <class F>
-std::string logic_text(F f) {
-  try {
-    f();
-  } catch (const std::logic_error& e) {
-    return e.what();
-  }
-  return "no exception";
-}
-
 TEST(Connection, DuplexAndSimplex) {
   auto [a, b] = mp::Pipe();
   EXPECT_TRUE(a.readable() && a.writable() && b.readable() && b.writable());

@@ -9,16 +9,6 @@ void report_method(std::string out) {
   Channel::send(out, mp::get_start_method());
 }
 
-template <class F>
-std::string logic_text(F f) {
-  try {
-    f();
-  } catch (const std::logic_error& e) {
-    return e.what();
-  }
-  return "no exception";
-}
-
 TEST(Context, EachContextStartsItsOwnMethod) {
   for (std::string m : {"fork", "spawn", "forkserver"}) {
     const auto& ctx = mp::get_context(m);

@@ -29,11 +29,6 @@ void block_on(std::string gate) {
   Channel::recv_line(gate);
 }
 
-bool no_child_left() {
-  siginfo_t info{};
-  return ::waitid(P_ALL, 0, &info, WEXITED | WNOHANG | WNOWAIT) < 0 || info.si_pid == 0;
-}
-
 // ---- the executable ----
 
 TEST(Faults, MissingOrNonExecutableExecutable) {

@@ -30,11 +30,6 @@ void say_then_block(std::string out, std::string gate) {
   Channel::recv_line(gate);
 }
 
-bool no_child_left() {
-  siginfo_t info{};
-  return ::waitid(P_ALL, 0, &info, WEXITED | WNOHANG | WNOWAIT) < 0 || info.si_pid == 0;
-}
-
 void start_and_join_ok() {
   auto p = mp::forkserver_context.Process(exit_with, 7);
   p.start();

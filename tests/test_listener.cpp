@@ -18,16 +18,6 @@ extern char** environ;
 
 namespace {
 
-template <class F>
-std::string logic_text(F f) {
-  try {
-    f();
-  } catch (const std::logic_error& e) {
-    return e.what();
-  }
-  return "no exception";
-}
-
 void send_hello(mp::Address address) {
   mp::Client(address).send(std::string("hello"));
 }
