@@ -19,6 +19,12 @@ bool have_pidfd();
 /// error rethrown. Invalid (no throw) where pidfds are unsupported.
 posix::unique_fd open_pidfd_or_kill(int pid);
 
+/// The end of a spawn or forkserver start, once the child exists: its pidfd, the rest of its
+/// frame sent down `parent_end` (kept as its lifeline), and the Child that owns them all. If
+/// sending fails, the child is killed and reaped before the error propagates.
+std::shared_ptr<detail::Popen> hand_over_frame(int pid, std::span<const std::byte> frame,
+                                               unique_fd parent_end, unique_fd sentinel_r);
+
 /// What a fork child runs: given the descriptor that becomes readable when the parent ends
 /// and its own sentinel pipe end (-1 with pidfds). Must not return.
 using ForkChildMain = void (*)(void* arg, int parent_sentinel, int own_sentinel_w);

@@ -36,6 +36,23 @@ unique_fd open_pidfd_or_kill(int pid) {
   }
 }
 
+std::shared_ptr<detail::Popen> hand_over_frame(int pid, std::span<const std::byte> frame,
+                                               unique_fd parent_end, unique_fd sentinel_r) {
+  unique_fd pidfd = open_pidfd_or_kill(pid);
+  const int watch = pidfd ? pidfd.get() : sentinel_r.get();
+  try {
+    // A child that dies before reading everything (it never called mp::init, say) is not an
+    // error here: its exit code tells the story, as in CPython.
+    send_all(parent_end.get(), frame, watch);
+  } catch (...) {
+    send_signal(pidfd.get(), pid, SIGKILL);
+    reap(pid, true);
+    throw;
+  }
+  return std::make_shared<Child>(pid, std::move(pidfd), std::move(sentinel_r),
+                                 std::move(parent_end));
+}
+
 std::shared_ptr<detail::Popen> popen_fork(ForkChildMain child_main, void* arg) {
   // The child keeps `child_r` open: it reads EOF there once this process (holding `parent_w`)
   // has ended. That is how parent_process().is_alive() works in the child.

@@ -1,11 +1,9 @@
 // The forkserver start method (CPython popen_forkserver.py): the server forks the child, which
 // then reads its preparation data and process object as a spawned child does.
 #include <fcntl.h>
-#include <signal.h>
 #include <sys/socket.h>
 
 #include "mp/errors.hpp"
-#include "posix/child.hpp"
 #include "posix/forkserver.hpp"
 #include "posix/launch.hpp"
 
@@ -51,17 +49,7 @@ std::shared_ptr<detail::Popen> popen_forkserver(std::span<const std::byte> frame
   child_end.reset();
   sentinel_w.reset();
   // The child is our own (CLONE_PARENT) and unreaped: its pid cannot have been reused.
-  unique_fd pidfd = open_pidfd_or_kill(pid);
-  int watch = pidfd ? pidfd.get() : sentinel_r.get();
-  try {
-    send_all(parent_end.get(), frame.subspan(queued), watch);
-  } catch (...) {
-    send_signal(pidfd.get(), pid, SIGKILL);
-    reap(pid, true);
-    throw;
-  }
-  return std::make_shared<Child>(pid, std::move(pidfd), std::move(sentinel_r),
-                                 std::move(parent_end));
+  return hand_over_frame(pid, frame.subspan(queued), std::move(parent_end), std::move(sentinel_r));
 }
 
 }  // namespace mp::posix

@@ -1,11 +1,9 @@
 // The spawn start method (CPython popen_spawn_posix.py): a fresh exec of the program that reads
 // its preparation data and process object from an inherited socket.
-#include <signal.h>
 
 #include <string>
 #include <vector>
 
-#include "posix/child.hpp"
 #include "posix/launch.hpp"
 
 namespace mp::posix {
@@ -31,19 +29,7 @@ std::shared_ptr<detail::Popen> popen_spawn(const std::string& exe, const std::st
   spawn_process(exe, argv, keep, &pid);
   child_end.reset();
   sentinel_w.reset();
-  unique_fd pidfd = open_pidfd_or_kill(pid);
-  int watch = pidfd ? pidfd.get() : sentinel_r.get();
-  try {
-    // A child that dies before reading everything (it never called mp::init, say) is not an
-    // error here: its exit code tells the story, as in CPython.
-    send_all(parent_end.get(), frame, watch);
-  } catch (...) {
-    send_signal(pidfd.get(), pid, SIGKILL);
-    reap(pid, true);
-    throw;
-  }
-  return std::make_shared<Child>(pid, std::move(pidfd), std::move(sentinel_r),
-                                 std::move(parent_end));
+  return hand_over_frame(pid, frame, std::move(parent_end), std::move(sentinel_r));
 }
 
 }  // namespace mp::posix
