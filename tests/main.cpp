@@ -4,7 +4,9 @@
 #include <sys/wait.h>
 
 #include <atomic>
+#include <cstdio>
 #include <cstdlib>
+#include <sstream>
 
 #include <gtest/gtest.h>
 #include <mp/mp.hpp>
@@ -67,6 +69,27 @@ class LeakCheck : public ::testing::Environment {
  private:
   int fds_ = 0;
 };
+
+// Repeats every failure's message after the summary: a CI log cut to its tail still says why.
+class FailureRecap : public ::testing::EmptyTestEventListener {
+ public:
+  void OnTestStart(const ::testing::TestInfo& t) override {
+    test_ = std::string(t.test_suite_name()) + "." + t.name();
+  }
+  void OnTestPartResult(const ::testing::TestPartResult& r) override {
+    if (!r.failed()) return;
+    recap_ << "[ recap ] " << test_ << " at " << (r.file_name() ? r.file_name() : "?") << ":"
+           << r.line_number() << "\n"
+           << r.message() << "\n";
+  }
+  void OnTestProgramEnd(const ::testing::UnitTest&) override {
+    if (!recap_.str().empty()) std::fprintf(stderr, "%s", recap_.str().c_str());
+  }
+
+ private:
+  std::string test_;
+  std::ostringstream recap_;
+};
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -75,5 +98,6 @@ int main(int argc, char** argv) {
   mp_test::g_self = mp::get_executable();
   ::testing::InitGoogleTest(&argc, argv);
   ::testing::AddGlobalTestEnvironment(new LeakCheck);
+  ::testing::UnitTest::GetInstance()->listeners().Append(new FailureRecap);
   return RUN_ALL_TESTS();
 }

@@ -275,17 +275,20 @@ int exhaust_descriptors(std::string method, int spare) {
   int highest = 0;
   for (auto& e : std::filesystem::directory_iterator("/proc/self/fd"))
     highest = std::max(highest, std::stoi(e.path().filename().string()));
-  lim.rlim_cur = static_cast<rlim_t>(highest + 1);
+  // Room above the highest open descriptor, so there are always fillers to free: a test run
+  // with only stdio open (CI) would otherwise have none.
+  const int limit = highest + 1 + 8;
+  lim.rlim_cur = static_cast<rlim_t>(limit);
   if (::setrlimit(RLIMIT_NOFILE, &lim) != 0) return 10;
   // Fill every free number below the limit, then free exactly `spare` of them.
   std::vector<int> fillers;
   for (int fd; (fd = ::open("/dev/null", O_RDONLY | O_CLOEXEC)) >= 0;) fillers.push_back(fd);
   if (errno != EMFILE) return 15;
-  for (int i = 0; i < spare && !fillers.empty(); ++i) {
+  if (fillers.size() < 8) return 16;
+  for (int i = 0; i < spare; ++i) {
     ::close(fillers.back());
     fillers.pop_back();
   }
-  const int limit = highest + 1;
   const int before = count_fds_below(limit);
   int result = 0;
   try {
