@@ -3,9 +3,12 @@
 #include <fcntl.h>
 #include <signal.h>
 #include <spawn.h>
+#include <sys/mman.h>
+#include <sys/socket.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <cstring>
 #include <map>
 #include <optional>
 
@@ -168,6 +171,54 @@ TEST(Connection, LengthsBeyondMemoryAreRefusedBeforeAllocating) {
       EXPECT_STREQ(e.what(), "got end of file during message");
     }
   }
+}
+
+TEST(Connection, LongLengthFormIsReadForAnySize) {
+  // CPython reads -1 and an 8-byte length whatever the size; so do we.
+  auto [a, b] = mp::Pipe();
+  const unsigned char frame[] = {0xff, 0xff, 0xff, 0xff, 0,   0,   0,   0,  0,
+                                 0,    0,    5,    'h',  'e', 'l', 'l', 'o'};
+  ASSERT_EQ(::write(a.fileno(), frame, sizeof frame), static_cast<ssize_t>(sizeof frame));
+  EXPECT_EQ(b.recv_bytes(), "hello");
+}
+
+// A message over 2 GiB takes the long form on the wire (-1, then 8 bytes) and arrives whole.
+// The sender's buffer is untouched anonymous memory (it reads as zeros and costs nothing)
+// but for a marker on each side of the 2 GiB line.
+void send_over_two_gib(mp::Connection conn) {
+  const std::size_t n = (std::size_t(2) << 30) + 1024;
+  void* m = ::mmap(nullptr, n, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE,
+                   -1, 0);
+  if (m == MAP_FAILED) mp::exit(3);
+  auto* bytes = static_cast<unsigned char*>(m);
+  bytes[0] = 'a';
+  bytes[0x7fffffff] = 'b';
+  bytes[n - 1] = 'c';
+  conn.send_bytes({static_cast<const std::byte*>(m), n});
+  conn.send_bytes("small after big");
+}
+
+TEST(Connection, MessagesOverTwoGibibytes) {
+  const std::size_t n = (std::size_t(2) << 30) + 1024;
+  auto [mine, theirs] = mp::Pipe();
+  auto p = mp::fork_context.Process(send_over_two_gib, std::move(theirs));
+  p.start();
+  {
+    // CPython's long form on the wire: -1, then the length as 8 big-endian bytes.
+    unsigned char head[12];
+    ASSERT_EQ(::recv(mine.fileno(), head, sizeof head, MSG_PEEK | MSG_WAITALL), 12);
+    const unsigned char expected[] = {0xff, 0xff, 0xff, 0xff, 0, 0, 0, 0, 0x80, 0, 0x04, 0};
+    EXPECT_EQ(std::memcmp(head, expected, 12), 0);
+    const std::string got = mine.recv_bytes();
+    ASSERT_EQ(got.size(), n);
+    EXPECT_EQ(got[0], 'a');
+    EXPECT_EQ(got[0x7fffffff], 'b');
+    EXPECT_EQ(got[n - 1], 'c');
+    EXPECT_EQ(got[n / 2], '\0');
+  }
+  EXPECT_EQ(mine.recv_bytes(), "small after big");
+  p.join(kHang);
+  EXPECT_EQ(p.exitcode(), 0);
 }
 
 TEST(Connection, EofAndBrokenPipeWithoutSigpipe) {
