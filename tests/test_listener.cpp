@@ -210,8 +210,22 @@ TEST(Listener, StalledHandshakeIsBounded) {
   // A peer that connects and then says nothing: accept() gives up after kHandshakeTimeout.
   mp::Listener l(std::nullopt, std::nullopt, 1, mp::AuthenticationString("k"));
   auto silent = mp::Client(l.address());
+  // And the other side, at the same time: a Client whose listener never accepts (the kernel
+  // completed the connection, nobody sends the challenge) gives up after the same bound.
+  mp::Listener deaf;
+  bool client_timed_out = false;
+  std::thread client([&] {
+    try {
+      mp::Client(deaf.address(), std::nullopt, mp::AuthenticationString("k"));
+    } catch (const mp::TimeoutError&) {
+      client_timed_out = true;
+    }
+  });
   auto t0 = std::chrono::steady_clock::now();
   EXPECT_THROW(l.accept(), mp::TimeoutError);
+  EXPECT_GE(std::chrono::steady_clock::now() - t0, mp::kHandshakeTimeout - 1s);
+  client.join();
+  EXPECT_TRUE(client_timed_out);
   EXPECT_GE(std::chrono::steady_clock::now() - t0, mp::kHandshakeTimeout - 1s);
 }
 
