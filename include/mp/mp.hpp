@@ -8,3 +8,4 @@
 #include "mp/process.hpp"
 #include "mp/reduction.hpp"
 #include "mp/spawn.hpp"
+#include "mp/synchronize.hpp"

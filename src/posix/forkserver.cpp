@@ -1,5 +1,6 @@
 // The fork server: its client half (start, restart, stop, request) and its main loop.
 #include "posix/forkserver.hpp"
+#include "posix/futex.hpp"
 
 #include <fcntl.h>
 #include <linux/sched.h>
@@ -434,6 +435,7 @@ bool serve(const Server& s, int conn) {
     throw std::system_error(err, std::system_category(), "clone3");
   }
   if (pid == 0) {
+    forget_thread_identity();  // a raw clone: no atfork handler ran
     // The child: none of the server's descriptors are its business.
     ::close(s.listener);
     ::close(s.alive_r);

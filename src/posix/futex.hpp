@@ -1,0 +1,53 @@
+// What the process-shared primitives (synchronize.cpp) need from Linux: shared futexes, a
+// block of memory shared through a memfd, and who this thread is / whether another is alive.
+#pragma once
+
+#include <atomic>
+#include <chrono>
+#include <cstddef>
+#include <cstdint>
+#include <optional>
+
+namespace mp::posix {
+
+using Clock = std::chrono::steady_clock;
+
+/// Sleeps while *word == expected, until woken, `deadline` (none: no bound) or a signal.
+/// Returns false only when the deadline passed. Spurious returns are the caller's to handle.
+bool futex_wait(const std::atomic<std::uint32_t>& word, std::uint32_t expected,
+                std::optional<Clock::time_point> deadline);
+/// Wakes up to `n` waiters (INT32_MAX: all) of `word`, in any process.
+void futex_wake(const std::atomic<std::uint32_t>& word, int n);
+
+/// A memfd of `size` bytes (zero-filled, close-on-exec), mapped shared. Throws system_error.
+struct SharedMapping {
+  int fd = -1;
+  void* addr = nullptr;
+  std::size_t size = 0;
+};
+SharedMapping create_shared_mapping(std::size_t size, const char* name);
+/// Maps a descriptor made by create_shared_mapping (it takes ownership of `fd`).
+SharedMapping map_shared(int fd);
+void unmap_shared(SharedMapping& m) noexcept;
+
+/// This thread as another process can find it: its thread id, its process id and its start
+/// time (clock ticks since boot, /proc's field 22), which tells a live thread from a later one
+/// that reuses the id. Cached per thread, forgotten in a fork child.
+struct ThreadIdentity {
+  std::uint32_t tid = 0;
+  std::int32_t pid = 0;
+  std::uint64_t start = 0;
+};
+const ThreadIdentity& this_thread_identity();
+/// Drops the cached identity (a child made by a raw clone, where atfork handlers do not run).
+void forget_thread_identity() noexcept;
+
+/// Whether the thread `tid` of process `pid`, started at `start`, still runs (not ended, not a
+/// zombie, its id not reused). When in doubt (no /proc), true.
+bool thread_alive(std::int32_t pid, std::uint32_t tid, std::uint64_t start);
+/// Whether `tid` is a thread of this process.
+bool is_own_thread(std::uint32_t tid);
+/// The process `tid` belongs to (0 when it is gone).
+std::int32_t process_of_thread(std::uint32_t tid);
+
+}  // namespace mp::posix
