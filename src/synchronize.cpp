@@ -131,6 +131,8 @@ bool mutex_acquire(MutexState& s, bool block, Deadline deadline) {
     // Only a try: still, a dead holder does not keep the lock.
     return holder_dead(s, expected) && take_over(s, expected, me);
   }
+  // The holder is looked up every kDeadHolderCheck of waiting (signals do not postpone it).
+  auto next_check = Clock::now() + kDeadHolderCheck;
   for (;;) {
     std::uint32_t v = s.word.load(std::memory_order_relaxed);
     if (v == 0) {
@@ -146,14 +148,15 @@ bool mutex_acquire(MutexState& s, bool block, Deadline deadline) {
       if (!s.word.compare_exchange_weak(v, v | kWaiters, std::memory_order_relaxed)) continue;
       v |= kWaiters;
     }
-    auto slice = Clock::now() + kDeadHolderCheck;
-    const bool last_slice = deadline && *deadline <= slice;
-    if (last_slice) slice = *deadline;
-    if (posix::futex_wait(s.word, v, slice)) continue;  // woken (or spurious): look again
-    // A whole slice without the lock changing hands: is the holder still there?
-    if (s.word.load(std::memory_order_relaxed) == v && holder_dead(s, v) && take_over(s, v, me))
-      return true;
-    if (last_slice) {
+    const bool last = deadline && *deadline <= next_check;
+    if (posix::futex_wait(s.word, v, last ? *deadline : next_check)) continue;  // woken: look again
+    if (Clock::now() >= next_check) {
+      // A whole period without the lock changing hands: is the holder still there?
+      if (s.word.load(std::memory_order_relaxed) == v && holder_dead(s, v) && take_over(s, v, me))
+        return true;
+      next_check = Clock::now() + kDeadHolderCheck;
+    }
+    if (last) {
       std::uint32_t zero = 0;  // a last chance, as sem_timedwait gives
       if (s.word.compare_exchange_strong(zero, me.tid | kWaiters, std::memory_order_acquire)) {
         publish_holder(s, me);

@@ -588,6 +588,43 @@ TEST_P(SyncAcross, AbortResetAndTimeoutBreakEveryWaiter) {
   }
 }
 
+// Every wait under a storm of signals (EINTR at every turn) still waits its time or its event.
+void waits_under_signals(mp::Lock lock, mp::Semaphore sem, mp::Event go, mp::Condition c) {
+  arm_alarm_storm();
+  auto t0 = Clock::now();
+  if (sem.acquire(true, 0.2s)) mp::exit(2);
+  if (seconds_since(t0) < 0.19) mp::exit(3);
+  t0 = Clock::now();
+  if (lock.acquire(true, 0.2s)) mp::exit(4);  // the parent holds it
+  if (seconds_since(t0) < 0.19) mp::exit(5);
+  {
+    std::lock_guard g(c);
+    t0 = Clock::now();
+    if (c.wait(0.2s)) mp::exit(6);
+    if (seconds_since(t0) < 0.19) mp::exit(7);
+  }
+  sem.release();  // tell the parent we are about to block for real
+  if (!go.wait(kHang)) mp::exit(8);
+  if (!lock.acquire(true, kHang)) mp::exit(9);
+  lock.release();
+  if (alarms_received() < 10) mp::exit(10);
+}
+
+TEST_P(SyncAcross, WaitsUnderASignalStorm) {
+  mp::Lock lock;
+  mp::Semaphore sem(0);
+  mp::Event go;
+  mp::Condition c;
+  lock.acquire();
+  auto p = ctx().Process(waits_under_signals, lock, sem, go, c);
+  p.start();
+  ASSERT_TRUE(sem.acquire(true, kHang));
+  go.set();
+  lock.release();
+  p.join(kHang);
+  EXPECT_EQ(p.exitcode(), 0);
+}
+
 // ---- a party that dies ----
 
 void take_and_die(mp::Lock lock, mp::RLock rlock, mp::Event held) {
