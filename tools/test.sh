@@ -16,6 +16,12 @@ cmake --preset asan >/dev/null
 cmake --build --preset asan
 ctest --preset asan
 
+echo "== the synchronisation suite under ThreadSanitizer (threads inside processes)"
+cmake --preset tsan >/dev/null
+cmake --build --preset tsan
+TSAN_OPTIONS=halt_on_error=1 ./build/tsan/tests/mp_tests \
+  --gtest_filter='Lock.*:RLock.*:Semaphore.*:Condition.*:Event.*:Barrier.*:Sync.*:*SyncAcross*'
+
 echo "== install, then build a consumer project against the installed package"
 prefix=$(pwd)/build/install
 rm -rf "$prefix" build/consumer
