@@ -7,4 +7,5 @@
 #include "mp/listener.hpp"
 #include "mp/process.hpp"
 #include "mp/reduction.hpp"
+#include "mp/shared_memory.hpp"
 #include "mp/spawn.hpp"
