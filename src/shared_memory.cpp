@@ -1,0 +1,147 @@
+// Shared memory (CPython's shared_memory.py, POSIX half).
+#include "mp/shared_memory.hpp"
+
+#include <limits>
+#include <stdexcept>
+#include <system_error>
+#include <utility>
+
+#include "posix/posix.hpp"
+#include "posix/shm.hpp"
+#include "resource_tracker.hpp"
+
+namespace mp {
+
+namespace detail {
+// Test seam: when set, generated names come from here (the suite forces a collision with it,
+// as CPython's test_shared_memory_recreate patches _make_filename).
+std::string (*shm_name_source)() = nullptr;
+}  // namespace detail
+
+namespace {
+
+constexpr std::string_view kKind = "shared_memory";  // CPython's resource type name
+
+// CPython's _make_filename: "psm_" and 4 random bytes in hex, 14 characters with the slash
+// (FreeBSD's limit on a name).
+std::string make_filename() {
+  if (detail::shm_name_source) return detail::shm_name_source();
+  static constexpr char kHex[] = "0123456789abcdef";
+  std::string name = "psm_";
+  for (const std::byte b : posix::random_bytes(4)) {
+    name += kHex[std::to_integer<unsigned>(b) >> 4];
+    name += kHex[std::to_integer<unsigned>(b) & 15];
+  }
+  return name;
+}
+
+// The shm_open path; CPython prepends the slash the same way (so "/x" becomes "//x", which
+// glibc reads as "/x").
+std::string path_of(const std::string& name) {
+  return "/" + name;
+}
+
+void unlink_quietly(const std::string& path) noexcept {
+  try {
+    posix::shm_unlink(path);
+  } catch (const std::system_error&) {
+    // Already gone: nothing left to clean.
+  }
+}
+
+}  // namespace
+
+SharedMemory::SharedMemory(std::optional<std::string> name, bool create, std::int64_t size,
+                           bool track)
+    : track_(track) {
+  // CPython's checks, in its order and with its texts.
+  if (size < 0) throw std::invalid_argument("'size' must be a positive integer");
+  if (create && size == 0)
+    throw std::invalid_argument("'size' must be a positive number different from zero");
+  if (!name && !create) throw std::invalid_argument("'name' can only be None if create=True");
+  // Python 3.13's check; 3.11 passed the name to shm_open cut at the NUL.
+  if (name && name->find('\0') != std::string::npos)
+    throw std::invalid_argument("embedded null character");
+
+  posix::unique_fd fd;
+  if (name) {
+    fd = posix::shm_open(path_of(*name), create);
+    name_ = std::move(*name);
+  } else {
+    for (;;) {  // a generated name that exists already: draw another, as CPython
+      std::string candidate = make_filename();
+      try {
+        fd = posix::shm_open(path_of(candidate), true);
+      } catch (const std::system_error& e) {
+        if (e.code() == std::errc::file_exists) continue;
+        throw;
+      }
+      name_ = std::move(candidate);
+      break;
+    }
+  }
+  const std::string path = path_of(name_);
+  try {
+    if (create) posix::shm_reserve(fd.get(), static_cast<std::uint64_t>(size), path);
+    const std::uint64_t actual = posix::shm_size(fd.get(), path);  // an attacher's `size` is moot
+    // CPython's mmap refuses an empty segment with this ValueError.
+    if (actual == 0) throw std::invalid_argument("cannot mmap an empty file");
+    if (actual > std::numeric_limits<std::size_t>::max())
+      throw std::system_error(std::make_error_code(std::errc::value_too_large),
+                              "mmap '" + path + "'");
+    data_ = posix::shm_map(fd.get(), static_cast<std::size_t>(actual), path);
+    size_ = static_cast<std::size_t>(actual);
+    // Only the creator registers it. CPython 3.11 registers every attacher too, so the first
+    // attacher to exit has its tracker unlink a segment others still use (gh-82300).
+    if (create && track_) detail::track_resource(kKind, path);
+  } catch (...) {
+    close();
+    // A half-made segment of ours goes, so nothing leaks. One we attached to is someone
+    // else's and stays (CPython unlinks it there too, when mapping it fails with an OSError).
+    if (create) unlink_quietly(path);
+    throw;
+  }
+  // The descriptor closes here: the mapping keeps the segment alive. CPython keeps it open
+  // until close(); we save a descriptor per segment, and there is nothing a child could inherit.
+}
+
+SharedMemory::SharedMemory(SharedMemory&& o) noexcept
+    : name_(std::exchange(o.name_, {})),
+      size_(std::exchange(o.size_, 0)),
+      data_(std::exchange(o.data_, nullptr)),
+      track_(std::exchange(o.track_, false)) {}
+
+SharedMemory& SharedMemory::operator=(SharedMemory&& o) noexcept {
+  if (this != &o) {
+    close();
+    name_ = std::exchange(o.name_, {});
+    size_ = std::exchange(o.size_, 0);
+    data_ = std::exchange(o.data_, nullptr);
+    track_ = std::exchange(o.track_, false);
+  }
+  return *this;
+}
+
+SharedMemory::~SharedMemory() {
+  close();
+}
+
+void SharedMemory::close() noexcept {
+  if (data_) posix::shm_unmap(data_, size_);
+  data_ = nullptr;
+}
+
+void SharedMemory::unlink() {
+  if (name_.empty()) return;  // CPython: `if self._name`
+  const std::string path = path_of(name_);
+  posix::shm_unlink(path);
+  // Whoever unlinks tells the tracker, creator or not: the tracker is shared by the process
+  // tree (as CPython's), and a segment one child unlinks is no leak of its creator's.
+  if (track_) detail::untrack_resource(kKind, path);
+}
+
+std::ostream& operator<<(std::ostream& os, const SharedMemory& shm) {
+  return os << "SharedMemory('" << shm.name_ << "', size=" << shm.size_ << ')';
+}
+
+}  // namespace mp
