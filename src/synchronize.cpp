@@ -229,6 +229,13 @@ std::shared_ptr<SharedBlock> load_block(int index, void*& state) {
   return block;
 }
 
+std::shared_ptr<SharedBlock> make_data_block(std::size_t bytes, const char* name, void*& data) {
+  auto block = std::make_shared<SharedBlock>();
+  block->mapping = posix::create_shared_mapping(std::max<std::size_t>(bytes, 1), name);
+  data = block->mapping.addr;
+  return block;
+}
+
 // ---- Semaphore ----
 
 struct SemaphoreState {

@@ -42,6 +42,8 @@ struct BarrierState;
 // RuntimeError("<kind> objects should only be shared between processes through inheritance").
 int save_block(const std::shared_ptr<SharedBlock>& block, const char* kind);
 std::shared_ptr<SharedBlock> load_block(int index, void*& state);
+// A zero-filled block of `bytes` for data (Value, Array); `data` points at it.
+std::shared_ptr<SharedBlock> make_data_block(std::size_t bytes, const char* name, void*& data);
 
 // What Lock and RLock have in common (Condition works with either).
 class MutexHandle {
