@@ -463,6 +463,9 @@ bool serve(const Server& s, int conn) {
     for (; next < fds.size(); ++next) passed.push_back(fds[next].release());
     detail::child_main(data, sentinel, std::move(passed));
   }
+  // Our copies go before the reply: once the program has the pid, the child alone holds its
+  // ends (the sentinel pipe must read EOF as soon as the child ends, not when we get round to it).
+  fds.clear();
   reply(conn, pid);
   return true;
 }
