@@ -131,6 +131,9 @@ bool mutex_acquire(MutexState& s, bool block, Deadline deadline) {
     // Only a try: still, a dead holder does not keep the lock.
     return holder_dead(s, expected) && take_over(s, expected, me);
   }
+  // No deadline: the end of time. One plain value, because GCC 12 at -O3 takes the optional's
+  // payload for uninitialised where this is inlined with nullopt (a false -Wmaybe-uninitialized).
+  const Clock::time_point until = deadline ? *deadline : Clock::time_point::max();
   // The holder is looked up every kDeadHolderCheck of waiting (signals do not postpone it).
   auto next_check = Clock::now() + kDeadHolderCheck;
   for (;;) {
@@ -148,8 +151,8 @@ bool mutex_acquire(MutexState& s, bool block, Deadline deadline) {
       if (!s.word.compare_exchange_weak(v, v | kWaiters, std::memory_order_relaxed)) continue;
       v |= kWaiters;
     }
-    const bool last = deadline && *deadline <= next_check;
-    if (posix::futex_wait(s.word, v, last ? *deadline : next_check)) continue;  // woken: look again
+    const bool last = until <= next_check;
+    if (posix::futex_wait(s.word, v, last ? until : next_check)) continue;  // woken: look again
     if (Clock::now() >= next_check) {
       // A whole period without the lock changing hands: is the holder still there?
       if (s.word.load(std::memory_order_relaxed) == v && holder_dead(s, v) && take_over(s, v, me))
