@@ -5,9 +5,13 @@
 #     and 64 at once. About 2 minutes on 2 cores.
 #   connection: mp::Pipe() round trips and bandwidth between two processes against write/read on
 #     a socketpair and on pipes, unpinned, on one CPU and on a CPU each. About 40 s on 2 cores.
+#   sync: Lock/RLock/Semaphore acquire+release, a two-process hand-off, Value<int64_t> locked
+#     increments and SharedMemory create/attach/unlink cycles against sem_t, std::atomic and
+#     raw shm_open floors. About 40 s on 2 cores.
 #   bench/run.sh [Google Benchmark flags, e.g. --benchmark_filter=spawn]
 # Environment: BUILD (build dir, default build/bench), PYTHON (default Debian's /usr/bin/python3),
-# ONLY (process_start or connection: run that part alone; the flags go to whichever part runs).
+# ONLY (process_start, connection or sync: run that part alone; the flags go to whichever part
+# runs).
 set -eu
 root=$(cd "$(dirname "$0")/.." && pwd)
 build=${BUILD:-$root/build/bench}
@@ -15,15 +19,22 @@ python=${PYTHON:-/usr/bin/python3}
 [ -x "$python" ] || python=python3
 only=${ONLY:-}
 case "$only" in
-  "" | process_start | connection) ;;
-  *) echo "ONLY must be process_start or connection, not '$only'" >&2; exit 2 ;;
+  "" | process_start | connection | sync) ;;
+  *) echo "ONLY must be process_start, connection or sync, not '$only'" >&2; exit 2 ;;
 esac
 
 cmake -S "$root" -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=Release -DMP_BUILD_BENCH=ON \
   -DMP_BUILD_TESTS=OFF >/dev/null
-ninja -C "$build" process_start mp_bench_noop connection
+# Only what will run: the others need not be (re)built.
+case "$only" in
+  "") targets="process_start mp_bench_noop connection sync" ;;
+  process_start) targets="process_start mp_bench_noop" ;;
+  *) targets=$only ;;
+esac
+# shellcheck disable=SC2086 # the list is meant to split
+ninja -C "$build" $targets
 
-if [ "$only" != connection ]; then
+if [ -z "$only" ] || [ "$only" = process_start ]; then
   echo
   echo "== mp: start + join of no-op children ($(nproc) cores)"
   "$build/bench/process_start" --benchmark_out="$build/process_start.json" \
@@ -34,7 +45,7 @@ if [ "$only" != connection ]; then
   "$python" "$root/bench/python_process_start.py" --mp-json "$build/process_start.json"
 fi
 
-if [ "$only" != process_start ]; then
+if [ -z "$only" ] || [ "$only" = connection ]; then
   echo
   echo "== mp: Pipe() round trips and bandwidth against write/read floors ($(nproc) cores)"
   "$build/bench/connection" --benchmark_out="$build/connection.json" \
@@ -43,4 +54,14 @@ if [ "$only" != process_start ]; then
   echo
   echo "== CPython multiprocessing Pipe(), same measurements"
   "$python" "$root/bench/python_connection.py" --mp-json "$build/connection.json"
+fi
+
+if [ -z "$only" ] || [ "$only" = sync ]; then
+  echo
+  echo "== mp: locks, hand-offs, Value, SharedMemory against C floors ($(nproc) cores)"
+  "$build/bench/sync" --benchmark_out="$build/sync.json" --benchmark_out_format=json "$@"
+
+  echo
+  echo "== CPython multiprocessing, same measurements"
+  "$python" "$root/bench/python_sync.py" --mp-json "$build/sync.json"
 fi
