@@ -199,7 +199,11 @@ MutexHandle::MutexHandle(bool recursive) {
   s_ = state;
 }
 
-bool MutexHandle::acquire(bool block, std::optional<Duration> timeout) {
+bool MutexHandle::acquire_blocking() {
+  return mutex_acquire(*s_, true, std::nullopt);
+}
+
+bool MutexHandle::acquire_timed(bool block, std::optional<Duration> timeout) {
   return mutex_acquire(*s_, block, deadline_after(timeout));
 }
 
@@ -339,8 +343,11 @@ bool Semaphore::bounded() const {
   return s_->maxvalue >= 0;
 }
 
-bool Semaphore::acquire(bool block, std::optional<Duration> timeout) {
-  auto& s = *s_;
+namespace {
+// The timeout by reference: a std::optional<double> passed by value is spilled and reloaded
+// through the stack at a stall on the way (see Semaphore::acquire in the header).
+bool semaphore_acquire(detail::SemaphoreState& s, bool block,
+                       const std::optional<std::chrono::duration<double>>& timeout) {
   auto try_take = [&] {
     std::uint32_t v = s.value.load(std::memory_order_relaxed);
     while (v > 0)
@@ -361,6 +368,15 @@ bool Semaphore::acquire(bool block, std::optional<Duration> timeout) {
   }
   s.waiters.fetch_sub(1);
   return got;
+}
+}  // namespace
+
+bool Semaphore::acquire_blocking() {
+  return semaphore_acquire(*s_, true, std::nullopt);
+}
+
+bool Semaphore::acquire_timed(bool block, std::optional<Duration> timeout) {
+  return semaphore_acquire(*s_, block, timeout);
 }
 
 void Semaphore::release() {

@@ -50,7 +50,12 @@ class MutexHandle {
  public:
   using Duration = std::chrono::duration<double>;
   /// Blocks (or not) until acquired; false when not acquired within the timeout.
-  bool acquire(bool block = true, std::optional<Duration> timeout = std::nullopt);
+  // Inline, so that the usual call (blocking, no timeout) passes no std::optional<double>:
+  // GCC passes one through the stack and reloads it at a store-forwarding stall, which cost
+  // more than the uncontended acquire itself (bench/sync: 19 ns against 7 ns a lock+unlock).
+  bool acquire(bool block = true, std::optional<Duration> timeout = std::nullopt) {
+    return block && !timeout ? acquire_blocking() : acquire_timed(block, timeout);
+  }
   void release();
   /// std::lock_guard / std::unique_lock / std::scoped_lock use.
   void lock() { acquire(); }
@@ -65,6 +70,8 @@ class MutexHandle {
  protected:
   MutexHandle(bool recursive);
   MutexHandle() = default;
+  bool acquire_blocking();
+  bool acquire_timed(bool block, std::optional<Duration> timeout);
   std::shared_ptr<SharedBlock> block_;
   MutexState* s_ = nullptr;
   friend class mp::Condition;
@@ -121,7 +128,10 @@ class Semaphore {
   using Duration = std::chrono::duration<double>;
   /// Throws std::invalid_argument("semaphore initial value must be >= 0") for a negative value.
   explicit Semaphore(int value = 1);
-  bool acquire(bool block = true, std::optional<Duration> timeout = std::nullopt);
+  // Inline for the same reason as MutexHandle::acquire.
+  bool acquire(bool block = true, std::optional<Duration> timeout = std::nullopt) {
+    return block && !timeout ? acquire_blocking() : acquire_timed(block, timeout);
+  }
   /// Over the bound of a BoundedSemaphore: std::logic_error("semaphore or lock released too
   /// many times").
   void release();
@@ -147,6 +157,10 @@ class Semaphore {
  protected:
   Semaphore(int value, int maxvalue);
   bool bounded() const;
+
+ private:
+  bool acquire_blocking();
+  bool acquire_timed(bool block, std::optional<Duration> timeout);
 
  private:
   std::shared_ptr<detail::SharedBlock> block_;
