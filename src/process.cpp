@@ -20,6 +20,7 @@
 #include "posix/forkserver.hpp"
 #include "posix/launch.hpp"
 #include "posix/posix.hpp"
+#include "resource_tracker.hpp"
 #include "runtime.hpp"
 
 namespace mp {
@@ -576,7 +577,8 @@ extern "C" void spawn_pending_exit() {
 __attribute__((constructor)) void detect_spawn_child(int argc, char** argv, char**) {
   if (argc >= 2 && argv && argv[1] &&
       (std::strcmp(argv[1], posix::kSpawnFlag) == 0 ||
-       std::strcmp(argv[1], posix::kForkServerFlag) == 0)) {
+       std::strcmp(argv[1], posix::kForkServerFlag) == 0 ||
+       std::strcmp(argv[1], kResourceTrackerFlag) == 0)) {
     runtime().spawn_pending = true;
     std::atexit(spawn_pending_exit);
   }

@@ -1,5 +1,4 @@
-// The resource tracker (CPython's resource_tracker.py): remembers the named resources this
-// program created, so that what a dead program leaked is removed.
+// The resource tracker (CPython's resource_tracker.py): the library's side of it.
 #pragma once
 
 #include <string_view>
@@ -11,5 +10,19 @@ namespace mp::detail {
 void track_resource(std::string_view kind, std::string_view name);
 /// The resource is gone (unlinked): forget it. A name never tracked must be accepted.
 void untrack_resource(std::string_view kind, std::string_view name);
+
+/// While spawning (spawn, forkserver): hands the tracker's descriptor to the child, returning
+/// its index there; -1 when no tracker runs (the child starts its own on first use).
+int tracker_for_child();
+/// In a spawned or forkserver child: the parent's tracker, handed over.
+void adopt_tracker(int fd);
+/// The tracker's main loop (mp::init with kResourceTrackerFlag). Never returns.
+[[noreturn]] void resource_tracker_main(int argc, char** argv);
+/// Tests: closes this process's end and, if we started the tracker, waits for it to finish.
+void resource_tracker_stop();
+/// The tracker's pid if this process started it, else 0.
+int resource_tracker_pid();
+
+inline constexpr const char* kResourceTrackerFlag = "--multiprocess-resource-tracker";
 
 }  // namespace mp::detail

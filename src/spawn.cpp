@@ -17,6 +17,7 @@
 #include "posix/forkserver.hpp"
 #include "posix/launch.hpp"
 #include "posix/posix.hpp"
+#include "resource_tracker.hpp"
 #include "runtime.hpp"
 
 namespace mp {
@@ -57,11 +58,12 @@ struct PrepData {
   // Under forkserver: the program's environment at start() (the server's dates from its own
   // start). Spawned children get it from exec.
   std::optional<std::vector<std::string>> environment;
+  int resource_tracker = -1;  // the index of the parent's tracker among the passed descriptors
 
   template <class Archive>
   void serialize(Archive& ar) {
     ar(build_id, name, class_token, identity, daemon, authkey, cwd, parent_pid, parent_name,
-       start_method, parent_death_signal, executable, environment);
+       start_method, parent_death_signal, executable, environment, resource_tracker);
   }
 };
 
@@ -130,8 +132,9 @@ std::unique_ptr<Process> rebuild(std::vector<std::byte> payload, PrepData& prep,
           "); mp::set_executable must name a copy of the same binary");
     ar(prep.name, prep.class_token, prep.identity, prep.daemon, prep.authkey, prep.cwd,
        prep.parent_pid, prep.parent_name, prep.start_method, prep.parent_death_signal,
-       prep.executable, prep.environment);
+       prep.executable, prep.environment, prep.resource_tracker);
     if (apply) {
+      if (prep.resource_tracker >= 0) adopt_tracker(reduction::passed_fd(prep.resource_tracker));
       // Usually the server's environment is already the program's: then nothing to redo.
       if (prep.environment) posix::set_environment(*prep.environment);
       if (prep.parent_death_signal && prep.daemon &&
@@ -235,6 +238,7 @@ SpawnPayload spawn_payload(const Process& p, StartMethod method) {
   {
     reduction::SpawningScope spawning;  // the authkey may cross here, and only here
     reduction::OutArchive ar(os);
+    prep.resource_tracker = tracker_for_child();
     ar(prep);
     pickle_process(p, ar);
     out.fds = spawning.fds;
@@ -268,7 +272,8 @@ std::string spawn_executable() {
 void init(int argc, char** argv) {
   if (argc < 2 || !argv || !argv[1]) return;
   const bool marked = std::strcmp(argv[1], posix::kSpawnFlag) == 0 ||
-                      std::strcmp(argv[1], posix::kForkServerFlag) == 0;
+                      std::strcmp(argv[1], posix::kForkServerFlag) == 0 ||
+                      std::strcmp(argv[1], detail::kResourceTrackerFlag) == 0;
   // A setuid/setgid program must not run code references read from a descriptor: whoever
   // starts it with our marker would choose what it runs.
   if (marked && posix::secure_execution())
@@ -291,6 +296,10 @@ void init(int argc, char** argv) {
   if (std::strcmp(argv[1], posix::kForkServerFlag) == 0) {
     detail::runtime().spawn_pending = false;
     posix::forkserver_main(argc, argv);
+  }
+  if (std::strcmp(argv[1], detail::kResourceTrackerFlag) == 0) {
+    detail::runtime().spawn_pending = false;
+    detail::resource_tracker_main(argc, argv);
   }
 }
 

@@ -12,6 +12,7 @@
 #include <mp/mp.hpp>
 
 #include "posix/forkserver.hpp"
+#include "resource_tracker.hpp"
 #include "support.hpp"
 
 namespace mp_test {
@@ -43,7 +44,8 @@ class LeakCheck : public ::testing::Environment {
  public:
   void SetUp() override { fds_ = mp_test::open_fd_count(); }
   void TearDown() override {
-    mp::posix::forkserver_stop();  // it lives until exit otherwise, holding two descriptors
+    mp::posix::forkserver_stop();         // it lives until exit otherwise, holding two descriptors
+    mp::detail::resource_tracker_stop();  // likewise, one
     EXPECT_EQ(mp_test::open_fd_count(), fds_) << "descriptors leaked by the suite";
     siginfo_t info{};
     int r = ::waitid(P_ALL, 0, &info, WEXITED | WNOHANG | WNOWAIT);

@@ -7,6 +7,7 @@
 #include "mp/listener.hpp"
 #include "mp/process.hpp"
 #include "mp/reduction.hpp"
+#include "mp/resource_tracker.hpp"
 #include "mp/shared.hpp"
 #include "mp/shared_memory.hpp"
 #include "mp/spawn.hpp"
