@@ -62,13 +62,13 @@ bool parse_stat(const std::string& stat, char& state, std::uint64_t& start) {
   return true;
 }
 
-thread_local ThreadIdentity t_identity;
-
 void forget_in_fork_child() {
   t_identity = {};
 }
 
 }  // namespace
+
+thread_local ThreadIdentity t_identity __attribute__((tls_model("initial-exec")));
 
 bool futex_wait(const std::atomic<std::uint32_t>& word, std::uint32_t expected,
                 std::optional<Clock::time_point> deadline) {
@@ -126,8 +126,8 @@ void unmap_shared(SharedMapping& m) noexcept {
   m = {};
 }
 
-const ThreadIdentity& this_thread_identity() {
-  if (t_identity.tid == 0) {
+const ThreadIdentity& load_thread_identity() {
+  {
     static const bool registered = [] {
       ::pthread_atfork(nullptr, nullptr, forget_in_fork_child);
       return true;
