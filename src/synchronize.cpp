@@ -178,12 +178,12 @@ void mutex_release(MutexState& s) {
       throw std::logic_error("attempt to release recursive lock not owned by thread");
     if (--s.count > 0) return;
   }
-  std::uint32_t v = s.word.load(std::memory_order_relaxed);
+  // Cleared while still held, so it cannot wipe the flag of whoever takes the lock next.
+  if (s.owner_died.load(std::memory_order_relaxed))
+    s.owner_died.store(0, std::memory_order_relaxed);
+  // One atomic exchange: a free lock stays free (0 for 0), and is reported.
+  const std::uint32_t v = s.word.exchange(0, std::memory_order_release);
   if (v == 0) throw std::logic_error("semaphore or lock released too many times");
-  s.owner_died.store(0, std::memory_order_relaxed);
-  while (!s.word.compare_exchange_weak(v, 0, std::memory_order_release)) {
-    if (v == 0) throw std::logic_error("semaphore or lock released too many times");
-  }
   if (v & kWaiters) posix::futex_wake(s.word, 1);
 }
 
@@ -200,7 +200,16 @@ MutexHandle::MutexHandle(bool recursive) {
 }
 
 bool MutexHandle::acquire_blocking() {
-  return mutex_acquire(*s_, true, std::nullopt);
+  // The uncontended case first, without the general path's call.
+  MutexState& s = *s_;
+  const auto& me = posix::this_thread_identity();
+  std::uint32_t expected = 0;
+  if (s.word.compare_exchange_strong(expected, me.tid, std::memory_order_acquire)) {
+    publish_holder(s, me);
+    s.count = 1;
+    return true;
+  }
+  return mutex_acquire(s, true, std::nullopt);
 }
 
 bool MutexHandle::acquire_timed(bool block, std::optional<Duration> timeout) {
