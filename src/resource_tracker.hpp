@@ -11,11 +11,12 @@ void track_resource(std::string_view kind, std::string_view name);
 /// The resource is gone (unlinked): forget it. A name never tracked must be accepted.
 void untrack_resource(std::string_view kind, std::string_view name);
 
-/// While spawning (spawn, forkserver): hands the tracker's descriptor to the child, returning
-/// its index there; -1 when no tracker runs (the child starts its own on first use).
+/// While spawning (spawn, forkserver): hands the tracker's two descriptors (its lifeline and
+/// its table) to the child, returning the first one's index there; -1 when no tracker runs
+/// (the child starts its own on first use).
 int tracker_for_child();
-/// In a spawned or forkserver child: the parent's tracker, handed over.
-void adopt_tracker(int fd);
+/// In a spawned or forkserver child: the parent's tracker, handed over at `index`.
+void adopt_tracker(int index);
 /// The tracker's main loop (mp::init with kResourceTrackerFlag). Never returns.
 [[noreturn]] void resource_tracker_main(int argc, char** argv);
 /// Tests: closes this process's end and, if we started the tracker, waits for it to finish.

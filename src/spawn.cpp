@@ -134,7 +134,7 @@ std::unique_ptr<Process> rebuild(std::vector<std::byte> payload, PrepData& prep,
        prep.parent_pid, prep.parent_name, prep.start_method, prep.parent_death_signal,
        prep.executable, prep.environment, prep.resource_tracker);
     if (apply) {
-      if (prep.resource_tracker >= 0) adopt_tracker(reduction::passed_fd(prep.resource_tracker));
+      if (prep.resource_tracker >= 0) adopt_tracker(prep.resource_tracker);
       // Usually the server's environment is already the program's: then nothing to redo.
       if (prep.environment) posix::set_environment(*prep.environment);
       if (prep.parent_death_signal && prep.daemon &&

@@ -186,7 +186,10 @@ TEST(ResourceTrackerFaults, UnknownKindsAndUntrackableNames) {
     EXPECT_STREQ(e.what(),
                  "Cannot register /x for automatic cleanup: unknown resource type semaphore");
   }
-  EXPECT_THROW(mp::resource_tracker::register_resource("/a\nb", "shared_memory"),
+  EXPECT_THROW(
+      mp::resource_tracker::register_resource("/" + std::string(300, 'a'), "shared_memory"),
+      std::invalid_argument);
+  EXPECT_THROW(mp::resource_tracker::register_resource(std::string("/a\0b", 4), "shared_memory"),
                std::invalid_argument);
 }
 

@@ -84,6 +84,7 @@ std::string invalid_text(F f) {
 
 TEST(SharedMemory, Basics) {
   const std::string name = test_name("basics");
+  mp::resource_tracker::ensure_running();  // its two descriptors are not the segment's
   const int fds = open_fd_count();
   mp::SharedMemory shm(name, true, 512);
   EXPECT_EQ(open_fd_count(), fds) << "the mapping holds the segment; no descriptor stays open";

@@ -1,44 +1,75 @@
-// The resource tracker (CPython's resource_tracker.py). A fresh exec of the program, started on
-// first use, reads "REGISTER:kind:name" / "UNREGISTER:kind:name" lines from a pipe whose write
-// end this process and its children hold. When the last write end closes (every process of the
-// tree has ended, however it ended) it removes what is still registered, warning on stderr as
-// CPython does. Each line is shorter than PIPE_BUF, so lines from many processes never mix.
-#include "resource_tracker.hpp"
-
+// The resource tracker (CPython's resource_tracker.py), without a message per resource.
+//
+// CPython writes a line down a pipe for every register and unregister, waking its tracker each
+// time. Here the registrations live in a table in shared memory (a memfd the program, its
+// children and the tracker all map): registering is a few stores, no system call. The pipe is
+// only a lifeline: the tracker, a fresh exec of the program started on first use, blocks
+// reading it, and when the last write end closes (every process of the tree has ended, however
+// it ended) it removes what the table still holds, warning on stderr as CPython does.
+#include <poll.h>
 #include <pthread.h>
 #include <signal.h>
 
+#include <atomic>
 #include <cstdio>
 #include <cstdlib>
+#include <cstring>
 #include <map>
 #include <mutex>
 #include <new>
-#include <set>
 #include <stdexcept>
 #include <string>
 #include <system_error>
+#include <vector>
 
 #include "mp/reduction.hpp"
 #include "mp/resource_tracker.hpp"
 #include "mp/spawn.hpp"
+#include "posix/futex.hpp"
 #include "posix/posix.hpp"
 #include "posix/shm.hpp"
+#include "resource_tracker.hpp"
 #include "runtime.hpp"
 
 namespace mp {
 namespace detail {
 namespace {
 
+// One registration. A slot goes kEmpty (never used: a lookup stops here) or kDeleted -> kWriting
+// (claimed by one process) -> kLive -> kDeleted.
+struct Slot {
+  static constexpr std::uint32_t kEmpty = 0, kWriting = 1, kLive = 2, kDeleted = 3;
+  std::atomic<std::uint32_t> state{kEmpty};
+  std::uint32_t kind = 0;  // 1: shared_memory
+  std::uint32_t length = 0;
+  std::uint32_t pad = 0;
+  char name[256];
+};
+constexpr std::size_t kSlots = 4096;  // 1 MiB, sparse: only slots in use take memory
+constexpr std::uint32_t kSharedMemory = 1;
+
+struct Table {
+  Slot slots[kSlots];
+};
+
+std::size_t home_of(std::string_view name) {
+  std::uint64_t h = 0xcbf29ce484222325ull;
+  for (char c : name) h = (h ^ static_cast<unsigned char>(c)) * 0x100000001b3ull;
+  return static_cast<std::size_t>(h % kSlots);
+}
+
 struct Tracker {
   std::mutex mu;
-  int fd = -1;  // our write end; -1: none yet
+  int lifeline = -1;  // our write end of the tracker's pipe; -1: no tracker yet
+  posix::SharedMapping table;
   int pid = 0;  // the tracker, when this process started it (and must reap it)
+  Table* slots() const { return static_cast<Table*>(table.addr); }
 };
 
 Tracker& tracker() {
   static Tracker* t = [] {
-    // A fork child keeps the write end (it shares the tracker) but not the duty to reap it,
-    // and not a lock another thread may have held at the fork.
+    // A fork child shares the tracker (it keeps the write end and the table) but not the duty
+    // to reap it, nor a lock another thread may have held at the fork.
     ::pthread_atfork(nullptr, nullptr, [] {
       Tracker& t = tracker();
       new (&t.mu) std::mutex;
@@ -49,14 +80,33 @@ Tracker& tracker() {
   return *t;
 }
 
+void forget(Tracker& t) {
+  if (t.lifeline >= 0) posix::unique_fd(t.lifeline).reset();
+  t.lifeline = -1;
+  posix::unmap_shared(t.table);
+}
+
+// A new tracker with a new, empty table (a relaunched one starts afresh, as CPython's).
 void launch(Tracker& t) {
+  forget(t);
+  t.table = posix::create_shared_mapping(sizeof(Table), "mp-resource-tracker");
   auto [r, w] = posix::make_pipe();
   int pid = -1;
-  const std::vector<std::string> argv = {mp::get_executable(), kResourceTrackerFlag, "3"};
-  const int keep[] = {r.get()};
+  const std::vector<std::string> argv = {mp::get_executable(), kResourceTrackerFlag, "3", "4"};
+  const int keep[] = {r.get(), t.table.fd};
   posix::spawn_process(spawn_executable(), argv, keep, &pid);
-  t.fd = w.release();
+  t.lifeline = w.release();
   t.pid = pid;
+}
+
+// Whether the tracker still reads its pipe: a write end whose readers are all gone polls
+// POLLERR. One system call, no wake-up of the tracker.
+bool tracker_alive(const Tracker& t) {
+  pollfd p{t.lifeline, POLLOUT, 0};
+  int r;
+  do r = ::poll(&p, 1, 0);
+  while (r < 0 && errno == EINTR);
+  return r <= 0 || !(p.revents & (POLLERR | POLLHUP | POLLNVAL));
 }
 
 void check(std::string_view name, std::string_view kind) {
@@ -64,36 +114,36 @@ void check(std::string_view name, std::string_view kind) {
     throw std::invalid_argument("Cannot register " + std::string(name) +
                                 " for automatic cleanup: unknown resource type " +
                                 std::string(kind));
-  if (name.find_first_of(std::string_view("\n\0", 2)) != std::string_view::npos ||
-      name.size() > 512)
+  if (name.empty() || name.size() > sizeof(Slot::name) || name.find('\0') != std::string_view::npos)
     throw std::invalid_argument("resource name not trackable: '" + std::string(name) + "'");
 }
 
-void send(std::string_view command, std::string_view kind, std::string_view name) {
-  std::string line =
-      std::string(command) + ":" + std::string(kind) + ":" + std::string(name) + "\n";
-  const std::span<const std::byte> parts[] = {std::as_bytes(std::span(line))};
-  Tracker& t = tracker();
-  std::lock_guard l(t.mu);
-  if (t.fd < 0) launch(t);
-  try {
-    posix::write_all(t.fd, parts, false);
+void add(Table& table, std::string_view name) {
+  for (std::size_t i = 0, at = home_of(name); i < kSlots; ++i, at = (at + 1) % kSlots) {
+    Slot& s = table.slots[at];
+    std::uint32_t state = s.state.load(std::memory_order_relaxed);
+    if (state != Slot::kEmpty && state != Slot::kDeleted) continue;
+    if (!s.state.compare_exchange_strong(state, Slot::kWriting, std::memory_order_acquire))
+      continue;
+    s.kind = kSharedMemory;
+    s.length = static_cast<std::uint32_t>(name.size());
+    std::memcpy(s.name, name.data(), name.size());
+    s.state.store(Slot::kLive, std::memory_order_release);
     return;
-  } catch (const std::system_error& e) {
-    if (e.code().value() != EPIPE) throw;
   }
-  // Nobody reads: the tracker was killed. Start another, as CPython does, and say what that
-  // costs: the dead one's registrations are lost.
-  std::fputs(
-      "resource_tracker: process died unexpectedly, relaunching.  Some resources might "
-      "leak.\n",
-      stderr);
-  posix::unique_fd(t.fd).reset();
-  t.fd = -1;
-  if (t.pid > 0) posix::reap(t.pid, true);
-  t.pid = 0;
-  launch(t);
-  posix::write_all(t.fd, parts, false);
+  throw std::runtime_error("resource tracker: more than 4096 resources registered at once");
+}
+
+void remove(Table& table, std::string_view name) {
+  for (std::size_t i = 0, at = home_of(name); i < kSlots; ++i, at = (at + 1) % kSlots) {
+    Slot& s = table.slots[at];
+    std::uint32_t state = s.state.load(std::memory_order_acquire);
+    if (state == Slot::kEmpty) return;  // never registered (or registered with a dead tracker)
+    if (state == Slot::kLive && s.length == name.size() &&
+        std::memcmp(s.name, name.data(), name.size()) == 0 &&
+        s.state.compare_exchange_strong(state, Slot::kDeleted, std::memory_order_relaxed))
+      return;
+  }
 }
 
 }  // namespace
@@ -109,22 +159,26 @@ void untrack_resource(std::string_view kind, std::string_view name) {
 int tracker_for_child() {
   Tracker& t = tracker();
   std::lock_guard l(t.mu);
-  return t.fd < 0 ? -1 : reduction::duplicate_for_child(t.fd);
+  if (t.lifeline < 0) return -1;
+  const int index = reduction::duplicate_for_child(t.lifeline);
+  reduction::duplicate_for_child(t.table.fd);  // index + 1
+  return index;
 }
 
-void adopt_tracker(int fd) {
+void adopt_tracker(int index) {
+  const int lifeline = reduction::passed_fd(index), table = reduction::passed_fd(index + 1);
   Tracker& t = tracker();
   std::lock_guard l(t.mu);
-  if (t.fd >= 0) posix::unique_fd(t.fd).reset();
-  t.fd = fd;
+  forget(t);
+  t.table = posix::map_shared(table);
+  t.lifeline = lifeline;
   t.pid = 0;
 }
 
 void resource_tracker_stop() {
   Tracker& t = tracker();
   std::lock_guard l(t.mu);
-  if (t.fd >= 0) posix::unique_fd(t.fd).reset();
-  t.fd = -1;
+  forget(t);
   if (t.pid > 0) posix::reap(t.pid, true);  // it ends at EOF, once no child holds the pipe
   t.pid = 0;
 }
@@ -139,41 +193,29 @@ int resource_tracker_pid() {
   // Like CPython's: a Ctrl-C or a SIGTERM meant for the program must not stop the cleanup.
   ::signal(SIGINT, SIG_IGN);
   ::signal(SIGTERM, SIG_IGN);
-  if (argc < 3) posix::exit_now(2);
-  const int fd = std::atoi(argv[2]);
-  posix::set_cloexec(fd, true);
-  std::map<std::string, std::set<std::string>> registered;  // kind -> names
-  std::string pending;
-  char chunk[4096];
-  for (;;) {
-    // Returns once the chunk is full or at EOF: every byte is drained as it comes, so no
-    // writer ever blocks on a full pipe.
-    const std::size_t n = posix::read_full(fd, std::as_writable_bytes(std::span(chunk)));
-    pending.append(chunk, n);
-    for (std::size_t nl; (nl = pending.find('\n')) != std::string::npos;) {
-      const std::string line = pending.substr(0, nl);
-      pending.erase(0, nl + 1);
-      const auto a = line.find(':'), b = line.find(':', a == std::string::npos ? a : a + 1);
-      if (a == std::string::npos || b == std::string::npos) continue;
-      const std::string command = line.substr(0, a), kind = line.substr(a + 1, b - a - 1);
-      const std::string name = line.substr(b + 1);
-      if (command == "REGISTER") registered[kind].insert(name);
-      if (command == "UNREGISTER") registered[kind].erase(name);
-    }
-    if (n < sizeof chunk) break;  // EOF: every process holding the pipe has ended
+  if (argc < 4) posix::exit_now(2);
+  const int lifeline = std::atoi(argv[2]);
+  posix::set_cloexec(lifeline, true);
+  posix::SharedMapping mapping = posix::map_shared(std::atoi(argv[3]));
+  const Table& table = *static_cast<const Table*>(mapping.addr);
+  // Nothing is ever written here: the read returns at EOF, when every write end has closed.
+  std::byte ignored[64];
+  while (posix::read_full(lifeline, ignored) == sizeof ignored) {
   }
-  for (const auto& [kind, names] : registered) {
-    if (names.empty()) continue;
+  std::vector<std::string> leaked;
+  for (const Slot& s : table.slots)
+    if (s.state.load(std::memory_order_acquire) == Slot::kLive && s.kind == kSharedMemory)
+      leaked.emplace_back(s.name, std::min<std::size_t>(s.length, sizeof s.name));
+  if (!leaked.empty())
     std::fprintf(stderr,
-                 "resource_tracker: There appear to be %zu leaked %s objects to clean up at "
-                 "shutdown\n",
-                 names.size(), kind.c_str());
-    for (const auto& name : names) {
-      try {
-        if (kind == "shared_memory") posix::shm_unlink(name);
-      } catch (const std::exception& e) {
-        std::fprintf(stderr, "resource_tracker: %s: %s\n", name.c_str(), e.what());
-      }
+                 "resource_tracker: There appear to be %zu leaked shared_memory objects to clean "
+                 "up at shutdown\n",
+                 leaked.size());
+  for (const auto& name : leaked) {
+    try {
+      posix::shm_unlink(name);
+    } catch (const std::exception& e) {
+      std::fprintf(stderr, "resource_tracker: %s: %s\n", name.c_str(), e.what());
     }
   }
   std::fflush(stderr);
@@ -187,17 +229,34 @@ namespace resource_tracker {
 void ensure_running() {
   auto& t = detail::tracker();
   std::lock_guard l(t.mu);
-  if (t.fd < 0) detail::launch(t);
+  if (t.lifeline < 0) detail::launch(t);
 }
 
 void register_resource(std::string_view name, std::string_view kind) {
   detail::check(name, kind);
-  detail::send("REGISTER", kind, name);
+  auto& t = detail::tracker();
+  std::lock_guard l(t.mu);
+  if (t.lifeline < 0) {
+    detail::launch(t);
+  } else if (!detail::tracker_alive(t)) {
+    // Killed: start another, as CPython does, and say what that costs: what the dead one
+    // knew is not known to the new one.
+    std::fputs(
+        "resource_tracker: process died unexpectedly, relaunching.  Some resources might "
+        "leak.\n",
+        stderr);
+    if (t.pid > 0) posix::reap(t.pid, true);
+    t.pid = 0;
+    detail::launch(t);
+  }
+  detail::add(*t.slots(), name);
 }
 
 void unregister_resource(std::string_view name, std::string_view kind) {
   detail::check(name, kind);
-  detail::send("UNREGISTER", kind, name);
+  auto& t = detail::tracker();
+  std::lock_guard l(t.mu);
+  if (t.lifeline >= 0) detail::remove(*t.slots(), name);
 }
 
 }  // namespace resource_tracker
