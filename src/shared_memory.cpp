@@ -1,11 +1,15 @@
 // Shared memory (CPython's shared_memory.py, POSIX half).
 #include "mp/shared_memory.hpp"
 
+#include <atomic>
+#include <cstring>
+
 #include <limits>
 #include <stdexcept>
 #include <system_error>
 #include <utility>
 
+#include "posix/futex.hpp"
 #include "posix/posix.hpp"
 #include "posix/shm.hpp"
 #include "resource_tracker.hpp"
@@ -26,12 +30,27 @@ constexpr std::string_view kKind = "shared_memory";  // CPython's resource type 
 // (FreeBSD's limit on a name).
 std::string make_filename() {
   if (detail::shm_name_source) return detail::shm_name_source();
+  // 32 random bits: a generator seeded once from the kernel (a system call per name cost more
+  // than the rest of the name), mixed per draw (splitmix64). A name someone else holds already
+  // is only a collision: O_EXCL refuses it and another is drawn.
+  static std::atomic<std::uint64_t> state = [] {
+    std::uint64_t seed = 0;
+    const auto bytes = posix::random_bytes(sizeof seed);
+    std::memcpy(&seed, bytes.data(), sizeof seed);
+    return seed;
+  }();
+  // The pid (cached, renewed in a fork child) keeps a fork child, which inherits the state,
+  // from drawing its parent's names.
+  const auto pid = static_cast<std::uint64_t>(posix::this_thread_identity().pid);
+  std::uint64_t z =
+      (state.fetch_add(0x9e3779b97f4a7c15ull, std::memory_order_relaxed) + 0x9e3779b97f4a7c15ull) ^
+      (pid << 32);
+  z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+  z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+  z ^= z >> 31;
   static constexpr char kHex[] = "0123456789abcdef";
   std::string name = "psm_";
-  for (const std::byte b : posix::random_bytes(4)) {
-    name += kHex[std::to_integer<unsigned>(b) >> 4];
-    name += kHex[std::to_integer<unsigned>(b) & 15];
-  }
+  for (int shift = 28; shift >= 0; shift -= 4) name += kHex[(z >> shift) & 15];
   return name;
 }
 
@@ -83,7 +102,9 @@ SharedMemory::SharedMemory(std::optional<std::string> name, bool create, std::in
   const std::string path = path_of(name_);
   try {
     if (create) posix::shm_reserve(fd.get(), static_cast<std::uint64_t>(size), path);
-    const std::uint64_t actual = posix::shm_size(fd.get(), path);  // an attacher's `size` is moot
+    // A creator knows the size it reserved; an attacher's `size` is moot: the segment's own.
+    const std::uint64_t actual =
+        create ? static_cast<std::uint64_t>(size) : posix::shm_size(fd.get(), path);
     // CPython's mmap refuses an empty segment with this ValueError.
     if (actual == 0) throw std::invalid_argument("cannot mmap an empty file");
     if (actual > std::numeric_limits<std::size_t>::max())
