@@ -16,6 +16,7 @@
 #include <sstream>
 
 #include "mp/context.hpp"
+#include "mp/resource_tracker.hpp"
 #include "mp/spawn.hpp"
 #include "posix/forkserver.hpp"
 #include "posix/launch.hpp"
@@ -330,6 +331,9 @@ void Process::start() {
   // parent's text should come before its child's.
   detail::flush_std_streams();
   if (method == StartMethod::fork) {
+    // The child inherits the resource tracker, so that what it creates outlives it (spawn and
+    // forkserver children are handed it in their payload).
+    resource_tracker::ensure_running();
     detail::ForkArg arg{this, posix::is_main_thread()};
     popen = posix::popen_fork(&detail::fork_child_main, &arg);
   } else if (method == StartMethod::spawn) {

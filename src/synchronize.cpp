@@ -100,9 +100,7 @@ bool holder_dead(const MutexState& s, std::uint32_t v) {
   std::uint64_t start = 0;
   if (s.published_tid.load(std::memory_order_acquire) == tid)
     start = s.published_start.load(std::memory_order_relaxed);
-  const std::int32_t pid = posix::process_of_thread(tid);
-  if (pid == 0) return true;
-  return !posix::thread_alive(pid, tid, start);
+  return !posix::thread_alive(tid, start);
 }
 
 // Takes the lock held in word `v` by a dead holder; false if someone else changed it first.
@@ -285,6 +283,7 @@ struct ConditionState {
 
 struct EventState {
   std::atomic<std::uint32_t> flag{0};
+  std::atomic<std::uint32_t> sets{0};  // the futex word: changes with every set()
   std::atomic<std::uint32_t> waiters{0};
 };
 
@@ -295,9 +294,11 @@ struct BarrierState {
   MutexState mu{false};
   std::atomic<std::uint32_t> epoch{0};  // changes with every round's end, break or reset
   std::int32_t parties = 0;
-  std::int32_t count = 0;  // arrived in this round; under mu
-  std::uint32_t gen = 0;   // the round; under mu
-  std::uint32_t broken = 0;
+  // Changed under mu; atomic so that n_waiting() and broken() read them without it (the action
+  // runs under mu and may ask).
+  std::atomic<std::int32_t> count{0};  // arrived in this round
+  std::uint32_t gen = 0;               // the round; under mu
+  std::atomic<std::uint32_t> broken{0};
   std::uint32_t outcome[64] = {};  // how round g ended, at g % 64
   explicit BarrierState(int p) : parties(p) {}
 };
@@ -486,7 +487,7 @@ void Condition::notify(int n) {
     }
     if (!oldest) break;
     std::uint32_t waiting = Slot::kWaiting;
-    if (oldest->pid != my_pid && !posix::thread_alive(oldest->pid, oldest->tid, oldest->start)) {
+    if (oldest->pid != my_pid && !posix::thread_alive(oldest->tid, oldest->start)) {
       oldest->state.compare_exchange_strong(waiting, Slot::kFree);  // died waiting: drop it
       continue;
     }
@@ -524,7 +525,8 @@ bool Event::is_set() const {
 
 void Event::set() {
   s_->flag.store(1);
-  if (s_->waiters.load() > 0) posix::futex_wake(s_->flag, INT_MAX);
+  s_->sets.fetch_add(1);
+  if (s_->waiters.load() > 0) posix::futex_wake(s_->sets, INT_MAX);
 }
 
 void Event::clear() {
@@ -536,14 +538,14 @@ bool Event::wait(std::optional<Duration> timeout) {
   const auto deadline = deadline_after(timeout);
   if (detail::past(deadline)) return false;
   s_->waiters.fetch_add(1);
-  bool set = false;
-  for (;;) {
-    if ((set = is_set())) break;
-    if (!posix::futex_wait(s_->flag, 0, deadline)) {
-      set = is_set();
-      break;
-    }
+  // Waits for a set(), not for the flag: a set() at once undone by clear() still ends the
+  // wait (with the flag as it is then: false, as CPython's Event.wait answers).
+  const std::uint32_t sets = s_->sets.load();
+  bool set = is_set();
+  while (!set && s_->sets.load() == sets) {
+    if (!posix::futex_wait(s_->sets, sets, deadline)) break;  // timed out
   }
+  set = is_set();
   s_->waiters.fetch_sub(1);
   return set;
 }
@@ -662,19 +664,11 @@ int Barrier::parties() const {
 }
 
 int Barrier::n_waiting() const {
-  auto& b = *s_;
-  barrier_lock(b);
-  const int n = b.broken ? 0 : b.count;
-  barrier_unlock(b);
-  return n;
+  return s_->broken.load() ? 0 : s_->count.load();
 }
 
 bool Barrier::broken() const {
-  auto& b = *s_;
-  barrier_lock(b);
-  const bool broken = b.broken != 0;
-  barrier_unlock(b);
-  return broken;
+  return s_->broken.load() != 0;
 }
 
 }  // namespace mp

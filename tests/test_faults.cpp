@@ -153,7 +153,8 @@ TEST(Exit, MainReturningTerminatesDaemonsAndJoinsTheOthers) {
 struct ManualChild {
   int pid = -1;
   mp::posix::unique_fd ours;
-  ManualChild() {
+  // `pass`: descriptors handed over as 4, 5, ... (what a frame's arguments refer to).
+  explicit ManualChild(const std::vector<int>& pass = {}) {
     int sv[2];
     if (::socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) != 0)
       throw std::runtime_error("socketpair");
@@ -161,8 +162,14 @@ struct ManualChild {
     posix_spawn_file_actions_t fa;
     posix_spawn_file_actions_init(&fa);
     posix_spawn_file_actions_adddup2(&fa, sv[1], 3);
+    // From copies above the target numbers, so no dup2 overwrites a source still to be copied.
+    std::vector<mp::posix::unique_fd> above;
+    for (int fd : pass) above.emplace_back(::fcntl(fd, F_DUPFD_CLOEXEC, 100));
+    for (std::size_t i = 0; i < above.size(); ++i)
+      posix_spawn_file_actions_adddup2(&fa, above[i].get(), 4 + static_cast<int>(i));
     std::string exe = mp::get_executable();
-    const char* argv[] = {exe.c_str(), "--multiprocess-spawn", "3", "-1", "0", nullptr};
+    const std::string n = std::to_string(pass.size());
+    const char* argv[] = {exe.c_str(), "--multiprocess-spawn", "3", "-1", n.c_str(), nullptr};
     if (::posix_spawn(&pid, "/proc/self/exe", &fa, nullptr, const_cast<char**>(argv), environ))
       throw std::runtime_error("posix_spawn");
     posix_spawn_file_actions_destroy(&fa);
@@ -180,13 +187,11 @@ struct ManualChild {
   }
 };
 
-std::vector<std::byte> real_frame() {
-  mp::Process p(noop);
-  return mp::detail::spawn_payload(p, mp::StartMethod::spawn).frame;
-}
-
 TEST(Faults, CorruptedOrTruncatedSpawnData) {
-  const auto frame = real_frame();
+  mp::Process p(noop);
+  // The frame names the descriptors it hands over (the resource tracker's): each child gets them.
+  const auto payload = mp::detail::spawn_payload(p, mp::StartMethod::spawn);
+  const auto& frame = payload.frame;
   ASSERT_GT(frame.size(), 40u);
   struct Case {
     const char* what;
@@ -213,7 +218,7 @@ TEST(Faults, CorruptedOrTruncatedSpawnData) {
   for (auto& c : cases) {
     SCOPED_TRACE(c.what);
     Capture err(2);
-    ManualChild child;
+    ManualChild child(payload.fds);
     child.send(c.bytes);
     child.ours.reset();  // the "parent" is gone: EOF after what was sent
     int code = child.wait();
@@ -229,9 +234,11 @@ TEST(Faults, CorruptedOrTruncatedSpawnData) {
 
 TEST(Faults, ParentDiesWhileTheChildReadsThePipe) {
   // A real parent process holds the only writing end; it sends half a frame and is SIGKILLed.
-  const auto frame = real_frame();
+  mp::Process p(noop);
+  const auto payload = mp::detail::spawn_payload(p, mp::StartMethod::spawn);
+  const auto& frame = payload.frame;
   Capture err(2);
-  ManualChild child;
+  ManualChild child(payload.fds);
   Channel gate;
   int writer = ::fork();
   ASSERT_GE(writer, 0);

@@ -111,6 +111,33 @@ TEST_P(ResourceTracker, AChildThatOnlyAttachesRemovesNothing) {
   shm.unlink();
 }
 
+void create_then_exit(std::string out) {
+  mp::SharedMemory shm(std::nullopt, true, 4096);
+  std::memcpy(shm.buf().data(), "hi", 2);
+  Channel::send(out, shm.name());
+}
+
+void start_a_creating_child(std::string method, std::string out) {
+  mp::detail::resource_tracker_stop();  // a program with no tracker yet
+  auto child = mp::get_context(method).Process(create_then_exit, out);
+  child.start();
+  child.join(kHang);
+  if (child.exitcode() != 0) mp::exit(3);
+  // The child is gone; its segment is not, while this program runs (CPython: b'hi').
+  auto name = Channel::recv_line(out);
+  mp::SharedMemory shm(name);
+  if (std::memcmp(shm.buf().data(), "hi", 2) != 0) mp::exit(4);
+  shm.unlink();
+}
+
+TEST_P(ResourceTracker, WhatAChildCreatedOutlivesTheChild) {
+  Channel out;
+  auto program = mp::fork_context.Process(start_a_creating_child, GetParam(), out.path());
+  program.start();
+  program.join(kHang);
+  EXPECT_EQ(program.exitcode(), 0);
+}
+
 INSTANTIATE_TEST_SUITE_P(StartMethods, ResourceTracker,
                          ::testing::Values("fork", "spawn", "forkserver"),
                          [](const auto& info) { return info.param; });
@@ -175,6 +202,35 @@ TEST(ResourceTrackerFaults, AProgramThatCleansUpHearsNothing) {
   ASSERT_GT(std::stoi(*tracker), 0);
   ASSERT_TRUE(wait_gone(std::stoi(*tracker)));
   EXPECT_EQ(read_file(err.string()), "");
+  std::filesystem::remove_all(err.parent_path());
+}
+
+void register_twice(std::string out, std::string err) {
+  stderr_to(err);
+  mp::SharedMemory shm(std::nullopt, true, 4096, false);  // not tracked by itself
+  const std::string path = "/" + shm.name();
+  mp::resource_tracker::register_resource(path, "shared_memory");
+  mp::resource_tracker::register_resource(path, "shared_memory");  // a set: still once
+  mp::resource_tracker::unregister_resource(path, "shared_memory");
+  Channel::send(out, shm.name() + " " + std::to_string(mp::detail::resource_tracker_pid()));
+}
+
+TEST(ResourceTrackerFaults, RegisteringTwiceIsRegisteringOnce) {
+  Channel out;
+  const auto err = temp_dir() / "stderr";
+  auto program = mp::fork_context.Process(register_twice, out.path(), err.string());
+  program.start();
+  auto line = out.recv();
+  ASSERT_TRUE(line);
+  const std::string name = line->substr(0, line->find(' '));
+  const int tracker = std::stoi(line->substr(line->find(' ') + 1));
+  program.join(kHang);
+  EXPECT_EQ(program.exitcode(), 0);
+  ASSERT_GT(tracker, 0);
+  ASSERT_TRUE(wait_gone(tracker));
+  EXPECT_TRUE(segment_exists(name)) << "unregistered, yet removed";
+  EXPECT_EQ(read_file(err.string()), "");
+  ::shm_unlink(("/" + name).c_str());
   std::filesystem::remove_all(err.parent_path());
 }
 

@@ -1,10 +1,13 @@
 // CPython's _TestLock, _TestSemaphore, _TestCondition, _TestEvent, _TestBarrier: each primitive
 // alone, across processes started by every method, and with a party that dies.
+#include <sched.h>
 #include <signal.h>
 #include <sys/mman.h>
+#include <sys/mount.h>
 #include <unistd.h>
 
 #include <atomic>
+#include <fstream>
 #include <mutex>
 #include <set>
 #include <sstream>
@@ -266,6 +269,82 @@ TEST(Sync, CrossingOutsideSpawningIsRefused) {
   }
   EXPECT_THROW(a.send(mp::Event()), std::runtime_error);
   EXPECT_THROW(a.send(mp::Semaphore()), std::runtime_error);
+}
+
+// The state letter of one of our threads in /proc ('S': asleep in the kernel).
+char thread_state(pid_t tid) {
+  std::ifstream stat("/proc/self/task/" + std::to_string(tid) + "/stat");
+  std::string line;
+  std::getline(stat, line);
+  auto close = line.rfind(')');
+  return close == std::string::npos || close + 2 >= line.size() ? '?' : line[close + 2];
+}
+
+TEST(Event, ASetAtOnceClearedStillEndsTheWait) {
+  // The wait ends with the set(): true if the waiter saw the flag before the clear(), else false
+  // (CPython's multiprocessing Event answers False then); never asleep until its timeout.
+  for (int round = 0; round < 20; ++round) {
+    mp::Event e;
+    std::atomic<pid_t> tid{0};
+    std::atomic<bool> timed_out{false};
+    std::thread waiter([&] {
+      tid = ::gettid();
+      const auto t0 = Clock::now();
+      e.wait(kHang);
+      timed_out = Clock::now() - t0 >= kHang - 1s;
+    });
+    while (tid == 0 || thread_state(tid) != 'S') std::this_thread::yield();
+    e.set();
+    e.clear();
+    waiter.join();
+    EXPECT_FALSE(timed_out.load()) << "round " << round << " slept through the set()";
+  }
+}
+
+mp::Barrier* g_asked = nullptr;
+std::atomic<int> g_seen_waiting{-1};
+void ask_the_barrier() {
+  g_seen_waiting = g_asked->n_waiting();
+  if (g_asked->broken()) g_seen_waiting = -2;
+}
+
+TEST(Barrier, TheActionMayAskTheBarrier) {
+  mp::Barrier b(2, ask_the_barrier);
+  g_asked = &b;
+  std::thread other([&] { b.wait(kHang); });
+  b.wait(kHang);
+  other.join();
+  EXPECT_EQ(g_seen_waiting.load(), 2);  // as CPython 3.11: every party, the one running it too
+  g_asked = nullptr;
+}
+
+void hold_without_proc(mp::Lock lock) {
+  // A /proc that knows no process (a container or chroot without it): the holder cannot be
+  // looked up, so it must be presumed alive, never robbed.
+  if (::unshare(CLONE_NEWNS) != 0) mp::exit(20);
+  if (::mount(nullptr, "/", nullptr, MS_REC | MS_PRIVATE, nullptr) != 0) mp::exit(21);
+  if (::mount("none", "/proc", "tmpfs", 0, nullptr) != 0) mp::exit(22);
+  mp::Event held, done;
+  std::thread holder([&] {
+    lock.acquire();
+    held.set();
+    done.wait(kHang);
+    lock.release();
+  });
+  held.wait(kHang);
+  const bool stolen = lock.acquire(false) || lock.acquire(true, 0.2s);
+  done.set();
+  holder.join();
+  mp::exit(stolen ? 1 : 0);
+}
+
+TEST(Lock, AHolderThatCannotBeLookedUpIsPresumedAlive) {
+  if (::geteuid() != 0) GTEST_SKIP() << "needs root for a mount namespace";
+  mp::Lock lock;
+  auto p = mp::fork_context.Process(hold_without_proc, lock);
+  p.start();
+  p.join(kHang);
+  EXPECT_EQ(p.exitcode(), 0);
 }
 
 // ---- across processes ----

@@ -147,18 +147,29 @@ void forget_thread_identity() noexcept {
   t_identity = {};
 }
 
-bool thread_alive(std::int32_t pid, std::uint32_t tid, std::uint64_t start) {
+bool thread_alive(std::uint32_t tid, std::uint64_t start) {
   if (tid == 0) return false;
+  // /proc/<tid> names any thread, not only a process's first. Only a positive "no such
+  // thread" counts as dead: without /proc (a container, a chroot) or without the right to look
+  // (EACCES), the holder is presumed alive, never robbed.
   char path[64];
-  std::snprintf(path, sizeof path, "/proc/%d/task/%u/stat", pid, tid);
-  const std::string stat = read_proc(path);
-  if (stat.empty()) {
-    // Gone, unless /proc itself is missing.
-    return ::access("/proc/self/stat", R_OK) != 0;
+  std::snprintf(path, sizeof path, "/proc/%u/stat", tid);
+  int fd;
+  do fd = ::open(path, O_RDONLY | O_CLOEXEC);
+  while (fd < 0 && errno == EINTR);
+  if (fd < 0) {
+    if (errno != ENOENT && errno != ESRCH) return true;
+    return ::access("/proc/self/stat", R_OK) != 0;  // gone, unless /proc itself is missing
   }
+  char buf[1024];
+  ssize_t n;
+  do n = ::read(fd, buf, sizeof buf);
+  while (n < 0 && errno == EINTR);
+  ::close(fd);
+  if (n <= 0) return n < 0 && errno != ESRCH;  // the thread ended between open and read
   char state = 0;
   std::uint64_t started = 0;
-  if (!parse_stat(stat, state, started)) return true;
+  if (!parse_stat(std::string(buf, static_cast<std::size_t>(n)), state, started)) return true;
   if (state == 'Z' || state == 'X' || state == 'x') return false;
   return start == 0 || started == start;
 }
@@ -167,15 +178,6 @@ bool is_own_thread(std::uint32_t tid) {
   char path[64];
   std::snprintf(path, sizeof path, "/proc/self/task/%u", tid);
   return ::access(path, F_OK) == 0;
-}
-
-std::int32_t process_of_thread(std::uint32_t tid) {
-  char path[64];
-  std::snprintf(path, sizeof path, "/proc/%u/status", tid);
-  const std::string status = read_proc(path);
-  auto at = status.find("\nTgid:");
-  if (at == std::string::npos) return 0;
-  return static_cast<std::int32_t>(std::strtol(status.c_str() + at + 6, nullptr, 10));
 }
 
 }  // namespace mp::posix

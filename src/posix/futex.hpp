@@ -49,12 +49,9 @@ inline const ThreadIdentity& this_thread_identity() {
 /// Drops the cached identity (a child made by a raw clone, where atfork handlers do not run).
 void forget_thread_identity() noexcept;
 
-/// Whether the thread `tid` of process `pid`, started at `start`, still runs (not ended, not a
-/// zombie, its id not reused). When in doubt (no /proc), true.
-bool thread_alive(std::int32_t pid, std::uint32_t tid, std::uint64_t start);
+/// Whether thread `tid`, started at `start` (0: not known), still runs: not ended, not a
+/// zombie, its id not reused. Without /proc, or not allowed to look, true.
+bool thread_alive(std::uint32_t tid, std::uint64_t start);
 /// Whether `tid` is a thread of this process.
 bool is_own_thread(std::uint32_t tid);
-/// The process `tid` belongs to (0 when it is gone).
-std::int32_t process_of_thread(std::uint32_t tid);
-
 }  // namespace mp::posix

@@ -86,17 +86,23 @@ void forget(Tracker& t) {
   posix::unmap_shared(t.table);
 }
 
-// A new tracker with a new, empty table (a relaunched one starts afresh, as CPython's).
+// A new tracker with a new, empty table (a relaunched one starts afresh, as CPython's). On
+// failure nothing is left open.
 void launch(Tracker& t) {
   forget(t);
-  t.table = posix::create_shared_mapping(sizeof(Table), "mp-resource-tracker");
-  auto [r, w] = posix::make_pipe();
-  int pid = -1;
-  const std::vector<std::string> argv = {mp::get_executable(), kResourceTrackerFlag, "3", "4"};
-  const int keep[] = {r.get(), t.table.fd};
-  posix::spawn_process(spawn_executable(), argv, keep, &pid);
-  t.lifeline = w.release();
-  t.pid = pid;
+  try {
+    t.table = posix::create_shared_mapping(sizeof(Table), "mp-resource-tracker");
+    auto [r, w] = posix::make_pipe();
+    int pid = -1;
+    const std::vector<std::string> argv = {mp::get_executable(), kResourceTrackerFlag, "3", "4"};
+    const int keep[] = {r.get(), t.table.fd};
+    posix::spawn_process(spawn_executable(), argv, keep, &pid);
+    t.lifeline = w.release();
+    t.pid = pid;
+  } catch (...) {
+    forget(t);
+    throw;
+  }
 }
 
 // Whether the tracker still reads its pipe: a write end whose readers are all gone polls
@@ -118,7 +124,18 @@ void check(std::string_view name, std::string_view kind) {
     throw std::invalid_argument("resource name not trackable: '" + std::string(name) + "'");
 }
 
+bool same_name(const Slot& s, std::string_view name) {
+  return s.length == name.size() && std::memcmp(s.name, name.data(), name.size()) == 0;
+}
+
 void add(Table& table, std::string_view name) {
+  // Registered already (CPython's tracker keeps a set): nothing to add.
+  for (std::size_t i = 0, at = home_of(name); i < kSlots; ++i, at = (at + 1) % kSlots) {
+    const Slot& s = table.slots[at];
+    const std::uint32_t state = s.state.load(std::memory_order_acquire);
+    if (state == Slot::kEmpty) break;
+    if (state == Slot::kLive && same_name(s, name)) return;
+  }
   for (std::size_t i = 0, at = home_of(name); i < kSlots; ++i, at = (at + 1) % kSlots) {
     Slot& s = table.slots[at];
     std::uint32_t state = s.state.load(std::memory_order_relaxed);
@@ -139,8 +156,7 @@ void remove(Table& table, std::string_view name) {
     Slot& s = table.slots[at];
     std::uint32_t state = s.state.load(std::memory_order_acquire);
     if (state == Slot::kEmpty) return;  // never registered (or registered with a dead tracker)
-    if (state == Slot::kLive && s.length == name.size() &&
-        std::memcmp(s.name, name.data(), name.size()) == 0 &&
+    if (state == Slot::kLive && same_name(s, name) &&
         s.state.compare_exchange_strong(state, Slot::kDeleted, std::memory_order_relaxed))
       return;
   }
@@ -159,7 +175,9 @@ void untrack_resource(std::string_view kind, std::string_view name) {
 int tracker_for_child() {
   Tracker& t = tracker();
   std::lock_guard l(t.mu);
-  if (t.lifeline < 0) return -1;
+  // As CPython's spawn and forkserver launchers: the tracker runs before the child exists, so
+  // the child shares it, and what the child creates outlives the child (not only its tree).
+  if (t.lifeline < 0) launch(t);
   const int index = reduction::duplicate_for_child(t.lifeline);
   reduction::duplicate_for_child(t.table.fd);  // index + 1
   return index;
