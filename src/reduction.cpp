@@ -61,6 +61,13 @@ int duplicate_for_child(int fd) {
   return static_cast<int>(t_scope->fds.size()) - 1;
 }
 
+int duplicate_for_child_once(int fd) {
+  if (!t_scope) throw std::logic_error("a descriptor can only be pickled while spawning a child");
+  for (std::size_t i = 0; i < t_scope->fds.size(); ++i)
+    if (t_scope->fds[i] == fd) return static_cast<int>(i);
+  return duplicate_for_child(fd);
+}
+
 int passed_fd(int index) {
   if (index < 0 || static_cast<std::size_t>(index) >= g_passed_fds.size())
     throw PicklingError("descriptor #" + std::to_string(index) +

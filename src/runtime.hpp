@@ -112,6 +112,9 @@ void set_passed_fds(std::vector<int> fds);
 
 // True only on a thread writing a child's preparation data (inside a SpawningScope).
 bool spawning();
+// duplicate_for_child, but a descriptor already handed over keeps its index (a shared
+// arena holding several of the child's primitives crosses once).
+int duplicate_for_child_once(int fd);
 // Marks this thread as spawning for its lifetime: the authkey may be written, and descriptors
 // registered with duplicate_for_child() are collected in fds.
 class SpawningScope {

@@ -8,14 +8,19 @@
 // two plain stores.
 #include "mp/synchronize.hpp"
 
+#include <pthread.h>
+
 #include <algorithm>
 #include <atomic>
 #include <climits>
 #include <cstring>
+#include <map>
+#include <mutex>
 #include <new>
 #include <sstream>
 #include <system_error>
 
+#include "mp/errors.hpp"
 #include "mp/process.hpp"
 #include "posix/futex.hpp"
 #include "runtime.hpp"
@@ -26,12 +31,67 @@ namespace detail {
 using posix::Clock;
 using Deadline = std::optional<Clock::time_point>;
 
-struct SharedBlock {
+// Primitives live in shared arenas, many to a memfd, so that a program with a thousand locks
+// holds a few descriptors, not a thousand. An arena is unmapped and closed with its last block.
+struct Arena {
   posix::SharedMapping mapping;
-  ~SharedBlock() { posix::unmap_shared(mapping); }
+  ~Arena() { posix::unmap_shared(mapping); }
+};
+
+struct SharedBlock {
+  std::shared_ptr<Arena> arena;
+  std::size_t offset = 0;
+  void* address() const { return static_cast<char*>(arena->mapping.addr) + offset; }
 };
 
 namespace {
+
+constexpr std::size_t kArenaSize = 64 * 1024;
+constexpr std::size_t kAlign = 64;  // a cache line each: no false sharing between primitives
+
+// This process's arena being filled. Blocks are never reused: a new block is fresh, zeroed
+// memory. A fork child starts its own (the parent goes on filling the one they share). Held
+// weakly: an arena whose primitives are all gone closes, even the one being filled.
+struct Allocator {
+  std::mutex mu;
+  std::weak_ptr<Arena> current;
+  std::size_t used = 0;
+};
+
+Allocator& allocator() {
+  static Allocator* a = [] {
+    ::pthread_atfork(nullptr, nullptr, [] {
+      Allocator& a = allocator();
+      new (&a.mu) std::mutex;
+      a.current.reset();
+      a.used = 0;
+    });
+    return new Allocator;  // never destroyed: blocks may be made until the very end
+  }();
+  return *a;
+}
+
+std::shared_ptr<SharedBlock> allocate(std::size_t size, const char* name) {
+  size = std::max<std::size_t>((size + kAlign - 1) / kAlign * kAlign, kAlign);
+  auto block = std::make_shared<SharedBlock>();
+  if (size > kArenaSize / 4) {  // big (a Condition's waiter slots, a large Array): its own
+    block->arena = std::make_shared<Arena>();
+    block->arena->mapping = posix::create_shared_mapping(size, name);
+    return block;
+  }
+  Allocator& a = allocator();
+  std::lock_guard l(a.mu);
+  block->arena = a.current.lock();
+  if (!block->arena || a.used + size > kArenaSize) {
+    block->arena = std::make_shared<Arena>();
+    block->arena->mapping = posix::create_shared_mapping(kArenaSize, "mp-shared-arena");
+    a.current = block->arena;
+    a.used = 0;
+  }
+  block->offset = a.used;
+  a.used += size;
+  return block;
+}
 
 constexpr std::uint32_t kWaiters = 0x80000000u;
 constexpr std::uint32_t kTidMask = 0x3fffffffu;
@@ -40,9 +100,9 @@ constexpr std::uint32_t kTidMask = 0x3fffffffu;
 template <class T, class... Args>
 std::pair<std::shared_ptr<SharedBlock>, T*> make_block(const char* name, Args&&... args) {
   static_assert(std::is_trivially_destructible_v<T>);
-  auto block = std::make_shared<SharedBlock>();
-  block->mapping = posix::create_shared_mapping(sizeof(T), name);
-  T* state = new (block->mapping.addr) T(std::forward<Args>(args)...);
+  static_assert(alignof(T) <= kAlign);
+  auto block = allocate(sizeof(T), name);
+  T* state = new (block->address()) T(std::forward<Args>(args)...);
   return {block, state};
 }
 
@@ -228,25 +288,38 @@ bool MutexHandle::is_mine() const {
 
 // ---- crossing to a child ----
 
-int save_block(const std::shared_ptr<SharedBlock>& block, const char* kind) {
+BlockRef save_block(const std::shared_ptr<SharedBlock>& block, const char* kind) {
   if (!reduction::spawning())
     throw std::runtime_error(std::string(kind) +
                              " objects should only be shared between processes through "
                              "inheritance");
-  return reduction::duplicate_for_child(block->mapping.fd);
+  return {reduction::duplicate_for_child_once(block->arena->mapping.fd), block->offset};
 }
 
-std::shared_ptr<SharedBlock> load_block(int index, void*& state) {
+std::shared_ptr<SharedBlock> load_block(const BlockRef& ref, void*& state) {
+  // In a spawned child: each arena handed over is mapped once, however many of the child's
+  // primitives live in it (kept for the child's life: its descriptor is used up).
+  static std::mutex mu;
+  static std::map<int, std::shared_ptr<Arena>> mapped;
+  std::lock_guard l(mu);
+  auto& arena = mapped[ref.index];
+  if (!arena) {
+    auto fresh = std::make_shared<Arena>();
+    fresh->mapping = posix::map_shared(reduction::passed_fd(ref.index));
+    arena = std::move(fresh);
+  }
+  if (ref.offset >= arena->mapping.size)
+    throw PicklingError("a shared primitive's offset lies outside its arena");
   auto block = std::make_shared<SharedBlock>();
-  block->mapping = posix::map_shared(reduction::passed_fd(index));
-  state = block->mapping.addr;
+  block->arena = arena;
+  block->offset = static_cast<std::size_t>(ref.offset);
+  state = block->address();
   return block;
 }
 
 std::shared_ptr<SharedBlock> make_data_block(std::size_t bytes, const char* name, void*& data) {
-  auto block = std::make_shared<SharedBlock>();
-  block->mapping = posix::create_shared_mapping(std::max<std::size_t>(bytes, 1), name);
-  data = block->mapping.addr;
+  auto block = allocate(std::max<std::size_t>(bytes, 1), name);
+  data = block->address();
   return block;
 }
 

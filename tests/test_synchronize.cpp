@@ -704,6 +704,31 @@ TEST_P(SyncAcross, WaitsUnderASignalStorm) {
   EXPECT_EQ(p.exitcode(), 0);
 }
 
+// The child finds the held ones held and the others free: the same primitives.
+void check_many(std::vector<mp::Lock> locks) {
+  int wrong = 0;
+  for (std::size_t i = 0; i < locks.size(); ++i) {
+    const bool got = locks[i].try_lock();
+    wrong += got == (i % 2 == 1);
+    if (got) locks[i].unlock();
+  }
+  mp::exit(wrong);
+}
+
+TEST_P(SyncAcross, ManyPrimitivesShareAFewDescriptors) {
+  const int before = open_fd_count();
+  std::vector<mp::Lock> locks(2000);
+  std::vector<mp::Value<int>> values(500);
+  EXPECT_LT(open_fd_count() - before, 40) << "a descriptor per primitive";
+  std::vector<mp::Lock> some(locks.begin(), locks.begin() + 200);
+  for (std::size_t i = 1; i < some.size(); i += 2) some[i].acquire();
+  auto p = ctx().Process(check_many, some);
+  p.start();
+  p.join(kHang);
+  EXPECT_EQ(p.exitcode(), 0);
+  for (std::size_t i = 1; i < some.size(); i += 2) some[i].release();
+}
+
 // ---- a party that dies ----
 
 void take_and_die(mp::Lock lock, mp::RLock rlock, mp::Event held) {

@@ -43,10 +43,10 @@ class SharedArrayStorage {
   }
   template <class Archive>
   void load(Archive& ar) {
-    int index = -1;
-    ar(index, n_);
+    BlockRef ref;
+    ar(ref, n_);
     void* data = nullptr;
-    block_ = load_block(index, data);
+    block_ = load_block(ref, data);
     data_ = static_cast<T*>(data);
   }
 

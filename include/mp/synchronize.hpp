@@ -32,16 +32,26 @@ inline constexpr std::chrono::milliseconds kDeadHolderCheck{50};
 class Condition;
 
 namespace detail {
-struct SharedBlock;  // a memfd mapping, shared by every handle in every process
+struct SharedBlock;  // a piece of a shared arena (a memfd), the same in every process
 struct MutexState;
 struct SemaphoreState;
 struct ConditionState;
 struct EventState;
 struct BarrierState;
-// A primitive crosses to a spawned child as its descriptor; outside spawning CPython's
-// RuntimeError("<kind> objects should only be shared between processes through inheritance").
-int save_block(const std::shared_ptr<SharedBlock>& block, const char* kind);
-std::shared_ptr<SharedBlock> load_block(int index, void*& state);
+// Where a primitive lives, as a spawned child finds it: the descriptor of the shared arena
+// holding it (handed over) and its offset there.
+struct BlockRef {
+  int index = -1;
+  std::uint64_t offset = 0;
+  template <class Archive>
+  void serialize(Archive& ar) {
+    ar(index, offset);
+  }
+};
+// Outside spawning: CPython's RuntimeError("<kind> objects should only be shared between
+// processes through inheritance").
+BlockRef save_block(const std::shared_ptr<SharedBlock>& block, const char* kind);
+std::shared_ptr<SharedBlock> load_block(const BlockRef& ref, void*& state);
 // A zero-filled block of `bytes` for data (Value, Array); `data` points at it.
 std::shared_ptr<SharedBlock> make_data_block(std::size_t bytes, const char* name, void*& data);
 
@@ -92,10 +102,10 @@ class Lock : public detail::MutexHandle {
   }
   template <class Archive>
   void load(Archive& ar) {
-    int index = -1;
-    ar(index);
+    detail::BlockRef ref;
+    ar(ref);
     void* state = nullptr;
-    block_ = detail::load_block(index, state);
+    block_ = detail::load_block(ref, state);
     s_ = static_cast<detail::MutexState*>(state);
   }
 };
@@ -114,10 +124,10 @@ class RLock : public detail::MutexHandle {
   }
   template <class Archive>
   void load(Archive& ar) {
-    int index = -1;
-    ar(index);
+    detail::BlockRef ref;
+    ar(ref);
     void* state = nullptr;
-    block_ = detail::load_block(index, state);
+    block_ = detail::load_block(ref, state);
     s_ = static_cast<detail::MutexState*>(state);
   }
 };
@@ -147,10 +157,10 @@ class Semaphore {
   }
   template <class Archive>
   void load(Archive& ar) {
-    int index = -1;
-    ar(index);
+    detail::BlockRef ref;
+    ar(ref);
     void* state = nullptr;
-    block_ = detail::load_block(index, state);
+    block_ = detail::load_block(ref, state);
     s_ = static_cast<detail::SemaphoreState*>(state);
   }
 
@@ -211,12 +221,12 @@ class Condition {
   }
   template <class Archive>
   void load(Archive& ar) {
-    int index = -1, lock_index = -1;
-    ar(index, recursive_, lock_index);
+    detail::BlockRef ref, lock_ref;
+    ar(ref, recursive_, lock_ref);
     void* state = nullptr;
-    block_ = detail::load_block(index, state);
+    block_ = detail::load_block(ref, state);
     s_ = static_cast<detail::ConditionState*>(state);
-    lock_.block_ = detail::load_block(lock_index, state);
+    lock_.block_ = detail::load_block(lock_ref, state);
     lock_.s_ = static_cast<detail::MutexState*>(state);
   }
 
@@ -263,10 +273,10 @@ class Event {
   }
   template <class Archive>
   void load(Archive& ar) {
-    int index = -1;
-    ar(index);
+    detail::BlockRef ref;
+    ar(ref);
     void* state = nullptr;
-    block_ = detail::load_block(index, state);
+    block_ = detail::load_block(ref, state);
     s_ = static_cast<detail::EventState*>(state);
   }
 
@@ -303,11 +313,11 @@ class Barrier {
   }
   template <class Archive>
   void load(Archive& ar) {
-    int index = -1;
+    detail::BlockRef ref;
     bool has_action = false;
-    ar(index, has_action);
+    ar(ref, has_action);
     void* state = nullptr;
-    block_ = detail::load_block(index, state);
+    block_ = detail::load_block(ref, state);
     s_ = static_cast<detail::BarrierState*>(state);
     action_ = nullptr;
     if (has_action) {
