@@ -9,8 +9,8 @@
 
 namespace mp::resource_tracker {
 
-/// Starts the tracker unless it runs. Children started afterwards, by any method, share it;
-/// a child started before has none and starts its own on first use.
+/// Starts the tracker unless it runs (Process::start() calls it too: every child, by any
+/// method, shares its parent's tracker).
 void ensure_running();
 /// Removes `name` (a shm_open name with its leading '/') at the end unless it was unregistered
 /// by then. kind: "shared_memory"; another throws std::invalid_argument with CPython's text.
