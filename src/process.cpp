@@ -330,10 +330,11 @@ void Process::start() {
   // As CPython, for every method: under fork, buffered text would be written twice; and the
   // parent's text should come before its child's.
   detail::flush_std_streams();
+  // As CPython's spawn and forkserver launchers (and under fork too): the resource tracker
+  // runs before the child exists, so the child shares it (inherited, or handed over in the
+  // payload) and what the child creates outlives the child.
+  resource_tracker::ensure_running();
   if (method == StartMethod::fork) {
-    // The child inherits the resource tracker, so that what it creates outlives it (spawn and
-    // forkserver children are handed it in their payload).
-    resource_tracker::ensure_running();
     detail::ForkArg arg{this, posix::is_main_thread()};
     popen = posix::popen_fork(&detail::fork_child_main, &arg);
   } else if (method == StartMethod::spawn) {

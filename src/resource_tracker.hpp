@@ -11,8 +11,8 @@ void track_resource(std::string_view kind, std::string_view name);
 /// The resource is gone (unlinked): forget it. A name never tracked must be accepted.
 void untrack_resource(std::string_view kind, std::string_view name);
 
-/// While spawning (spawn, forkserver): starts the tracker if need be and hands its two
-/// descriptors (its lifeline and its table) to the child, returning the first one's index.
+/// While spawning (spawn, forkserver): hands the tracker's two descriptors (its lifeline and
+/// its table) to the child, returning the first one's index; -1 when none runs.
 int tracker_for_child();
 /// In a spawned or forkserver child: the parent's tracker, handed over at `index`.
 void adopt_tracker(int index);

@@ -310,6 +310,7 @@ void starve_server() {
 
 void emfile_in_server_harness() {
   mp::set_forkserver_preload({&starve_server});
+  mp::resource_tracker::ensure_running();  // start() would; it stays, it is not a leak
   const int fds = open_fd_count();
   auto p = mp::forkserver_context.Process(noop);
   try {

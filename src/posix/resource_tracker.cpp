@@ -175,9 +175,8 @@ void untrack_resource(std::string_view kind, std::string_view name) {
 int tracker_for_child() {
   Tracker& t = tracker();
   std::lock_guard l(t.mu);
-  // As CPython's spawn and forkserver launchers: the tracker runs before the child exists, so
-  // the child shares it, and what the child creates outlives the child (not only its tree).
-  if (t.lifeline < 0) launch(t);
+  // Process::start() has started it; a dry run (the fork server's warm-up) hands nothing.
+  if (t.lifeline < 0) return -1;
   const int index = reduction::duplicate_for_child(t.lifeline);
   reduction::duplicate_for_child(t.table.fd);  // index + 1
   return index;
