@@ -20,6 +20,7 @@
 #include <stdexcept>
 #include <string>
 #include <system_error>
+#include <utility>
 #include <vector>
 
 #include "mp/reduction.hpp"
@@ -63,7 +64,15 @@ struct Tracker {
   int lifeline = -1;  // our write end of the tracker's pipe; -1: no tracker yet
   posix::SharedMapping table;
   int pid = 0;  // the tracker, when this process started it (and must reap it)
-  Table* slots() const { return static_cast<Table*>(table.addr); }
+  // The table is mapped on first use: a child that never registers anything (most) pays for
+  // no mapping. Until then table.fd is set and table.addr null.
+  Table* slots() {
+    if (!table.addr) {
+      const int fd = std::exchange(table.fd, -1);
+      table = posix::map_shared(fd);
+    }
+    return static_cast<Table*>(table.addr);
+  }
 };
 
 Tracker& tracker() {
@@ -176,7 +185,7 @@ int tracker_for_child() {
   Tracker& t = tracker();
   std::lock_guard l(t.mu);
   // Process::start() has started it; a dry run (the fork server's warm-up) hands nothing.
-  if (t.lifeline < 0) return -1;
+  if (t.lifeline < 0 || t.table.fd < 0) return -1;
   const int index = reduction::duplicate_for_child(t.lifeline);
   reduction::duplicate_for_child(t.table.fd);  // index + 1
   return index;
@@ -187,7 +196,7 @@ void adopt_tracker(int index) {
   Tracker& t = tracker();
   std::lock_guard l(t.mu);
   forget(t);
-  t.table = posix::map_shared(table);
+  t.table = {table, nullptr, 0};
   t.lifeline = lifeline;
   t.pid = 0;
 }
