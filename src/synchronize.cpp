@@ -119,7 +119,7 @@ bool past(const Deadline& d) {
   return d && Clock::now() >= *d;
 }
 
-std::string holder_name(std::uint32_t tid, bool for_rlock) {
+std::string holder_name(std::uint32_t tid) {
   const auto& me = posix::this_thread_identity();
   if (tid == me.tid) {
     std::string name = current_process().name();
@@ -127,7 +127,6 @@ std::string holder_name(std::uint32_t tid, bool for_rlock) {
     return name;
   }
   if (posix::is_own_thread(tid)) return "SomeOtherThread";
-  (void)for_rlock;
   return "SomeOtherProcess";
 }
 
@@ -282,6 +281,10 @@ bool MutexHandle::owner_died() const {
   return mutex_is_mine(*s_) && s_->owner_died.load(std::memory_order_relaxed) != 0;
 }
 
+bool MutexHandle::recursive() const {
+  return s_->recursive != 0;
+}
+
 bool MutexHandle::is_mine() const {
   return mutex_is_mine(*s_);
 }
@@ -388,13 +391,13 @@ namespace {
 void print_mutex(std::ostream& os, const MutexState& s) {
   const std::uint32_t tid = s.word.load() & kTidMask;
   if (!s.recursive) {
-    os << "<Lock(owner=" << (tid == 0 ? "None" : holder_name(tid, false)) << ")>";
+    os << "<Lock(owner=" << (tid == 0 ? "None" : holder_name(tid)) << ")>";
   } else if (tid == 0) {
     os << "<RLock(None, 0)>";
   } else if (tid == posix::this_thread_identity().tid) {
-    os << "<RLock(" << holder_name(tid, true) << ", " << s.count << ")>";
+    os << "<RLock(" << holder_name(tid) << ", " << s.count << ")>";
   } else {
-    os << "<RLock(" << holder_name(tid, true) << ", nonzero)>";
+    os << "<RLock(" << holder_name(tid) << ", nonzero)>";
   }
 }
 }  // namespace

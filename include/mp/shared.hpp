@@ -43,11 +43,8 @@ class SharedArrayStorage {
   }
   template <class Archive>
   void load(Archive& ar) {
-    BlockRef ref;
-    ar(ref, n_);
-    void* data = nullptr;
-    block_ = load_block(ref, data);
-    data_ = static_cast<T*>(data);
+    load_state(ar, block_, data_);
+    ar(n_);
   }
 
  private:

@@ -52,6 +52,15 @@ struct BlockRef {
 // processes through inheritance").
 BlockRef save_block(const std::shared_ptr<SharedBlock>& block, const char* kind);
 std::shared_ptr<SharedBlock> load_block(const BlockRef& ref, void*& state);
+// Reads a BlockRef and maps what it names: a handle's block and its typed state.
+template <class State, class Archive>
+void load_state(Archive& ar, std::shared_ptr<SharedBlock>& block, State*& state) {
+  BlockRef ref;
+  ar(ref);
+  void* p = nullptr;
+  block = load_block(ref, p);
+  state = static_cast<State*>(p);
+}
 // A zero-filled block of `bytes` for data (Value, Array); `data` points at it.
 std::shared_ptr<SharedBlock> make_data_block(std::size_t bytes, const char* name, void*& data);
 
@@ -76,12 +85,22 @@ class MutexHandle {
   /// Whether the calling thread holds it (CPython's _is_mine).
   bool is_mine() const;
   const MutexState* state() const { return s_; }
+  /// Crossing to a spawned child: the same lock there.
+  template <class Archive>
+  void save(Archive& ar) const {
+    ar(save_block(block_, recursive() ? "RLock" : "Lock"));
+  }
+  template <class Archive>
+  void load(Archive& ar) {
+    load_state(ar, block_, s_);
+  }
 
  protected:
   MutexHandle(bool recursive);
   MutexHandle() = default;
   bool acquire_blocking();
   bool acquire_timed(bool block, std::optional<Duration> timeout);
+  bool recursive() const;
   std::shared_ptr<SharedBlock> block_;
   MutexState* s_ = nullptr;
   friend class mp::Condition;
@@ -96,18 +115,6 @@ class Lock : public detail::MutexHandle {
   Lock() : MutexHandle(false) {}
   /// <Lock(owner=None)>, <Lock(owner=MainProcess)>, <Lock(owner=SomeOtherProcess)>, ...
   friend std::ostream& operator<<(std::ostream& os, const Lock& l);
-  template <class Archive>
-  void save(Archive& ar) const {
-    ar(detail::save_block(block_, "Lock"));
-  }
-  template <class Archive>
-  void load(Archive& ar) {
-    detail::BlockRef ref;
-    ar(ref);
-    void* state = nullptr;
-    block_ = detail::load_block(ref, state);
-    s_ = static_cast<detail::MutexState*>(state);
-  }
 };
 
 /// A recursive lock (multiprocessing.RLock): the holding thread may acquire it again; only it
@@ -118,18 +125,6 @@ class RLock : public detail::MutexHandle {
   RLock() : MutexHandle(true) {}
   /// <RLock(None, 0)>, <RLock(MainProcess, 2)>, <RLock(SomeOtherProcess, nonzero)>
   friend std::ostream& operator<<(std::ostream& os, const RLock& l);
-  template <class Archive>
-  void save(Archive& ar) const {
-    ar(detail::save_block(block_, "RLock"));
-  }
-  template <class Archive>
-  void load(Archive& ar) {
-    detail::BlockRef ref;
-    ar(ref);
-    void* state = nullptr;
-    block_ = detail::load_block(ref, state);
-    s_ = static_cast<detail::MutexState*>(state);
-  }
 };
 
 /// A counting semaphore (multiprocessing.Semaphore); bounded: BoundedSemaphore.
@@ -157,11 +152,7 @@ class Semaphore {
   }
   template <class Archive>
   void load(Archive& ar) {
-    detail::BlockRef ref;
-    ar(ref);
-    void* state = nullptr;
-    block_ = detail::load_block(ref, state);
-    s_ = static_cast<detail::SemaphoreState*>(state);
+    detail::load_state(ar, block_, s_);
   }
 
  protected:
@@ -221,13 +212,9 @@ class Condition {
   }
   template <class Archive>
   void load(Archive& ar) {
-    detail::BlockRef ref, lock_ref;
-    ar(ref, recursive_, lock_ref);
-    void* state = nullptr;
-    block_ = detail::load_block(ref, state);
-    s_ = static_cast<detail::ConditionState*>(state);
-    lock_.block_ = detail::load_block(lock_ref, state);
-    lock_.s_ = static_cast<detail::MutexState*>(state);
+    detail::load_state(ar, block_, s_);
+    ar(recursive_);
+    detail::load_state(ar, lock_.block_, lock_.s_);
   }
 
  private:
@@ -273,11 +260,7 @@ class Event {
   }
   template <class Archive>
   void load(Archive& ar) {
-    detail::BlockRef ref;
-    ar(ref);
-    void* state = nullptr;
-    block_ = detail::load_block(ref, state);
-    s_ = static_cast<detail::EventState*>(state);
+    detail::load_state(ar, block_, s_);
   }
 
  private:
@@ -313,12 +296,9 @@ class Barrier {
   }
   template <class Archive>
   void load(Archive& ar) {
-    detail::BlockRef ref;
+    detail::load_state(ar, block_, s_);
     bool has_action = false;
-    ar(ref, has_action);
-    void* state = nullptr;
-    block_ = detail::load_block(ref, state);
-    s_ = static_cast<detail::BarrierState*>(state);
+    ar(has_action);
     action_ = nullptr;
     if (has_action) {
       reduction::CodeRef ref;

@@ -154,22 +154,15 @@ bool thread_alive(std::uint32_t tid, std::uint64_t start) {
   // (EACCES), the holder is presumed alive, never robbed.
   char path[64];
   std::snprintf(path, sizeof path, "/proc/%u/stat", tid);
-  int fd;
-  do fd = ::open(path, O_RDONLY | O_CLOEXEC);
-  while (fd < 0 && errno == EINTR);
-  if (fd < 0) {
-    if (errno != ENOENT && errno != ESRCH) return true;
+  errno = 0;
+  const std::string stat = read_proc(path);
+  if (stat.empty()) {
+    if (errno != 0 && errno != ENOENT && errno != ESRCH) return true;  // EACCES, ...
     return ::access("/proc/self/stat", R_OK) != 0;  // gone, unless /proc itself is missing
   }
-  char buf[1024];
-  ssize_t n;
-  do n = ::read(fd, buf, sizeof buf);
-  while (n < 0 && errno == EINTR);
-  ::close(fd);
-  if (n <= 0) return n < 0 && errno != ESRCH;  // the thread ended between open and read
   char state = 0;
   std::uint64_t started = 0;
-  if (!parse_stat(std::string(buf, static_cast<std::size_t>(n)), state, started)) return true;
+  if (!parse_stat(stat, state, started)) return true;
   if (state == 'Z' || state == 'X' || state == 'x') return false;
   return start == 0 || started == start;
 }
