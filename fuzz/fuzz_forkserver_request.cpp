@@ -4,16 +4,16 @@
 #include <exception>
 #include <span>
 
-#include "posix/forkserver.hpp"
+#include "forkserver.hpp"
 
 extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size) {
   if (size < 1) return 0;
   const std::size_t fds = data[0] % 80;  // what came with it: up to past the limit
   try {
-    auto r = mp::posix::decode_request(
+    auto r = mp::detail::decode_request(
         std::span<const std::byte>(reinterpret_cast<const std::byte*>(data + 1), size - 1), fds);
     // Whatever it accepts is consistent.
-    if (r.nfds != fds || r.nfds > mp::posix::ForkRequest::kMaxFds || r.nfds < 1) __builtin_trap();
+    if (r.nfds != fds || r.nfds > mp::detail::ForkRequest::kMaxFds || r.nfds < 1) __builtin_trap();
   } catch (const std::exception&) {
   }
   return 0;

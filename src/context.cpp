@@ -4,7 +4,7 @@
 #include <mutex>
 #include <stdexcept>
 
-#include "posix/forkserver.hpp"
+#include "forkserver.hpp"
 #include "runtime.hpp"
 
 namespace mp {
@@ -137,7 +137,7 @@ std::vector<std::string> get_all_start_methods() {
 }
 
 void set_forkserver_preload(std::vector<void (*)()> hooks) {
-  posix::forkserver_set_preload(std::move(hooks));
+  detail::forkserver_set_preload(std::move(hooks));
 }
 
 }  // namespace mp

@@ -2,8 +2,8 @@
 #include "mp/process.hpp"
 
 #include <cxxabi.h>
-#include <signal.h>
 #include <stdio_ext.h>
+#include <csignal>
 
 #include <algorithm>
 #if defined(__GLIBCXX__)
@@ -15,11 +15,10 @@
 #include <iostream>
 #include <sstream>
 
+#include "forkserver.hpp"
 #include "mp/context.hpp"
 #include "mp/resource_tracker.hpp"
 #include "mp/spawn.hpp"
-#include "posix/forkserver.hpp"
-#include "posix/launch.hpp"
 #include "posix/posix.hpp"
 #include "resource_tracker.hpp"
 #include "runtime.hpp"
@@ -115,7 +114,7 @@ struct ForkArg {
   r.children.clear();
   if (r.own_sentinel_w >= 0) posix::unique_fd(r.own_sentinel_w).reset();
   r.own_sentinel_w = own_sentinel_w;
-  posix::forkserver_forget();  // the parent's server is not ours
+  detail::forkserver_forget();  // the parent's server is not ours
   ParentInfo parent{current_process().name(), ProcessState::of(self).parent_pid, parent_sentinel};
   force_default_start_method(StartMethod::fork);
   if (self.daemon() && fork_arg.from_main_thread &&
@@ -157,7 +156,7 @@ void exit_function() {
     std::lock_guard l(r.mu);
     r.children.clear();
   }
-  posix::forkserver_stop();  // after the children: none of them needs it any more
+  detail::forkserver_stop();  // after the children: none of them needs it any more
 }
 
 int bootstrap(Process& self, ParentInfo parent, bool close_stdin) {
@@ -336,16 +335,16 @@ void Process::start() {
   resource_tracker::ensure_running();
   if (method == StartMethod::fork) {
     detail::ForkArg arg{this, posix::is_main_thread()};
-    popen = posix::popen_fork(&detail::fork_child_main, &arg);
+    popen = detail::popen_fork(&detail::fork_child_main, &arg);
   } else if (method == StartMethod::spawn) {
     // Everything is pickled before any child exists: an unpicklable target leaves nothing.
     auto payload = detail::spawn_payload(*this, method);
     // /proc/self/exe is the running image even if its file was replaced since.
-    popen = posix::popen_spawn(detail::spawn_executable(), get_executable(), payload.frame,
-                               payload.fds);
+    popen = detail::popen_spawn(detail::spawn_executable(), get_executable(), payload.frame,
+                                payload.fds);
   } else {
     auto payload = detail::spawn_payload(*this, method);
-    popen = posix::popen_forkserver(payload.frame, payload.fds, s_->daemon);
+    popen = detail::popen_forkserver(payload.frame, payload.fds, s_->daemon);
   }
   auto entry = std::make_shared<detail::ChildEntry>();
   entry->popen = std::move(popen);
@@ -581,8 +580,8 @@ extern "C" void spawn_pending_exit() {
 
 __attribute__((constructor)) void detect_spawn_child(int argc, char** argv, char**) {
   if (argc >= 2 && argv && argv[1] &&
-      (std::strcmp(argv[1], posix::kSpawnFlag) == 0 ||
-       std::strcmp(argv[1], posix::kForkServerFlag) == 0 ||
+      (std::strcmp(argv[1], detail::kSpawnFlag) == 0 ||
+       std::strcmp(argv[1], detail::kForkServerFlag) == 0 ||
        std::strcmp(argv[1], kResourceTrackerFlag) == 0)) {
     runtime().spawn_pending = true;
     std::atexit(spawn_pending_exit);

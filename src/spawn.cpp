@@ -2,7 +2,7 @@
 // an inherited socket as one checksummed frame; mp::init is the child's spawn_main.
 #include "mp/spawn.hpp"
 
-#include <signal.h>
+#include <csignal>
 
 #include <cstdint>
 #include <cstdio>
@@ -12,10 +12,9 @@
 #include <optional>
 #include <sstream>
 
+#include "forkserver.hpp"
 #include "mp/context.hpp"
 #include "mp/process.hpp"
-#include "posix/forkserver.hpp"
-#include "posix/launch.hpp"
 #include "posix/posix.hpp"
 #include "resource_tracker.hpp"
 #include "runtime.hpp"
@@ -214,7 +213,7 @@ SpawnPayload spawn_payload(const Process& p, StartMethod method) {
   // child has the server's, which was ours when it started: send it only if it changed.
   if (method == StartMethod::forkserver) {
     auto cwd = posix::getcwd();
-    if (cwd != posix::forkserver_cwd()) prep.cwd = std::move(cwd);
+    if (cwd != detail::forkserver_cwd()) prep.cwd = std::move(cwd);
   }
   prep.parent_pid = posix::getpid();
   prep.parent_name = current_process().name();
@@ -229,7 +228,7 @@ SpawnPayload spawn_payload(const Process& p, StartMethod method) {
   // The server's environment is the program's as it was when the server started; send ours
   // only if it has changed since.
   if (method == StartMethod::forkserver &&
-      posix::environment_hash() != posix::forkserver_environment_hash())
+      posix::environment_hash() != detail::forkserver_environment_hash())
     prep.environment = posix::get_environment();
 
   std::ostringstream os;
@@ -271,14 +270,14 @@ std::string spawn_executable() {
 
 void init(int argc, char** argv) {
   if (argc < 2 || !argv || !argv[1]) return;
-  const bool marked = std::strcmp(argv[1], posix::kSpawnFlag) == 0 ||
-                      std::strcmp(argv[1], posix::kForkServerFlag) == 0 ||
+  const bool marked = std::strcmp(argv[1], detail::kSpawnFlag) == 0 ||
+                      std::strcmp(argv[1], detail::kForkServerFlag) == 0 ||
                       std::strcmp(argv[1], detail::kResourceTrackerFlag) == 0;
   // A setuid/setgid program must not run code references read from a descriptor: whoever
   // starts it with our marker would choose what it runs.
   if (marked && posix::secure_execution())
     detail::die("refusing to act as a spawned child in a setuid/setgid program");
-  if (std::strcmp(argv[1], posix::kSpawnFlag) == 0) {
+  if (std::strcmp(argv[1], detail::kSpawnFlag) == 0) {
     // argv: exe --multiprocess-spawn DATA_FD SENTINEL_FD|-1 N_PASSED; the passed descriptors
     // follow the others.
     if (argc < 5) detail::die("bad command line");
@@ -293,9 +292,9 @@ void init(int argc, char** argv) {
     for (int fd : passed) posix::set_cloexec(fd, true);
     detail::child_main(data, sentinel, std::move(passed));
   }
-  if (std::strcmp(argv[1], posix::kForkServerFlag) == 0) {
+  if (std::strcmp(argv[1], detail::kForkServerFlag) == 0) {
     detail::runtime().spawn_pending = false;
-    posix::forkserver_main(argc, argv);
+    detail::forkserver_main(argc, argv);
   }
   if (std::strcmp(argv[1], detail::kResourceTrackerFlag) == 0) {
     detail::runtime().spawn_pending = false;

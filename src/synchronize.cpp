@@ -8,8 +8,6 @@
 // two plain stores.
 #include "mp/synchronize.hpp"
 
-#include <pthread.h>
-
 #include <algorithm>
 #include <atomic>
 #include <climits>
@@ -60,7 +58,7 @@ struct Allocator {
 
 Allocator& allocator() {
   static Allocator* a = [] {
-    ::pthread_atfork(nullptr, nullptr, [] {
+    posix::at_fork_child([] {
       Allocator& a = allocator();
       new (&a.mu) std::mutex;
       a.current.reset();

@@ -11,7 +11,7 @@
 #include <gtest/gtest.h>
 #include <mp/mp.hpp>
 
-#include "posix/forkserver.hpp"
+#include "forkserver.hpp"
 #include "resource_tracker.hpp"
 #include "support.hpp"
 
@@ -44,7 +44,7 @@ class LeakCheck : public ::testing::Environment {
  public:
   void SetUp() override { fds_ = mp_test::open_fd_count(); }
   void TearDown() override {
-    mp::posix::forkserver_stop();         // it lives until exit otherwise, holding two descriptors
+    mp::detail::forkserver_stop();        // it lives until exit otherwise, holding two descriptors
     mp::detail::resource_tracker_stop();  // likewise, one
     EXPECT_EQ(mp_test::open_fd_count(), fds_) << "descriptors leaked by the suite";
     siginfo_t info{};

@@ -12,7 +12,7 @@
 #include <cstring>
 #include <system_error>
 
-#include "posix/forkserver.hpp"
+#include "forkserver.hpp"
 #include "posix/posix.hpp"
 #include "runtime.hpp"
 #include "support.hpp"
@@ -90,7 +90,7 @@ TEST(Faults, ChildProgramThatNeverCallsInit) {
 
 TEST(Faults, ForkServerProgramThatNeverCallsInit) {
   // Under forkserver the server is that program: it must fail fast, naming the fix.
-  mp::posix::forkserver_stop();
+  mp::detail::forkserver_stop();
   Capture err(2);
   mp::set_executable(helper_path("no_init"));
   auto p = mp::forkserver_context.Process(noop);
@@ -102,7 +102,7 @@ TEST(Faults, ForkServerProgramThatNeverCallsInit) {
         << e.what();
   }
   mp::set_executable("");
-  mp::posix::forkserver_stop();
+  mp::detail::forkserver_stop();
   EXPECT_FALSE(p.pid());
   EXPECT_TRUE(no_child_left());
   auto text = err.text();

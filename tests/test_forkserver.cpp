@@ -10,7 +10,7 @@
 #include <unistd.h>
 
 #include "auth.hpp"
-#include "posix/forkserver.hpp"
+#include "forkserver.hpp"
 #include "support.hpp"
 
 using namespace mp_test;
@@ -64,10 +64,10 @@ void wait_closed(int fd) {
 
 TEST(ForkServer, ChildrenAreTheProgramsOwn) {
   start_and_join_ok();
-  const auto dir = std::filesystem::path(mp::posix::forkserver_address()).parent_path();
+  const auto dir = std::filesystem::path(mp::detail::forkserver_address()).parent_path();
   EXPECT_EQ(std::filesystem::status(dir).permissions(), std::filesystem::perms::owner_all)
       << "the socket directory must be private (0700)";
-  const int server = mp::posix::forkserver_pid();
+  const int server = mp::detail::forkserver_pid();
   ASSERT_GT(server, 0);
   Channel out, gate;
   auto p = mp::forkserver_context.Process(say_then_block, out.path(), gate.path());
@@ -85,8 +85,8 @@ TEST(ForkServer, ChildrenAreTheProgramsOwn) {
 
 TEST(ForkServer, WrongAuthkeyIsRefusedAndTheServerKeepsServing) {
   start_and_join_ok();
-  const int server = mp::posix::forkserver_pid();
-  auto fd = raw_connect(mp::posix::forkserver_address());
+  const int server = mp::detail::forkserver_pid();
+  auto fd = raw_connect(mp::detail::forkserver_address());
   try {
     mp::detail::answer_challenge(fd.get(), mp::AuthenticationString("not the key"), soon());
     ADD_FAILURE() << "a wrong key was accepted";
@@ -95,18 +95,18 @@ TEST(ForkServer, WrongAuthkeyIsRefusedAndTheServerKeepsServing) {
   }
   wait_closed(fd.get());
   EXPECT_TRUE(no_child_left()) << "nothing may be forked for a client with a wrong key";
-  EXPECT_EQ(mp::posix::forkserver_pid(), server);
+  EXPECT_EQ(mp::detail::forkserver_pid(), server);
   start_and_join_ok();
-  EXPECT_EQ(mp::posix::forkserver_pid(), server) << "the same server kept serving";
+  EXPECT_EQ(mp::detail::forkserver_pid(), server) << "the same server kept serving";
 }
 
 TEST(ForkServer, GarbageTruncatedAndOversizedMessagesAreDropped) {
   // A server of our own whose stderr we read.
-  mp::posix::forkserver_stop();
+  mp::detail::forkserver_stop();
   Capture err(2);
   start_and_join_ok();
-  const int server = mp::posix::forkserver_pid();
-  const auto address = mp::posix::forkserver_address();
+  const int server = mp::detail::forkserver_pid();
+  const auto address = mp::detail::forkserver_address();
   auto key = mp::current_process().authkey();
   auto send_raw = [](int fd, std::string_view bytes) {
     ASSERT_EQ(::send(fd, bytes.data(), bytes.size(), MSG_NOSIGNAL),
@@ -142,15 +142,15 @@ TEST(ForkServer, GarbageTruncatedAndOversizedMessagesAreDropped) {
   {  // authenticated, then a request announcing descriptors that never come
     auto fd = raw_connect(address);
     mp::detail::answer_challenge(fd.get(), key, soon());
-    mp::posix::ForkRequest r;
+    mp::detail::ForkRequest r;
     r.nfds = 3;
     send_raw(fd.get(), std::string_view(reinterpret_cast<const char*>(&r), sizeof r));
     wait_closed(fd.get());
   }
   EXPECT_TRUE(no_child_left());
   start_and_join_ok();
-  EXPECT_EQ(mp::posix::forkserver_pid(), server) << "the server must keep serving";
-  mp::posix::forkserver_stop();
+  EXPECT_EQ(mp::detail::forkserver_pid(), server) << "the server must keep serving";
+  mp::detail::forkserver_stop();
   const auto text = err.text();
   for (const char* reason : {"dropped a connection: digest received was wrong",
                              "dropped a connection: bad message length",
@@ -162,8 +162,8 @@ TEST(ForkServer, GarbageTruncatedAndOversizedMessagesAreDropped) {
 
 TEST(ForkServer, RestartsWhenKilledBetweenStarts) {
   start_and_join_ok();
-  const int old = mp::posix::forkserver_pid();
-  const auto old_dir = std::filesystem::path(mp::posix::forkserver_address()).parent_path();
+  const int old = mp::detail::forkserver_pid();
+  const auto old_dir = std::filesystem::path(mp::detail::forkserver_address()).parent_path();
   ASSERT_EQ(::kill(old, SIGKILL), 0);
   int pidfd = pidfd_of(old);
   if (pidfd >= 0) {
@@ -171,7 +171,7 @@ TEST(ForkServer, RestartsWhenKilledBetweenStarts) {
     ::close(pidfd);
   }
   start_and_join_ok();
-  EXPECT_NE(mp::posix::forkserver_pid(), old);
+  EXPECT_NE(mp::detail::forkserver_pid(), old);
   EXPECT_FALSE(std::filesystem::exists(old_dir)) << "stale socket directory";
   EXPECT_EQ(::waitpid(old, nullptr, WNOHANG), -1) << "the old server must have been reaped";
   EXPECT_TRUE(no_child_left());
@@ -179,15 +179,15 @@ TEST(ForkServer, RestartsWhenKilledBetweenStarts) {
 
 TEST(ForkServer, SigintDoesNotStopIt) {
   start_and_join_ok();
-  const int server = mp::posix::forkserver_pid();
+  const int server = mp::detail::forkserver_pid();
   ASSERT_EQ(::kill(server, SIGINT), 0);
   start_and_join_ok();
-  EXPECT_EQ(mp::posix::forkserver_pid(), server);
+  EXPECT_EQ(mp::detail::forkserver_pid(), server);
 }
 
 TEST(ForkServer, SurvivesItsSocketDirectoryBeingRemoved) {
   start_and_join_ok();
-  const auto dir = std::filesystem::path(mp::posix::forkserver_address()).parent_path();
+  const auto dir = std::filesystem::path(mp::detail::forkserver_address()).parent_path();
   std::filesystem::remove_all(dir);
   // The program's connection was made already: starts go on; nothing hangs or leaks.
   start_and_join_ok();
@@ -202,15 +202,15 @@ TEST(ForkServer, RestartsWhenUnreachableAfterItsSocketDirectoryWentAway) {
     auto first = mp::forkserver_context.Process(exit_with, 7);
     first.start();
     first.join(kHang);
-    const int old = mp::posix::forkserver_pid();
-    const auto dir = std::filesystem::path(mp::posix::forkserver_address()).parent_path();
-    mp::posix::forkserver_disconnect();
+    const int old = mp::detail::forkserver_pid();
+    const auto dir = std::filesystem::path(mp::detail::forkserver_address()).parent_path();
+    mp::detail::forkserver_disconnect();
     std::filesystem::remove_all(dir);
     auto second = mp::forkserver_context.Process(exit_with, 8);
     second.start();
     second.join(kHang);
     mp::exit(first.exitcode() == 7 && second.exitcode() == 8 &&
-                     mp::posix::forkserver_pid() != old && no_child_left()
+                     mp::detail::forkserver_pid() != old && no_child_left()
                  ? 0
                  : 1);
   });
@@ -226,15 +226,15 @@ void unreadable_directory_harness() {
   first.start();
   first.join(kHang);
   if (first.exitcode() != 7) mp::exit(21);
-  const int old = mp::posix::forkserver_pid();
-  const auto dir = std::filesystem::path(mp::posix::forkserver_address()).parent_path();
-  mp::posix::forkserver_disconnect();  // as a process that has yet to connect
+  const int old = mp::detail::forkserver_pid();
+  const auto dir = std::filesystem::path(mp::detail::forkserver_address()).parent_path();
+  mp::detail::forkserver_disconnect();  // as a process that has yet to connect
   std::filesystem::permissions(dir, std::filesystem::perms::none);
   auto second = mp::forkserver_context.Process(exit_with, 8);
   second.start();
   second.join(kHang);
   if (second.exitcode() != 8) mp::exit(22);
-  if (mp::posix::forkserver_pid() == old) mp::exit(23);
+  if (mp::detail::forkserver_pid() == old) mp::exit(23);
   if (std::filesystem::exists(dir)) mp::exit(24);
   mp::exit(0);
 }
@@ -253,7 +253,7 @@ TEST(ForkServer, ChildrenOutliveAKilledServerWithTrueExitCodes) {
   p.start();
   q.start();
   ASSERT_EQ(out.recv(), "ready");
-  ASSERT_EQ(::kill(mp::posix::forkserver_pid(), SIGKILL), 0);
+  ASSERT_EQ(::kill(mp::detail::forkserver_pid(), SIGKILL), 0);
   q.join(kHang);
   EXPECT_EQ(q.exitcode(), 42);
   EXPECT_TRUE(p.is_alive());
@@ -267,7 +267,7 @@ void start_server_and_daemon(std::string out, std::string gate) {
   auto child = mp::forkserver_context.Process(mp::Options{.daemon = true}, block_on, gate);
   child.start();
   Channel::send(out,
-                std::to_string(mp::posix::forkserver_pid()) + " " + std::to_string(*child.pid()));
+                std::to_string(mp::detail::forkserver_pid()) + " " + std::to_string(*child.pid()));
   Channel::recv_line(gate);
 }
 
@@ -319,7 +319,7 @@ void emfile_in_server_harness() {
   } catch (const std::system_error& e) {
     if (e.code().value() != EMFILE) mp::exit(31);
   }
-  mp::posix::forkserver_stop();
+  mp::detail::forkserver_stop();
   mp::exit(open_fd_count() == fds && no_child_left() ? 0 : 32);
 }
 

@@ -25,7 +25,7 @@ using pid_t = int;  // the platform's pid_t (checked in the sources)
 using Duration = std::chrono::duration<double>;
 
 /// How a child is made: a fork of the caller, a fresh exec of the program, or a fork of the
-/// fork server (coming next).
+/// fork server (a fresh exec of the program started once, the default).
 enum class StartMethod { fork, spawn, forkserver };
 
 class Context;

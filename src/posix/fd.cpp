@@ -1,3 +1,4 @@
+// Descriptors: ownership, pipes and socketpairs, close-on-exec, and waiting for one to be ready.
 #include <fcntl.h>
 #include <poll.h>
 #include <sys/socket.h>
@@ -45,6 +46,16 @@ std::pair<unique_fd, unique_fd> make_socketpair() {
 
 unique_fd open_devnull(int flags) {
   return unique_fd(check(::open("/dev/null", flags | O_CLOEXEC), "open /dev/null"));
+}
+
+bool is_open(int fd) {
+  return ::fcntl(fd, F_GETFD) >= 0;
+}
+void close_fd(int fd) noexcept {
+  ::close(fd);
+}
+void dup_to(int from, int to) noexcept {
+  ::dup2(from, to);
 }
 
 void set_cloexec(int fd, bool on) {

@@ -1,5 +1,6 @@
-// Every platform call the library makes, behind small functions. Only src/posix/ includes
-// <unistd.h> and <sys/*.h>; portable code calls mp::posix::.
+// The ground floor: every platform call the library makes, behind small functions. Only
+// src/posix/ includes <unistd.h> and <sys/*.h>; the mechanisms above (src/) call mp::posix::.
+// Nothing here includes a library header but mp/errors.hpp (tools/check_layering.sh).
 #pragma once
 
 #include <chrono>
@@ -61,6 +62,12 @@ std::size_t read_full(int fd, std::span<std::byte> data);
 
 /// pidfd_open(2); an invalid fd where the kernel (or a seccomp filter) has none.
 unique_fd open_pidfd(int pid);
+/// Whether pidfd_open works here (Linux 5.3+, and no seccomp filter refusing it);
+/// MP_NO_PIDFD=1 in the environment says no (the tests run the pipe fallback with it).
+bool have_pidfd();
+/// Blocks until our child `pid` has ended, without reaping it (waitid WNOWAIT); returns at
+/// once if it is no longer our child (another thread reaped it). EINTR retried.
+void wait_exited(int pid);
 /// Sends sig through the pidfd when valid, else kill(pid). ESRCH is ignored.
 void send_signal(int pidfd, int pid, int sig);
 /// waitpid; the exit code (-signum when signalled) once the child has ended, else nullopt;
@@ -78,6 +85,30 @@ std::vector<int> spawn_process(const std::string& exe, const std::vector<std::st
 
 /// Close-on-exec flag on `fd` in this process.
 void set_cloexec(int fd, bool on);
+/// Whether `fd` is an open descriptor.
+bool is_open(int fd);
+/// close(2), errors ignored; async-signal-safe (a child dropping what is not its business).
+void close_fd(int fd) noexcept;
+/// dup2(2): `to` becomes a copy of `from` (inheritable); async-signal-safe.
+void dup_to(int from, int to) noexcept;
+/// The signal's disposition becomes SIG_IGN / SIG_DFL.
+void ignore_signal(int sig) noexcept;
+void default_signal(int sig) noexcept;
+/// pthread_atfork with only a handler run in the child.
+void at_fork_child(void (*handler)());
+
+/// What a raw clone child needs to redo glibc's per-thread bookkeeping as glibc's own _Fork
+/// does: where glibc keeps the thread id, and the robust-mutex list head.
+struct CloneIdentity {
+  int* tid_address = nullptr;
+  void* robust_head = nullptr;
+  std::size_t robust_len = 0;
+};
+CloneIdentity clone_identity();
+/// fork(), except that the child's parent is our parent (CLONE_PARENT): 0 in the child, the
+/// child's pid here, -errno on failure. Only for a single-threaded caller (no lock can be held
+/// across it; no atfork handler runs).
+int clone_parent(const CloneIdentity& identity);
 
 int getpid();
 /// The kernel marked this exec as secure (setuid, setgid, capabilities: AT_SECURE).
@@ -141,6 +172,30 @@ void send_fd(int socket, int fd);
 int recv_fd(int socket);
 /// Whether fd is a socket.
 bool is_socket(int fd);
+/// For the write end of a pipe: false once every reader has gone (polls POLLERR; one system
+/// call, no wake-up of the reader).
+bool has_reader(int write_fd);
+/// shutdown(SHUT_WR): the peer reads EOF after what was sent.
+void shutdown_write(int socket);
+/// send() of what fits now, without waiting (MSG_DONTWAIT | MSG_NOSIGNAL); the bytes queued
+/// (0 when the buffer is full or the peer has gone: the caller's next blocking send tells).
+std::size_t send_nowait(int socket, std::span<const std::byte> data);
+/// One sendmsg of `data` with `fds` attached (SCM_RIGHTS), EINTR retried, never SIGPIPE; the
+/// peer gone: std::system_error EPIPE or ECONNRESET.
+void send_with_fds(int socket, std::span<const std::byte> data, std::span<const int> fds);
+/// One recvmsg, never waiting (MSG_DONTWAIT): `size` bytes into `data`, the descriptors that
+/// came (close-on-exec, above stdio), `truncated` when some were lost (MSG_CTRUNC: out of
+/// descriptors). EOF and a reset connection: size 0, no fds. Nothing there: would_block.
+struct Received {
+  std::size_t size = 0;
+  std::vector<unique_fd> fds;
+  bool truncated = false;
+  bool would_block = false;
+};
+Received recv_with_fds_nowait(int socket, std::span<std::byte> data, std::size_t max_fds);
+/// recv() of what is there now, without waiting: the count (0 at EOF or a reset connection),
+/// or nullopt when nothing is there yet.
+std::optional<std::size_t> recv_nowait(int socket, std::span<std::byte> data);
 /// The descriptors among `fds` that are readable (or hung up) within `timeout`.
 std::vector<int> wait_any_readable(std::span<const int> fds, std::optional<Duration> timeout);
 }  // namespace mp::posix

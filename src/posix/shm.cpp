@@ -35,9 +35,10 @@ void shm_reserve(int fd, std::uint64_t size, const std::string& path) {
   // Python 3.11: a 1 MiB segment on a 64 KiB tmpfs is created fine, then the first write past
   // 64 KiB dies of SIGBUS; only its resource tracker removes the segment afterwards).
   // So reserve every page now: a full /dev/shm (or a memory cgroup at its limit) is ENOSPC
-  // here. fallocate also sets the size (no ftruncate: one system call less per segment). In chunks: tmpfs abandons a whole fallocate call when a signal arrives, freeing the
-  // pages that call had allocated (mm/shmem.c shmem_fallocate, -EINTR), so one call for a big
-  // segment could be interrupted again and again; a chunk that completed stays reserved.
+  // here. fallocate also sets the size (no ftruncate: one system call less per segment). In chunks:
+  // tmpfs abandons a whole fallocate call when a signal arrives, freeing the pages that call had
+  // allocated (mm/shmem.c shmem_fallocate, -EINTR), so one call for a big segment could be
+  // interrupted again and again; a chunk that completed stays reserved.
   constexpr std::uint64_t kChunk = 2 << 20;
   for (std::uint64_t offset = 0; offset < size;) {
     const std::uint64_t len = std::min(kChunk, size - offset);

@@ -1,3 +1,5 @@
+// Unix and TCP sockets for Listener/Client and the fork server: listen, accept, connect, and the
+// private directories their paths live in.
 #include "posix/socket.hpp"
 
 #include <arpa/inet.h>
@@ -132,6 +134,8 @@ std::string make_private_dir(const std::string& pattern) {
 void remove_private_dir(const std::string& dir) {
   if (dir.empty()) return;
   std::error_code ec;
+  // Ours even if someone made it unreadable: take it back first, or it cannot be listed.
+  std::filesystem::permissions(dir, std::filesystem::perms::owner_all, ec);
   std::filesystem::remove_all(dir, ec);
 }
 

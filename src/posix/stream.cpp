@@ -1,4 +1,5 @@
-// Whole-message writes and exact reads on pipes and stream sockets, and waiting on many.
+// Whole-message writes and exact reads on pipes and stream sockets, descriptors passed over
+// Unix sockets (SCM_RIGHTS), and waiting on many.
 #include <poll.h>
 #include <signal.h>
 #include <sys/socket.h>
@@ -16,6 +17,7 @@
 #include <cstring>
 #include <optional>
 #include <system_error>
+#include <vector>
 
 #include "posix/posix.hpp"
 
@@ -139,6 +141,92 @@ int recv_fd(int socket) {
   }
   if (n == 0 && found < 0) return -2;
   return found < 0 ? -1 : above_stdio(unique_fd(found)).release();
+}
+
+bool has_reader(int write_fd) {
+  pollfd p{write_fd, POLLOUT, 0};
+  int r;
+  do r = ::poll(&p, 1, 0);
+  while (r < 0 && errno == EINTR);
+  return r <= 0 || !(p.revents & (POLLERR | POLLHUP | POLLNVAL));
+}
+
+void shutdown_write(int socket) {
+  ::shutdown(socket, SHUT_WR);
+}
+
+std::size_t send_nowait(int socket, std::span<const std::byte> data) {
+  std::size_t queued = 0;
+  while (queued < data.size()) {
+    ssize_t n =
+        ::send(socket, data.data() + queued, data.size() - queued, MSG_NOSIGNAL | MSG_DONTWAIT);
+    if (n > 0)
+      queued += static_cast<std::size_t>(n);
+    else if (n < 0 && errno != EINTR)
+      break;  // full (EAGAIN) or gone
+  }
+  return queued;
+}
+
+void send_with_fds(int socket, std::span<const std::byte> data, std::span<const int> fds) {
+  iovec iov{const_cast<std::byte*>(data.data()), data.size()};
+  std::vector<char> control(CMSG_SPACE(sizeof(int) * fds.size()));
+  msghdr msg{};
+  msg.msg_iov = &iov;
+  msg.msg_iovlen = 1;
+  if (!fds.empty()) {
+    msg.msg_control = control.data();
+    msg.msg_controllen = control.size();
+    cmsghdr* cm = CMSG_FIRSTHDR(&msg);
+    cm->cmsg_level = SOL_SOCKET;
+    cm->cmsg_type = SCM_RIGHTS;
+    cm->cmsg_len = CMSG_LEN(sizeof(int) * fds.size());
+    std::memcpy(CMSG_DATA(cm), fds.data(), sizeof(int) * fds.size());
+  }
+  while (::sendmsg(socket, &msg, MSG_NOSIGNAL) < 0)
+    if (errno != EINTR) check(-1, "sendmsg");
+}
+
+Received recv_with_fds_nowait(int socket, std::span<std::byte> data, std::size_t max_fds) {
+  iovec iov{data.data(), data.size()};
+  std::vector<char> control(CMSG_SPACE(sizeof(int) * max_fds));
+  msghdr msg{};
+  msg.msg_iov = &iov;
+  msg.msg_iovlen = 1;
+  msg.msg_control = control.data();
+  msg.msg_controllen = control.size();
+  Received r;
+  ssize_t n;
+  while ((n = ::recvmsg(socket, &msg, MSG_CMSG_CLOEXEC | MSG_DONTWAIT)) < 0) {
+    if (errno == EAGAIN || errno == EWOULDBLOCK) {
+      r.would_block = true;
+      return r;
+    }
+    if (errno == ECONNRESET) return r;
+    if (errno != EINTR) check(-1, "recvmsg");
+  }
+  for (cmsghdr* cm = CMSG_FIRSTHDR(&msg); cm; cm = CMSG_NXTHDR(&msg, cm)) {
+    if (cm->cmsg_level != SOL_SOCKET || cm->cmsg_type != SCM_RIGHTS) continue;
+    const std::size_t count = (cm->cmsg_len - CMSG_LEN(0)) / sizeof(int);
+    for (std::size_t i = 0; i < count; ++i) {
+      int fd;
+      std::memcpy(&fd, CMSG_DATA(cm) + i * sizeof(int), sizeof fd);
+      r.fds.push_back(above_stdio(unique_fd(fd)));
+    }
+  }
+  r.truncated = (msg.msg_flags & MSG_CTRUNC) != 0;
+  r.size = static_cast<std::size_t>(n);
+  return r;
+}
+
+std::optional<std::size_t> recv_nowait(int socket, std::span<std::byte> data) {
+  ssize_t n;
+  while ((n = ::recv(socket, data.data(), data.size(), MSG_DONTWAIT)) < 0) {
+    if (errno == EAGAIN || errno == EWOULDBLOCK) return std::nullopt;
+    if (errno == ECONNRESET) return 0;
+    if (errno != EINTR) check(-1, "recv");
+  }
+  return static_cast<std::size_t>(n);
 }
 
 std::vector<int> wait_any_readable(std::span<const int> fds, std::optional<Duration> timeout) {

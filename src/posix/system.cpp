@@ -1,5 +1,7 @@
-// Process-level system calls: pidfds, signals, reaping, spawning, and small queries.
+// Process-level system calls: pidfds, signals, reaping, spawning, cloning, and small queries.
 #include <fcntl.h>
+#include <linux/sched.h>
+#include <pthread.h>
 #include <sched.h>
 #include <signal.h>
 #include <spawn.h>
@@ -11,18 +13,20 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <cerrno>
 #include <climits>
+#include <cstdlib>
 #include <cstring>
 #include <filesystem>
 #include <system_error>
 #include <type_traits>
 
-#include "mp/process.hpp"
 #include "posix/posix.hpp"
 
 extern char** environ;
 
-static_assert(std::is_same_v<mp::pid_t, ::pid_t>, "mp::pid_t must be the platform's pid_t");
+// include/mp/process.hpp declares mp::pid_t as int, without platform headers.
+static_assert(std::is_same_v<::pid_t, int>, "mp::pid_t must be the platform's pid_t");
 
 namespace mp::posix {
 
@@ -39,6 +43,27 @@ unique_fd open_pidfd(int pid) {
   (void)pid;
 #endif
   return unique_fd();
+}
+
+bool have_pidfd() {
+  static const bool ok = [] {
+    if (const char* off = std::getenv("MP_NO_PIDFD"); off && *off && *off != '0') return false;
+    try {
+      return static_cast<bool>(open_pidfd(::getpid()));
+    } catch (const std::system_error&) {
+      return true;  // supported; this attempt failed for another reason (EMFILE)
+    }
+  }();
+  return ok;
+}
+
+void wait_exited(int pid) {
+  siginfo_t info{};
+  while (::waitid(P_PID, static_cast<id_t>(pid), &info, WEXITED | WNOWAIT) < 0) {
+    if (errno == EINTR) continue;
+    if (errno == ECHILD) return;  // reaped by another thread
+    check(-1, "waitid");
+  }
 }
 
 void send_signal(int pidfd, int pid, int sig) {
@@ -146,6 +171,47 @@ bool set_parent_death_signal(int sig, int expected_parent) {
   if (::prctl(PR_SET_PDEATHSIG, sig) < 0) return true;  // not available: nothing to race
   // Close the race: the parent may have died before prctl took effect.
   return ::getppid() == expected_parent;
+}
+
+void ignore_signal(int sig) noexcept {
+  ::signal(sig, SIG_IGN);
+}
+void default_signal(int sig) noexcept {
+  ::signal(sig, SIG_DFL);
+}
+void at_fork_child(void (*handler)()) {
+  if (int e = ::pthread_atfork(nullptr, nullptr, handler))
+    throw std::system_error(e, std::system_category(), "pthread_atfork");
+}
+
+CloneIdentity clone_identity() {
+  CloneIdentity id;
+  if (::prctl(PR_GET_TID_ADDRESS, &id.tid_address) != 0) id.tid_address = nullptr;
+  if (::syscall(SYS_get_robust_list, 0, &id.robust_head, &id.robust_len) != 0)
+    id.robust_head = nullptr;
+  return id;
+}
+
+// glibc's own bookkeeping is redone as its _Fork does: the kernel writes the child's thread id
+// into glibc's thread descriptor (CLONE_CHILD_SETTID), and the robust-mutex list is registered
+// again.
+int clone_parent(const CloneIdentity& id) {
+  clone_args args{};
+  args.flags = CLONE_PARENT | (id.tid_address ? CLONE_CHILD_SETTID | CLONE_CHILD_CLEARTID : 0);
+  args.child_tid = reinterpret_cast<std::uint64_t>(id.tid_address);
+  long pid = ::syscall(SYS_clone3, &args, sizeof args);
+  if (pid < 0 && errno == ENOSYS) {
+    // Before Linux 5.3: the old clone, whose argument order depends on the architecture.
+    const unsigned long flags = args.flags | SIGCHLD;
+#if defined(__x86_64__)
+    pid = ::syscall(SYS_clone, flags, nullptr, nullptr, id.tid_address, nullptr);
+#elif defined(__aarch64__) || defined(__arm__) || defined(__powerpc64__)
+    pid = ::syscall(SYS_clone, flags, nullptr, nullptr, nullptr, id.tid_address);
+#endif
+  }
+  if (pid < 0) return -errno;
+  if (pid == 0 && id.robust_head) ::syscall(SYS_set_robust_list, id.robust_head, id.robust_len);
+  return static_cast<int>(pid);
 }
 
 void close_stdin() {

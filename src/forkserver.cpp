@@ -1,37 +1,30 @@
-// The fork server: its client half (start, restart, stop, request) and its main loop.
-#include "posix/forkserver.hpp"
-#include "posix/futex.hpp"
+// The fork server (CPython forkserver.py): its client half (start, restart, stop, request)
+// and its main loop, built on the src/posix/ wrappers.
+#include "forkserver.hpp"
 
-#include <fcntl.h>
-#include <linux/sched.h>
-#include <poll.h>
-#include <sched.h>
-#include <signal.h>
-#include <sys/prctl.h>
-#include <sys/socket.h>
-#include <sys/syscall.h>
-#include <sys/un.h>
-#include <unistd.h>
-
+#include <algorithm>
 #include <atomic>
 #include <cerrno>
+#include <csignal>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
-#include <filesystem>
-#include <iostream>
 #include <mutex>
 #include <sstream>
 
 #include "auth.hpp"
 #include "mp/process.hpp"
 #include "mp/spawn.hpp"
-#include "posix/child.hpp"
-#include "posix/launch.hpp"
+#include "popen.hpp"
+#include "posix/futex.hpp"
+#include "posix/posix.hpp"
+#include "posix/socket.hpp"
 #include "runtime.hpp"
 
-namespace mp::posix {
+namespace mp::detail {
 namespace {
+
+using namespace mp::posix;
 
 using namespace std::chrono_literals;
 // Bounds one exchange with the server, so a stalled peer never blocks either side for long.
@@ -86,14 +79,6 @@ Client* existing_client() {
   return g_client.load();
 }
 
-void remove_dir(const std::string& dir) {
-  if (dir.empty()) return;
-  std::error_code ec;
-  // Ours even if someone made it unreadable: take it back first, or it cannot be listed.
-  std::filesystem::permissions(dir, std::filesystem::perms::owner_all, ec);
-  std::filesystem::remove_all(dir, ec);
-}
-
 // Ends a server we cannot or need not use any more, and everything it left behind.
 void stop_locked(Client& c, bool terminate) {
   c.conn.reset();
@@ -103,25 +88,18 @@ void stop_locked(Client& c, bool terminate) {
     c.server->wait(std::nullopt);
     c.server.reset();
   }
-  remove_dir(c.dir);
+  remove_private_dir(c.dir);
   c.dir.clear();
   c.address.clear();
 }
 
 void start_locked(Client& c) {
-  char tmpl[] = "/tmp/mp-forkserver-XXXXXX";
-  if (!::mkdtemp(tmpl)) check(-1, "mkdtemp");  // mode 0700: only we can reach the socket
-  c.dir = tmpl;
+  c.dir = make_private_dir("/tmp/mp-forkserver-XXXXXX");  // mode 0700: only we reach the socket
   c.address = c.dir + "/socket";
   try {
-    unique_fd listener(check(::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0), "socket"));
-    sockaddr_un addr{};
-    addr.sun_family = AF_UNIX;
-    if (c.address.size() >= sizeof addr.sun_path)
-      throw std::runtime_error("forkserver socket path too long: " + c.address);
-    std::memcpy(addr.sun_path, c.address.c_str(), c.address.size() + 1);
-    check(::bind(listener.get(), reinterpret_cast<sockaddr*>(&addr), sizeof addr), "bind");
-    check(::listen(listener.get(), 128), "listen");
+    int listener_fd = -1;
+    listen_unix(c.address, 128, listener_fd);
+    unique_fd listener(listener_fd);
     auto [alive_r, alive_w] = make_pipe();
     auto [init_r, init_w] = make_socketpair();  // send() cannot raise SIGPIPE on a socket
 
@@ -142,7 +120,7 @@ void start_locked(Client& c) {
     const std::vector<std::string> argv = {get_executable(), kForkServerFlag, "3", "4", "5"};
     const int keep[] = {listener.get(), alive_r.get(), init_r.get()};
     int pid = -1;
-    spawn_process(detail::spawn_executable(), argv, keep, &pid);
+    spawn_process(spawn_executable(), argv, keep, &pid);
     c.server = std::make_shared<Child>(pid, open_pidfd_or_kill(pid), unique_fd(), unique_fd());
     c.alive_w = std::move(alive_w);
     c.from_main_thread = is_main_thread();
@@ -152,7 +130,7 @@ void start_locked(Client& c) {
     init_r.reset();
     send_all(init_w.get(), {reinterpret_cast<const std::byte*>(bytes.data()), bytes.size()},
              c.server->sentinel());
-    ::shutdown(init_w.get(), SHUT_WR);  // the end of the start-up data
+    shutdown_write(init_w.get());  // the end of the start-up data
     // The server answers one byte once it is ready to fork (after its preload hooks). EOF
     // instead means it died: most likely main() does not call mp::init first, so the server
     // ran the program's main() instead of serving.
@@ -178,35 +156,21 @@ void start_locked(Client& c) {
 }
 
 unique_fd connect_locked(Client& c) {
-  unique_fd fd(check(::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0), "socket"));
-  sockaddr_un addr{};
-  addr.sun_family = AF_UNIX;
-  std::memcpy(addr.sun_path, c.address.c_str(), c.address.size() + 1);
-  while (::connect(fd.get(), reinterpret_cast<sockaddr*>(&addr), sizeof addr) < 0) {
-    if (errno == EINTR) continue;
+  try {
+    return connect_unix(c.address);
+  } catch (const std::exception&) {
     return unique_fd();
   }
-  return fd;
 }
 
 // Sends one request with its descriptors and reads the child's pid (or -errno).
 int request_locked(int conn, const ForkRequest& request, std::span<const int> fds) {
-  iovec iov{const_cast<ForkRequest*>(&request), sizeof request};
-  std::vector<char> control(CMSG_SPACE(sizeof(int) * fds.size()));
-  msghdr msg{};
-  msg.msg_iov = &iov;
-  msg.msg_iovlen = 1;
-  msg.msg_control = control.data();
-  msg.msg_controllen = control.size();
-  cmsghdr* cm = CMSG_FIRSTHDR(&msg);
-  cm->cmsg_level = SOL_SOCKET;
-  cm->cmsg_type = SCM_RIGHTS;
-  cm->cmsg_len = CMSG_LEN(sizeof(int) * fds.size());
-  std::memcpy(CMSG_DATA(cm), fds.data(), sizeof(int) * fds.size());
-  while (::sendmsg(conn, &msg, MSG_NOSIGNAL) < 0) {
-    if (errno == EPIPE || errno == ECONNRESET)
+  try {
+    send_with_fds(conn, {reinterpret_cast<const std::byte*>(&request), sizeof request}, fds);
+  } catch (const std::system_error& e) {
+    if (e.code().value() == EPIPE || e.code().value() == ECONNRESET)
       throw ProcessError("the fork server closed the connection");
-    if (errno != EINTR) check(-1, "sendmsg to the fork server");
+    throw std::system_error(e.code(), "sendmsg to the fork server");
   }
   std::int32_t reply = 0;
   auto got = read_until(conn, {reinterpret_cast<std::byte*>(&reply), sizeof reply}, deadline());
@@ -229,7 +193,7 @@ int forkserver_fork(ForkRequest request, std::span<const int> fds, bool daemon) 
         unique_fd fd = connect_locked(c);
         // Unreachable: its socket directory was removed or made unreadable. Replace it.
         if (!fd) throw ProcessError("cannot connect to the fork server at " + c.address);
-        detail::answer_challenge(fd.get(), c.key, deadline());
+        answer_challenge(fd.get(), c.key, deadline());
         c.conn = std::move(fd);
       }
       // The child's parent thread is the one that started the server (CLONE_PARENT).
@@ -337,9 +301,7 @@ struct Server {
   int program_pid = 0;  // our parent, and the parent of every child we make
   AuthenticationString key;
   std::string dir;
-  int* tid_address = nullptr;  // glibc's copy of our thread id, for the children
-  void* robust_head = nullptr;
-  std::size_t robust_len = 0;
+  CloneIdentity identity;          // what the raw clone of each child must redo of glibc's state
   std::vector<unique_fd> clients;  // authenticated connections, one per program process
 };
 
@@ -350,66 +312,20 @@ void log_line(const std::string& line) {
 }
 
 [[noreturn]] void server_exit(const Server& s, int code) {
-  remove_dir(s.dir);
+  remove_private_dir(s.dir);
   exit_now(code);
-}
-
-// fork(), except that the child's parent is our parent (the program that asked for it).
-// glibc's own bookkeeping is redone as its _Fork does: the kernel writes the child's thread id
-// into glibc's thread descriptor (CLONE_CHILD_SETTID), and the robust-mutex list is registered
-// again. We are single-threaded, so no lock can be held across the clone.
-int clone_parent(const Server& s) {
-  clone_args args{};
-  args.flags = CLONE_PARENT | (s.tid_address ? CLONE_CHILD_SETTID | CLONE_CHILD_CLEARTID : 0);
-  args.child_tid = reinterpret_cast<std::uint64_t>(s.tid_address);
-  long pid = ::syscall(SYS_clone3, &args, sizeof args);
-  if (pid < 0 && errno == ENOSYS) {
-    // Before Linux 5.3: the old clone, whose argument order depends on the architecture.
-    const unsigned long flags = args.flags | SIGCHLD;
-#if defined(__x86_64__)
-    pid = ::syscall(SYS_clone, flags, nullptr, nullptr, s.tid_address, nullptr);
-#elif defined(__aarch64__) || defined(__arm__) || defined(__powerpc64__)
-    pid = ::syscall(SYS_clone, flags, nullptr, nullptr, nullptr, s.tid_address);
-#endif
-  }
-  if (pid == 0 && s.robust_head) ::syscall(SYS_set_robust_list, s.robust_head, s.robust_len);
-  return static_cast<int>(pid);
 }
 
 // Receives the request and its descriptors (close-on-exec; owned by the returned vector).
 std::vector<unique_fd> receive(int conn, std::vector<std::byte>& bytes, bool& truncated) {
   bytes.assign(sizeof(ForkRequest) + 1, std::byte{0});  // one more: detects oversized requests
-  iovec iov{bytes.data(), bytes.size()};
-  std::vector<char> control(CMSG_SPACE(sizeof(int) * ForkRequest::kMaxFds));
-  msghdr msg{};
-  msg.msg_iov = &iov;
-  msg.msg_iovlen = 1;
-  msg.msg_control = control.data();
-  msg.msg_controllen = control.size();
   // Called when poll() said readable: whatever is there now is the request (one sendmsg), so
   // never wait for more: a client that sends half a request cannot stall the server.
-  ssize_t n;
-  while ((n = ::recvmsg(conn, &msg, MSG_CMSG_CLOEXEC | MSG_DONTWAIT)) < 0) {
-    if (errno == EAGAIN) throw std::runtime_error("no request after all");
-    if (errno == ECONNRESET) {
-      n = 0;
-      break;
-    }
-    if (errno != EINTR) check(-1, "recvmsg");
-  }
-  std::vector<unique_fd> fds;
-  for (cmsghdr* cm = CMSG_FIRSTHDR(&msg); cm; cm = CMSG_NXTHDR(&msg, cm)) {
-    if (cm->cmsg_level != SOL_SOCKET || cm->cmsg_type != SCM_RIGHTS) continue;
-    const std::size_t count = (cm->cmsg_len - CMSG_LEN(0)) / sizeof(int);
-    for (std::size_t i = 0; i < count; ++i) {
-      int fd;
-      std::memcpy(&fd, CMSG_DATA(cm) + i * sizeof(int), sizeof fd);
-      fds.push_back(above_stdio(unique_fd(fd)));
-    }
-  }
-  truncated = (msg.msg_flags & MSG_CTRUNC) != 0;
-  bytes.resize(static_cast<std::size_t>(n));
-  return fds;
+  Received r = recv_with_fds_nowait(conn, bytes, ForkRequest::kMaxFds);
+  if (r.would_block) throw std::runtime_error("no request after all");
+  truncated = r.truncated;
+  bytes.resize(r.size);
+  return std::move(r.fds);
 }
 
 void reply(int conn, std::int32_t value) {
@@ -428,19 +344,18 @@ bool serve(const Server& s, int conn) {
     throw std::runtime_error("descriptors lost in transit (control message truncated)");
   }
   const ForkRequest request = decode_request(bytes, fds.size());
-  int pid = clone_parent(s);
+  int pid = clone_parent(s.identity);
   if (pid < 0) {
-    int err = errno;
-    reply(conn, -err);
-    throw std::system_error(err, std::system_category(), "clone3");
+    reply(conn, pid);
+    throw std::system_error(-pid, std::system_category(), "clone3");
   }
   if (pid == 0) {
     forget_thread_identity();  // a raw clone: no atfork handler ran
     // The child: none of the server's descriptors are its business.
-    ::close(s.listener);
-    ::close(s.alive_r);
-    for (const auto& client : s.clients) ::close(client.get());
-    ::signal(SIGINT, SIG_DFL);
+    close_fd(s.listener);
+    close_fd(s.alive_r);
+    for (const auto& client : s.clients) close_fd(client.get());
+    default_signal(SIGINT);
     // Our parent is the program (CLONE_PARENT): the server's own parent.
     if ((request.flags & ForkRequest::kParentDeathSignal) &&
         !set_parent_death_signal(SIGKILL, s.program_pid))
@@ -453,15 +368,15 @@ bool serve(const Server& s, int conn) {
     for (auto [flag, target] :
          {std::pair{ForkRequest::kHasStdout, 1}, std::pair{ForkRequest::kHasStderr, 2}}) {
       if (request.flags & flag) {
-        ::dup2(fds[next].get(), target);
+        dup_to(fds[next].get(), target);
         fds[next++].reset();
       } else {
-        ::close(target);
+        close_fd(target);
       }
     }
     std::vector<int> passed;
     for (; next < fds.size(); ++next) passed.push_back(fds[next].release());
-    detail::child_main(data, sentinel, std::move(passed));
+    child_main(data, sentinel, std::move(passed));
   }
   // Our copies go before the reply: once the program has the pid, the child alone holds its
   // ends (the sentinel pipe must read EOF as soon as the child ends, not when we get round to it).
@@ -475,7 +390,7 @@ bool serve(const Server& s, int conn) {
 void forkserver_main(int argc, char** argv) {
   if (argc < 5) exit_now(2);
   Server s;
-  s.program_pid = ::getppid();
+  s.program_pid = getppid();
   s.listener = std::atoi(argv[2]);
   s.alive_r = std::atoi(argv[3]);
   const int init_fd = std::atoi(argv[4]);
@@ -504,7 +419,7 @@ void forkserver_main(int argc, char** argv) {
   }
   s.key = init.key;
   close_stdin();
-  ::signal(SIGINT, SIG_IGN);  // Ctrl-C is for the program; it ends us by closing alive_w
+  ignore_signal(SIGINT);  // Ctrl-C is for the program; it ends us by closing alive_w
 
   for (const auto& ref : init.preload) {
     try {
@@ -514,44 +429,53 @@ void forkserver_main(int argc, char** argv) {
     }
   }
   try {
-    detail::warm_up_child_path();
+    warm_up_child_path();
   } catch (const std::exception& e) {
     log_line(std::string("warm-up failed: ") + e.what());
   }
-  if (::prctl(PR_GET_TID_ADDRESS, &s.tid_address) != 0) s.tid_address = nullptr;
-  if (::syscall(SYS_get_robust_list, 0, &s.robust_head, &s.robust_len) != 0)
-    s.robust_head = nullptr;
+  s.identity = clone_identity();
   const std::byte ready{1};
-  (void)::send(init_fd, &ready, 1, MSG_NOSIGNAL);
-  ::close(init_fd);
+  (void)send_nowait(init_fd, {&ready, 1});
+  close_fd(init_fd);
 
-  std::vector<pollfd> p;
+  std::vector<int> watched;
   for (;;) {
-    p.assign({{s.alive_r, POLLIN, 0}, {s.listener, POLLIN, 0}});
-    for (const auto& c : s.clients) p.push_back({c.get(), POLLIN, 0});
-    if (::poll(p.data(), p.size(), -1) < 0) {
-      if (errno == EINTR) continue;
-      log_line(std::string("poll: ") + std::strerror(errno));
+    watched.assign({s.alive_r, s.listener});
+    for (const auto& c : s.clients) watched.push_back(c.get());
+    std::vector<int> ready;
+    try {
+      ready = wait_any_readable(watched, std::nullopt);
+    } catch (const std::exception& e) {
+      log_line(std::string("poll: ") + e.what());
       server_exit(s, 1);
     }
-    if (p[0].revents) server_exit(s, 0);  // EOF: the program has ended
+    auto is_ready = [&](int fd) {
+      return std::find(ready.begin(), ready.end(), fd) != ready.end();
+    };
+    if (is_ready(s.alive_r)) server_exit(s, 0);  // EOF: the program has ended
     // Requests first, newest connection last; a client that misbehaves loses its connection.
-    for (std::size_t i = p.size(); i-- > 2;) {
-      if (!p[i].revents) continue;
+    for (std::size_t i = s.clients.size(); i-- > 0;) {
+      if (!is_ready(s.clients[i].get())) continue;
       bool keep = false;
       try {
-        keep = serve(s, p[i].fd);
+        keep = serve(s, s.clients[i].get());
       } catch (const std::exception& e) {
         log_line(std::string("dropped a connection: ") + e.what());
       }
-      if (!keep) s.clients.erase(s.clients.begin() + static_cast<std::ptrdiff_t>(i - 2));
+      if (!keep) s.clients.erase(s.clients.begin() + static_cast<std::ptrdiff_t>(i));
     }
-    if (!(p[1].revents & POLLIN)) continue;
-    unique_fd conn(::accept4(s.listener, nullptr, nullptr, SOCK_CLOEXEC));
-    if (!conn) continue;
+    if (!is_ready(s.listener)) continue;
+    unique_fd conn;
+    try {
+      std::string host;
+      int port = -1;
+      conn = unique_fd(accept_connection(s.listener, host, port));
+    } catch (const std::exception&) {
+      continue;
+    }
     // Nothing a client sends is acted on before it has proved it holds the authkey.
     try {
-      detail::deliver_challenge(conn.get(), s.key, deadline());
+      deliver_challenge(conn.get(), s.key, deadline());
       s.clients.push_back(std::move(conn));
     } catch (const std::exception& e) {
       log_line(std::string("dropped a connection: ") + e.what());
@@ -559,4 +483,4 @@ void forkserver_main(int argc, char** argv) {
   }
 }
 
-}  // namespace mp::posix
+}  // namespace mp::detail

@@ -1,20 +1,20 @@
 // The forkserver start method (CPython popen_forkserver.py): the server forks the child, which
 // then reads its preparation data and process object as a spawned child does.
-#include <fcntl.h>
-#include <sys/socket.h>
+#include <stdexcept>
+#include <tuple>
+#include <vector>
 
-#include "mp/errors.hpp"
-#include "posix/forkserver.hpp"
-#include "posix/launch.hpp"
+#include "forkserver.hpp"
+#include "popen.hpp"
 
-namespace mp::posix {
+namespace mp::detail {
 
-std::shared_ptr<detail::Popen> popen_forkserver(std::span<const std::byte> frame,
-                                                std::span<const int> fds, bool daemon) {
+std::shared_ptr<Popen> popen_forkserver(std::span<const std::byte> frame, std::span<const int> fds,
+                                        bool daemon) {
   // As under spawn: one socket for the data, kept open by us as the child's lifeline.
-  auto [parent_end, child_end] = make_socketpair();
-  unique_fd sentinel_r, sentinel_w;
-  if (!have_pidfd()) std::tie(sentinel_r, sentinel_w) = make_pipe();
+  auto [parent_end, child_end] = posix::make_socketpair();
+  posix::unique_fd sentinel_r, sentinel_w;
+  if (!posix::have_pidfd()) std::tie(sentinel_r, sentinel_w) = posix::make_pipe();
   std::vector<int> send = {child_end.get()};
   std::uint32_t flags = 0;
   if (sentinel_w) {
@@ -22,7 +22,7 @@ std::shared_ptr<detail::Popen> popen_forkserver(std::span<const std::byte> frame
     flags |= ForkRequest::kHasSentinel;
   }
   for (auto [fd, flag] : {std::pair{1, ForkRequest::kHasStdout}, {2, ForkRequest::kHasStderr}}) {
-    if (::fcntl(fd, F_GETFD) >= 0) {  // closed here: closed in the child too
+    if (posix::is_open(fd)) {  // closed here: closed in the child too
       send.push_back(fd);
       flags |= flag;
     }
@@ -35,16 +35,7 @@ std::shared_ptr<detail::Popen> popen_forkserver(std::span<const std::byte> frame
   request.flags = flags;
   // Queue what fits of the frame first: the child finds it there as soon as it exists,
   // instead of waiting for our round trip with the server.
-  std::size_t queued = 0;
-  while (queued < frame.size()) {
-    ssize_t n = ::send(parent_end.get(), frame.data() + queued, frame.size() - queued,
-                       MSG_NOSIGNAL | MSG_DONTWAIT);
-    if (n > 0) {
-      queued += static_cast<std::size_t>(n);
-    } else if (n < 0 && errno != EINTR) {
-      break;  // full (EAGAIN): the rest goes once the child reads
-    }
-  }
+  const std::size_t queued = posix::send_nowait(parent_end.get(), frame);
   const int pid = forkserver_fork(request, send, daemon);
   child_end.reset();
   sentinel_w.reset();
@@ -52,4 +43,4 @@ std::shared_ptr<detail::Popen> popen_forkserver(std::span<const std::byte> frame
   return hand_over_frame(pid, frame.subspan(queued), std::move(parent_end), std::move(sentinel_r));
 }
 
-}  // namespace mp::posix
+}  // namespace mp::detail

@@ -6,11 +6,8 @@
 // only a lifeline: the tracker, a fresh exec of the program started on first use, blocks
 // reading it, and when the last write end closes (every process of the tree has ended, however
 // it ended) it removes what the table still holds, warning on stderr as CPython does.
-#include <poll.h>
-#include <pthread.h>
-#include <signal.h>
-
 #include <atomic>
+#include <csignal>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
@@ -78,7 +75,7 @@ Tracker& tracker() {
   static Tracker* t = [] {
     // A fork child shares the tracker (it keeps the write end and the table) but not the duty
     // to reap it, nor a lock another thread may have held at the fork.
-    ::pthread_atfork(nullptr, nullptr, [] {
+    posix::at_fork_child([] {
       Tracker& t = tracker();
       new (&t.mu) std::mutex;
       t.pid = 0;
@@ -116,11 +113,7 @@ void launch(Tracker& t) {
 // Whether the tracker still reads its pipe: a write end whose readers are all gone polls
 // POLLERR. One system call, no wake-up of the tracker.
 bool tracker_alive(const Tracker& t) {
-  pollfd p{t.lifeline, POLLOUT, 0};
-  int r;
-  do r = ::poll(&p, 1, 0);
-  while (r < 0 && errno == EINTR);
-  return r <= 0 || !(p.revents & (POLLERR | POLLHUP | POLLNVAL));
+  return posix::has_reader(t.lifeline);
 }
 
 void check(std::string_view name, std::string_view kind) {
@@ -216,8 +209,8 @@ int resource_tracker_pid() {
 
 [[noreturn]] void resource_tracker_main(int argc, char** argv) {
   // Like CPython's: a Ctrl-C or a SIGTERM meant for the program must not stop the cleanup.
-  ::signal(SIGINT, SIG_IGN);
-  ::signal(SIGTERM, SIG_IGN);
+  posix::ignore_signal(SIGINT);
+  posix::ignore_signal(SIGTERM);
   if (argc < 4) posix::exit_now(2);
   const int lifeline = std::atoi(argv[2]);
   posix::set_cloexec(lifeline, true);

@@ -10,9 +10,7 @@
 #include <string>
 #include <vector>
 
-#include "posix/posix.hpp"
-
-namespace mp::posix {
+namespace mp::detail {
 
 /// A request, as the server reads it before acting (decode_request checks every field).
 struct ForkRequest {
@@ -53,4 +51,7 @@ std::string forkserver_cwd();
 int forkserver_pid();
 std::string forkserver_address();
 
-}  // namespace mp::posix
+/// The fork server's main loop (mp::init in a program started with kForkServerFlag).
+[[noreturn]] void forkserver_main(int argc, char** argv);
+
+}  // namespace mp::detail
