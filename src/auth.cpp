@@ -18,7 +18,6 @@ constexpr std::string_view kWelcome = "#WELCOME#";
 constexpr std::string_view kFailure = "#FAILURE#";
 constexpr std::string_view kSha256 = "{sha256}";
 constexpr std::size_t kMessageLength = 40;  // random bytes in a challenge (CPython)
-constexpr std::size_t kMaxHandshakeMessage = 256;
 
 std::span<const std::byte> bytes_of(std::string_view s) {
   return {reinterpret_cast<const std::byte*>(s.data()), s.size()};
@@ -45,7 +44,8 @@ std::vector<std::byte> recv_message(int fd, std::size_t maxlength, posix::Deadli
   return out;
 }
 
-void send_message(int fd, std::span<const std::byte> payload, posix::Deadline deadline) {
+namespace {
+std::vector<std::byte> framed(std::span<const std::byte> payload) {
   const auto n = static_cast<std::uint32_t>(payload.size());
   std::vector<std::byte> buf(4 + payload.size());
   buf[0] = std::byte(n >> 24);
@@ -53,7 +53,12 @@ void send_message(int fd, std::span<const std::byte> payload, posix::Deadline de
   buf[2] = std::byte(n >> 8);
   buf[3] = std::byte(n);
   std::memcpy(buf.data() + 4, payload.data(), payload.size());
-  posix::write_until(fd, buf, deadline);
+  return buf;
+}
+}  // namespace
+
+void send_message(int fd, std::span<const std::byte> payload, posix::Deadline deadline) {
+  posix::write_until(fd, framed(payload), deadline);
 }
 
 std::vector<std::byte> hmac_sha256(const AuthenticationString& key,
@@ -106,35 +111,48 @@ std::pair<std::string, std::span<const std::byte>> digest_and_payload(
 
 }  // namespace
 
-void deliver_challenge(int fd, const AuthenticationString& key, posix::Deadline deadline) {
+Challenge make_challenge() {
   // The HMAC covers the whole challenge, digest name included (CPython 3.12+).
-  std::vector<std::byte> message(bytes_of(kSha256).begin(), bytes_of(kSha256).end());
+  Challenge c;
+  c.message.assign(bytes_of(kSha256).begin(), bytes_of(kSha256).end());
   auto random = posix::random_bytes(kMessageLength);
-  message.insert(message.end(), random.begin(), random.end());
+  c.message.insert(c.message.end(), random.begin(), random.end());
   std::vector<std::byte> challenge(bytes_of(kChallenge).begin(), bytes_of(kChallenge).end());
-  challenge.insert(challenge.end(), message.begin(), message.end());
-  send_message(fd, challenge, deadline);
+  challenge.insert(challenge.end(), c.message.begin(), c.message.end());
+  c.framed = framed(challenge);
+  return c;
+}
 
-  auto response = recv_message(fd, kMaxHandshakeMessage, deadline);
-  bool ok = false;
+bool response_is_valid(const AuthenticationString& key, const Challenge& challenge,
+                       std::span<const std::byte> response) {
   try {
     // A CPython <= 3.11 client answers the whole challenge with a bare HMAC-MD5, as CPython
     // 3.12 itself accepts.
     auto [digest, mac] = digest_and_payload(response);
-    auto expected = hmac(digest.empty() ? "md5" : digest, key, message);
-    ok = expected.size() == mac.size() && memeql_sec(expected.data(), mac.data(), mac.size());
+    auto expected = hmac(digest.empty() ? "md5" : digest, key, challenge.message);
+    return expected.size() == mac.size() && memeql_sec(expected.data(), mac.data(), mac.size());
   } catch (const AuthenticationError&) {
-    ok = false;
+    return false;
   }
-  if (!ok) {
+}
+
+std::vector<std::byte> framed_verdict(bool welcome) {
+  return framed(bytes_of(welcome ? kWelcome : kFailure));
+}
+
+void deliver_challenge(int fd, const AuthenticationString& key, posix::Deadline deadline) {
+  const Challenge challenge = make_challenge();
+  posix::write_until(fd, challenge.framed, deadline);
+  auto response = recv_message(fd, kMaxHandshakeMessage, deadline);
+  if (!response_is_valid(key, challenge, response)) {
     try {
-      send_message(fd, bytes_of(kFailure), deadline);
+      posix::write_until(fd, framed_verdict(false), deadline);
     } catch (const std::exception&) {
       // The peer may be gone already; the verdict stands.
     }
     throw AuthenticationError("digest received was wrong");
   }
-  send_message(fd, bytes_of(kWelcome), deadline);
+  posix::write_until(fd, framed_verdict(true), deadline);
 }
 
 void answer_challenge(int fd, const AuthenticationString& key, posix::Deadline deadline) {

@@ -24,6 +24,22 @@ void send_message(int fd, std::span<const std::byte> payload, posix::Deadline de
 /// Server side: challenge the peer; throws mp::AuthenticationError("digest received was
 /// wrong") after telling it #FAILURE#.
 void deliver_challenge(int fd, const AuthenticationString& key, posix::Deadline deadline);
+/// The server side one step at a time, for a poll loop that must not wait on any one peer:
+/// the framed challenge to send, and the message a valid answer signs.
+struct Challenge {
+  std::vector<std::byte> framed;
+  std::vector<std::byte> message;
+};
+Challenge make_challenge();
+/// Whether `response` (an answer's payload, unframed) proves `key` for `challenge`; constant
+/// time. A CPython <= 3.11 client's bare HMAC-MD5 is understood.
+bool response_is_valid(const AuthenticationString& key, const Challenge& challenge,
+                       std::span<const std::byte> response);
+/// "#WELCOME#" or "#FAILURE#", framed.
+std::vector<std::byte> framed_verdict(bool welcome);
+/// Longest handshake message either side accepts.
+inline constexpr std::size_t kMaxHandshakeMessage = 256;
+
 /// Client side: answer a challenge; throws mp::AuthenticationError("digest sent was rejected").
 void answer_challenge(int fd, const AuthenticationString& key, posix::Deadline deadline);
 

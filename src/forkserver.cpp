@@ -305,6 +305,49 @@ struct Server {
   std::vector<unique_fd> clients;  // authenticated connections, one per program process
 };
 
+// A connection that has been challenged and not yet answered. Handshakes are driven by the
+// server's poll loop, each with its own deadline: a peer that connects and stays silent (or
+// answers a byte at a time) never holds up a start.
+struct Handshake {
+  unique_fd fd;
+  Deadline deadline;
+  Challenge challenge;
+  std::vector<std::byte> received;  // the answer's 4-byte length, then its payload
+};
+constexpr std::size_t kMaxPendingHandshakes = 64;  // beyond: the oldest is dropped
+
+// Reads what has arrived of the answer; true when the handshake is over (either way: an
+// accepted connection has been moved to s.clients). Throws to drop the connection.
+bool advance(Server& s, Handshake& h) {
+  for (;;) {
+    std::size_t want = 4;
+    if (h.received.size() >= 4) {
+      const auto* b = reinterpret_cast<const unsigned char*>(h.received.data());
+      const std::uint32_t n = std::uint32_t(b[0]) << 24 | std::uint32_t(b[1]) << 16 |
+                              std::uint32_t(b[2]) << 8 | std::uint32_t(b[3]);
+      if (n > kMaxHandshakeMessage) throw std::runtime_error("bad message length");
+      want = 4 + n;
+      if (h.received.size() == want) break;  // the whole answer
+    }
+    const std::size_t had = h.received.size();
+    h.received.resize(want);  // never more than the answer: a request must not be swallowed
+    auto got = recv_nowait(h.fd.get(), std::span(h.received).subspan(had));
+    h.received.resize(had + got.value_or(0));
+    if (!got) return false;  // the rest has not come yet
+    if (*got == 0)
+      throw std::runtime_error(had == 0 ? "EOF: the peer closed the connection"
+                                        : "got end of file during message");
+  }
+  const bool ok = response_is_valid(s.key, h.challenge, std::span(h.received).subspan(4));
+  const auto verdict = framed_verdict(ok);
+  // A few bytes into a socket whose peer is waiting for them: they fit at once.
+  if (send_nowait(h.fd.get(), verdict) != verdict.size() && ok)
+    throw std::runtime_error("could not send the verdict");
+  if (!ok) throw AuthenticationError("digest received was wrong");
+  s.clients.push_back(std::move(h.fd));
+  return true;
+}
+
 void log_line(const std::string& line) {
   std::string l = "multiprocess forkserver: " + line + "\n";
   std::fputs(l.c_str(), stderr);
@@ -438,13 +481,21 @@ void forkserver_main(int argc, char** argv) {
   (void)send_nowait(init_fd, {&ready, 1});
   close_fd(init_fd);
 
+  std::vector<Handshake> pending;
   std::vector<int> watched;
   for (;;) {
     watched.assign({s.alive_r, s.listener});
     for (const auto& c : s.clients) watched.push_back(c.get());
+    std::optional<Duration> timeout;
+    const auto now = std::chrono::steady_clock::now();
+    for (const auto& h : pending) {
+      watched.push_back(h.fd.get());
+      const Duration left = std::max(h.deadline - now, Deadline::duration::zero());
+      if (!timeout || left < *timeout) timeout = left;
+    }
     std::vector<int> ready;
     try {
-      ready = wait_any_readable(watched, std::nullopt);
+      ready = wait_any_readable(watched, timeout);
     } catch (const std::exception& e) {
       log_line(std::string("poll: ") + e.what());
       server_exit(s, 1);
@@ -464,22 +515,42 @@ void forkserver_main(int argc, char** argv) {
       }
       if (!keep) s.clients.erase(s.clients.begin() + static_cast<std::ptrdiff_t>(i));
     }
+    // Then handshakes: nothing a client sends is acted on before it has proved it holds the
+    // authkey, and none of them is waited for.
+    const auto after = std::chrono::steady_clock::now();
+    for (std::size_t i = pending.size(); i-- > 0;) {
+      bool done = false;
+      try {
+        if (is_ready(pending[i].fd.get())) done = advance(s, pending[i]);
+        if (!done && after >= pending[i].deadline)
+          throw TimeoutError("no answer to the challenge within the handshake's time");
+      } catch (const std::exception& e) {
+        log_line(std::string("dropped a connection: ") + e.what());
+        done = true;
+      }
+      if (done) pending.erase(pending.begin() + static_cast<std::ptrdiff_t>(i));
+    }
     if (!is_ready(s.listener)) continue;
-    unique_fd conn;
+    Handshake h;
     try {
       std::string host;
       int port = -1;
-      conn = unique_fd(accept_connection(s.listener, host, port));
+      h.fd = unique_fd(accept_connection(s.listener, host, port));
     } catch (const std::exception&) {
       continue;
     }
-    // Nothing a client sends is acted on before it has proved it holds the authkey.
-    try {
-      deliver_challenge(conn.get(), s.key, deadline());
-      s.clients.push_back(std::move(conn));
-    } catch (const std::exception& e) {
-      log_line(std::string("dropped a connection: ") + e.what());
+    h.challenge = make_challenge();
+    h.deadline = deadline();
+    // Into a fresh socket's empty buffer: it fits at once, or the peer is already gone.
+    if (send_nowait(h.fd.get(), h.challenge.framed) != h.challenge.framed.size()) {
+      log_line("dropped a connection: could not send the challenge");
+      continue;
     }
+    if (pending.size() == kMaxPendingHandshakes) {
+      log_line("dropped a connection: too many handshakes in progress");
+      pending.erase(pending.begin());
+    }
+    pending.push_back(std::move(h));
   }
 }
 

@@ -100,6 +100,36 @@ TEST(ForkServer, WrongAuthkeyIsRefusedAndTheServerKeepsServing) {
   EXPECT_EQ(mp::detail::forkserver_pid(), server) << "the same server kept serving";
 }
 
+// A peer that connects and never answers the challenge must not hold up anyone else: each
+// handshake has its own deadline in the server's poll loop (issue: 9.8 s per silent peer).
+TEST(ForkServer, SilentConnectionsDoNotDelayStarts) {
+  start_and_join_ok();
+  const int server = mp::detail::forkserver_pid();
+  std::vector<mp::posix::unique_fd> silent;
+  for (int i = 0; i < 10; ++i) silent.push_back(raw_connect(mp::detail::forkserver_address()));
+  std::chrono::duration<double> worst{0};
+  for (int i = 0; i < 20; ++i) {
+    // Every other start authenticates a fresh connection while the silent ones wait.
+    if (i % 2 == 0) mp::detail::forkserver_disconnect();
+    const auto t0 = std::chrono::steady_clock::now();
+    auto p = mp::forkserver_context.Process(exit_with, 3);
+    p.start();
+    p.join(kHang);
+    const std::chrono::duration<double> took = std::chrono::steady_clock::now() - t0;
+    worst = std::max(worst, took);
+    EXPECT_EQ(p.exitcode(), 3);
+    // A bound, not a speed check: one stalled handshake used to cost 10 s.
+    EXPECT_LT(took.count(), 2.0) << "start " << i << " was held up by the silent peers";
+  }
+  EXPECT_EQ(mp::detail::forkserver_pid(), server) << "the same server kept serving";
+  std::printf("[ info ] 20 starts beside 10 silent peers: slowest start+join %.2f ms\n",
+              worst.count() * 1e3);
+  // Each silent peer is dropped once its own handshake deadline (10 s) has passed.
+  for (auto& fd : silent) wait_closed(fd.get());
+  start_and_join_ok();
+  EXPECT_EQ(mp::detail::forkserver_pid(), server);
+}
+
 TEST(ForkServer, GarbageTruncatedAndOversizedMessagesAreDropped) {
   // A server of our own whose stderr we read.
   mp::detail::forkserver_stop();
