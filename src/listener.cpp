@@ -1,7 +1,10 @@
 // Listener and Client (CPython connection.py: SocketListener, SocketClient, the handshake).
 #include "mp/listener.hpp"
 
+#include <cerrno>
+#include <ostream>
 #include <stdexcept>
+#include <system_error>
 
 #include "auth.hpp"
 #include "posix/socket.hpp"
@@ -53,7 +56,17 @@ Listener::Listener(std::optional<Address> address, std::optional<std::string> fa
       address_ = Address(std::move(bound));
     } else {
       const auto& path = std::get<std::string>(*address);
-      posix::listen_unix(path, backlog, fd_);
+      try {
+        posix::listen_unix(path, backlog, fd_);
+      } catch (const std::system_error& e) {
+        // CPython fails here too. The usual cause: a server that died without close().
+        if (e.code().value() != EADDRINUSE || path.empty() || path[0] == '\0') throw;
+        throw std::system_error(e.code(),
+                                "bind '" + path +
+                                    "' (the socket file exists: a running server's, or "
+                                    "one left by a server that died without closing its "
+                                    "Listener; if no server uses it, remove it and retry)");
+      }
       address_ = Address(path);
       if (!path.empty() && path[0] != '\0') unlink_path_ = path;
     }
@@ -62,6 +75,10 @@ Listener::Listener(std::optional<Address> address, std::optional<std::string> fa
     throw;
   }
 }
+
+Listener::Listener(std::optional<Address> address, ListenerOptions options)
+    : Listener(std::move(address), std::move(options.family), options.backlog,
+               std::move(options.authkey)) {}
 
 Listener::Listener(Listener&& o) noexcept
     : fd_(std::exchange(o.fd_, -1)),
@@ -128,6 +145,19 @@ Connection Client(const Address& address, std::optional<std::string> family,
     detail::deliver_challenge(fd.get(), *authkey, handshake_deadline());
   }
   return Connection(fd.release(), true, true);
+}
+
+Connection Client(const Address& address, ClientOptions options) {
+  return Client(address, std::move(options.family), std::move(options.authkey));
+}
+
+std::ostream& operator<<(std::ostream& os, const Address& address) {
+  if (const auto* path = std::get_if<std::string>(&address)) {
+    if (!path->empty() && (*path)[0] == '\0') return os << "\\0" << path->substr(1);
+    return os << *path;
+  }
+  const auto& [host, port] = std::get<std::pair<std::string, int>>(address);
+  return os << "('" << host << "', " << port << ')';
 }
 
 }  // namespace mp

@@ -204,8 +204,11 @@ int bootstrap(Process& self, ParentInfo parent, bool close_stdin) {
 
 void pickle_process(const Process& p, reduction::OutArchive& ar) {
   auto& s = ProcessState::of(p);
+  // Named in the errors: "for a spawned child" was wrong under forkserver.
+  const std::string child =
+      p.start_method() == StartMethod::forkserver ? "a forkserver child" : "a spawned child";
   if (s.target && typeid(p) == typeid(Process)) {
-    s.target->pickle(ar);
+    s.target->pickle(ar, child);
   } else if (typeid(p) == typeid(Process)) {
     ar(reduction::code_ref(reinterpret_cast<const void*>(&load_subclass<Process>)));
   } else if (p.mp_declared_type() == typeid(p)) {
@@ -213,9 +216,8 @@ void pickle_process(const Process& p, reduction::OutArchive& ar) {
     p.mp_save(ar);
   } else {
     auto type = reduction::demangle(typeid(p));
-    throw PicklingError("Can't pickle '" + type +
-                        "' for a spawned child: declare its class and fields with MP_FIELDS(" +
-                        type +
+    throw PicklingError("Can't pickle '" + type + "' for " + child +
+                        ": declare its class and fields with MP_FIELDS(" + type +
                         ", field1, field2, ...) inside the class, or use the fork start "
                         "method");
   }

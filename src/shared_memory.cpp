@@ -2,6 +2,7 @@
 #include "mp/shared_memory.hpp"
 
 #include <atomic>
+#include <cerrno>
 #include <cstring>
 
 #include <limits>
@@ -110,8 +111,10 @@ SharedMemory::SharedMemory(std::optional<std::string> name, bool create, std::in
     if (actual > std::numeric_limits<std::size_t>::max())
       throw std::system_error(std::make_error_code(std::errc::value_too_large),
                               "mmap '" + path + "'");
-    data_ = posix::shm_map(fd.get(), static_cast<std::size_t>(actual), path);
     size_ = static_cast<std::size_t>(actual);
+    // Copies share the mapping: the last one to close (or go) unmaps it.
+    map_ = std::shared_ptr<std::byte>(posix::shm_map(fd.get(), size_, path),
+                                      [n = size_](std::byte* p) { posix::shm_unmap(p, n); });
     // Only the creator registers it. CPython 3.11 registers every attacher too, so the first
     // attacher to exit has its tracker unlink a segment others still use (gh-82300).
     if (create && track_) detail::track_resource(kKind, path);
@@ -129,7 +132,7 @@ SharedMemory::SharedMemory(std::optional<std::string> name, bool create, std::in
 SharedMemory::SharedMemory(SharedMemory&& o) noexcept
     : name_(std::exchange(o.name_, {})),
       size_(std::exchange(o.size_, 0)),
-      data_(std::exchange(o.data_, nullptr)),
+      map_(std::move(o.map_)),
       track_(std::exchange(o.track_, false)) {}
 
 SharedMemory& SharedMemory::operator=(SharedMemory&& o) noexcept {
@@ -137,7 +140,7 @@ SharedMemory& SharedMemory::operator=(SharedMemory&& o) noexcept {
     close();
     name_ = std::exchange(o.name_, {});
     size_ = std::exchange(o.size_, 0);
-    data_ = std::exchange(o.data_, nullptr);
+    map_ = std::move(o.map_);
     track_ = std::exchange(o.track_, false);
   }
   return *this;
@@ -148,17 +151,30 @@ SharedMemory::~SharedMemory() {
 }
 
 void SharedMemory::close() noexcept {
-  if (data_) posix::shm_unmap(data_, size_);
-  data_ = nullptr;
+  map_.reset();
 }
 
 void SharedMemory::unlink() {
   if (name_.empty()) return;  // CPython: `if self._name`
   const std::string path = path_of(name_);
-  posix::shm_unlink(path);
+  bool gone = false;
+  try {
+    posix::shm_unlink(path);
+  } catch (const std::system_error& e) {
+    if (e.code().value() != ENOENT) throw;
+    gone = true;
+  }
   // Whoever unlinks tells the tracker, creator or not: the tracker is shared by the process
-  // tree (as CPython's), and a segment one child unlinks is no leak of its creator's.
+  // tree (as CPython's), and a segment one child unlinks is no leak of its creator's. One that
+  // is gone is no leak either: the tracker must not warn about it at exit.
   if (track_) detail::untrack_resource(kKind, path);
+  if (gone)
+    throw FileNotFoundError(path,
+                            "shared memory segment '" + name_ +
+                                "' was already removed: by another unlink(), or by the resource "
+                                "tracker of a Python process that attached to it and exited "
+                                "(Python 3.11/3.12 register an attached segment: see "
+                                "docs/from-python.md)");
 }
 
 std::ostream& operator<<(std::ostream& os, const SharedMemory& shm) {

@@ -6,6 +6,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <sstream>
 #include <thread>
 
 #include "auth.hpp"
@@ -127,6 +128,106 @@ TEST(Listener, Errors) {
   } catch (const std::system_error& e) {
     EXPECT_EQ(e.code().value(), ECONNREFUSED);
   }
+}
+
+// A server that dies without close(): its socket file stays behind.
+void listen_then_die(std::string path) {
+  mp::Listener l{mp::Address(path)};
+  ::kill(::getpid(), SIGKILL);
+}
+
+TEST(Listener, ACrashedServersSocketFileIsNamedInTheError) {
+  mp::Listener dir;  // a private directory to put the path in
+  const auto& own = std::get<std::string>(dir.address());
+  const std::string path = own.substr(0, own.rfind('/')) + "/crashed";
+  auto p = mp::get_context("fork").Process(listen_then_die, path);
+  p.start();
+  p.join(kHang);
+  ASSERT_EQ(p.exitcode(), -SIGKILL);
+  ASSERT_TRUE(std::filesystem::exists(path));
+  try {
+    mp::Listener again{mp::Address(path)};
+    ADD_FAILURE() << "bound over a socket file";
+  } catch (const std::system_error& e) {
+    EXPECT_EQ(e.code().value(), EADDRINUSE) << e.what();
+    EXPECT_NE(std::string(e.what()).find("bind '" + path + "'"), std::string::npos) << e.what();
+    EXPECT_NE(std::string(e.what()).find("remove it"), std::string::npos) << e.what();
+  }
+  // What the docs say to do.
+  std::filesystem::remove(path);
+  mp::Listener restarted{mp::Address(path)};
+  auto p2 = mp::Process(send_hello, restarted.address());
+  p2.start();
+  EXPECT_EQ(restarted.accept().recv<std::string>(), "hello");
+  p2.join(kHang);
+  EXPECT_EQ(p2.exitcode(), 0);
+}
+
+TEST(Listener, BindAndConnectErrorsNameTheAddress) {
+  mp::Listener tcp(mp::Address(std::pair<std::string, int>("localhost", 0)));
+  const auto port = std::get<std::pair<std::string, int>>(tcp.address()).second;
+  try {
+    mp::Listener again(mp::Address(std::pair<std::string, int>("127.0.0.1", port)));
+    ADD_FAILURE() << "bound twice";
+  } catch (const std::system_error& e) {
+    EXPECT_NE(std::string(e.what()).find("bind ('127.0.0.1', " + std::to_string(port) + ")"),
+              std::string::npos)
+        << e.what();
+  }
+  try {
+    mp::Client(mp::Address(std::string("/nonexistent/mp-socket")));
+    ADD_FAILURE() << "connected to nothing";
+  } catch (const std::system_error& e) {
+    EXPECT_NE(std::string(e.what()).find("connect '/nonexistent/mp-socket'"), std::string::npos)
+        << e.what();
+  }
+}
+
+void send_hello_with_options(mp::Address address, std::string key) {
+  auto c = mp::Client(address, {.authkey = mp::AuthenticationString(key)});
+  c.send(std::string("hello"));
+}
+
+void connect_with_wrong_key(mp::Address address) {
+  try {
+    mp::Client(address, {.family = "AF_UNIX", .authkey = mp::AuthenticationString("wrong")});
+  } catch (const mp::AuthenticationError&) {
+    mp::exit(7);
+  }
+}
+
+TEST(Listener, KeywordOptions) {
+  mp::Listener l(std::nullopt, {.backlog = 4, .authkey = mp::AuthenticationString("k")});
+  auto p = mp::Process(send_hello_with_options, l.address(), std::string("k"));
+  p.start();
+  EXPECT_EQ(l.accept().recv<std::string>(), "hello");
+  p.join(kHang);
+  EXPECT_EQ(p.exitcode(), 0);
+  // The key is used: a wrong one fails on both sides.
+  auto bad = mp::Process(connect_with_wrong_key, l.address());
+  bad.start();
+  EXPECT_THROW(l.accept(), mp::AuthenticationError);
+  bad.join(kHang);
+  EXPECT_EQ(bad.exitcode(), 7);
+
+  mp::Listener tcp(std::nullopt, {.family = "AF_INET"});
+  using HostPort = std::pair<std::string, int>;
+  EXPECT_TRUE(std::holds_alternative<HostPort>(tcp.address()));
+}
+
+std::string printed(const mp::Address& a) {
+  std::ostringstream os;
+  os << a;
+  return os.str();
+}
+
+TEST(Listener, AddressesPrintAsPython) {
+  EXPECT_EQ(printed(mp::Address(std::string("/tmp/x/listener"))), "/tmp/x/listener");
+  EXPECT_EQ(printed(mp::Address(std::string("\0mp-abstract", 12))), "\\0mp-abstract");
+  EXPECT_EQ(printed(mp::Address(std::pair<std::string, int>("127.0.0.1", 5000))),
+            "('127.0.0.1', 5000)");
+  mp::Listener l;
+  EXPECT_EQ(printed(l.address()), std::get<std::string>(l.address()));
 }
 
 TEST(Listener, Authentication) {

@@ -271,6 +271,10 @@ class ProcessTest : public ::testing::TestWithParam<std::string> {
  protected:
   const mp::Context& ctx() const { return mp::get_context(GetParam()); }
   bool is_fork() const { return GetParam() == "fork"; }
+  // How a PicklingError names the child it was for.
+  std::string child_kind() const {
+    return GetParam() == "forkserver" ? "for a forkserver child" : "for a spawned child";
+  }
   // A plain Process (named Process-N) bound to this test's start method.
   template <class... A>
   mp::Process make(A&&... a) {
@@ -897,12 +901,14 @@ TEST_P(ProcessTest, UnpicklableTargetIsRefusedBeforeAnyChildExists) {
   } catch (const mp::PicklingError& e) {
     EXPECT_NE(std::string(e.what()).find("lambda"), std::string::npos) << e.what();
     EXPECT_NE(std::string(e.what()).find("fork start method"), std::string::npos) << e.what();
+    EXPECT_NE(std::string(e.what()).find(child_kind()), std::string::npos) << e.what();
   }
   try {
     u.start();
     ADD_FAILURE() << "expected PicklingError";
   } catch (const mp::PicklingError& e) {
     EXPECT_NE(std::string(e.what()).find("MP_FIELDS"), std::string::npos) << e.what();
+    EXPECT_NE(std::string(e.what()).find(child_kind()), std::string::npos) << e.what();
   }
   EXPECT_FALSE(p.pid());
   EXPECT_TRUE(mp::active_children().empty());
@@ -937,6 +943,7 @@ TEST_P(ProcessTest, UnserializableArgumentIsNamed) {
   } catch (const mp::PicklingError& e) {
     EXPECT_NE(std::string(e.what()).find("NoSerializer"), std::string::npos) << e.what();
     EXPECT_NE(std::string(e.what()).find("serialize(Archive&)"), std::string::npos) << e.what();
+    EXPECT_NE(std::string(e.what()).find(child_kind()), std::string::npos) << e.what();
   }
   EXPECT_FALSE(p.pid());
 }

@@ -63,11 +63,19 @@ class TypedContext : public Context {
  private:
   template <class F, class... Args>
   static constexpr void check() {
-    if constexpr (M != StartMethod::fork) {
+    // One static_assert per method: its message must be a literal, and it names the method.
+    if constexpr (M == StartMethod::spawn) {
       static_assert(reduction::Callable<std::decay_t<F>>,
                     "mp: this target cannot cross to a spawned child: a capturing lambda or a "
                     "function object without a serializer. Use a plain function or a captureless "
                     "lambda and pass data as arguments, or use fork_context");
+    } else if constexpr (M == StartMethod::forkserver) {
+      static_assert(reduction::Callable<std::decay_t<F>>,
+                    "mp: this target cannot cross to a forkserver child: a capturing lambda or a "
+                    "function object without a serializer. Use a plain function or a captureless "
+                    "lambda and pass data as arguments, or use fork_context");
+    }
+    if constexpr (M != StartMethod::fork) {
       static_assert((reduction::Value<detail::Stored<Args>> && ...),
                     "mp: an argument type has no serializer; give it serialize(Archive&) (cereal) "
                     "or use fork_context");

@@ -4,6 +4,7 @@
 #include <optional>
 #include <stdexcept>
 #include <string>
+#include <system_error>
 
 namespace mp {
 
@@ -41,6 +42,25 @@ class BufferTooShort : public ProcessError {
 class PicklingError : public ProcessError {
  public:
   using ProcessError::ProcessError;
+};
+
+/// A named thing that is not there (Python's FileNotFoundError): a std::system_error with
+/// ENOENT whose what() is CPython's "[Errno 2] No such file or directory: 'name'", then why.
+class FileNotFoundError : public std::system_error {
+ public:
+  FileNotFoundError(std::string filename, const std::string& why)
+      : std::system_error(static_cast<int>(std::errc::no_such_file_or_directory),
+                          std::system_category()),
+        filename_(std::move(filename)),
+        what_("[Errno 2] No such file or directory: '" + filename_ + "'" +
+              (why.empty() ? "" : ": " + why)) {}
+  const char* what() const noexcept override { return what_.c_str(); }
+  /// The missing name (Python's .filename).
+  const std::string& filename() const noexcept { return filename_; }
+
+ private:
+  std::string filename_;
+  std::string what_;
 };
 
 /// Ends the current child process with `code()` (Python's SystemExit). Deliberately not a

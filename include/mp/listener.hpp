@@ -4,6 +4,7 @@
 
 #include <chrono>
 #include <optional>
+#include <ostream>
 #include <string>
 #include <utility>
 #include <variant>
@@ -14,8 +15,27 @@
 namespace mp {
 
 /// A Unix socket path (a leading '\0' names a Linux abstract socket), or (host, port) for
-/// TCP, as Python's str / tuple addresses.
-using Address = std::variant<std::string, std::pair<std::string, int>>;
+/// TCP, as Python's str / tuple addresses. A std::variant (std::get, std::visit work).
+struct Address : std::variant<std::string, std::pair<std::string, int>> {
+  using variant::variant;
+  /// As Python prints it: the path (a leading NUL as "\0"), or ('127.0.0.1', 5000).
+  friend std::ostream& operator<<(std::ostream& os, const Address& address);
+};
+
+/// Listener's keywords (Python's family=, backlog=, authkey=):
+/// `mp::Listener(address, {.authkey = mp::current_process().authkey()})`.
+struct ListenerOptions {
+  std::optional<std::string> family =
+      std::nullopt;  ///< "AF_UNIX", "AF_INET"; default: from the address
+  int backlog = 1;
+  std::optional<AuthenticationString> authkey = std::nullopt;  ///< none: no authentication
+};
+
+/// Client's keywords (Python's family=, authkey=): `mp::Client(address, {.authkey = key})`.
+struct ClientOptions {
+  std::optional<std::string> family = std::nullopt;
+  std::optional<AuthenticationString> authkey = std::nullopt;
+};
 
 /// The handshake of accept() and Client() gives up after this long (a stalled peer).
 inline constexpr std::chrono::seconds kHandshakeTimeout{20};
@@ -23,12 +43,14 @@ inline constexpr std::chrono::seconds kHandshakeTimeout{20};
 /// A bound, listening socket (Python's Listener). family: "AF_UNIX" or "AF_INET"; by default
 /// from the address, else AF_UNIX on a fresh path in a private temporary directory. With an
 /// authkey, accept() runs CPython's mutual HMAC handshake. Closing (or destroying) it
-/// removes its socket file.
+/// removes its socket file; a crashed server's file stays, and binding its path again throws
+/// std::system_error EADDRINUSE naming the path (as CPython): remove the file first.
 class Listener {
  public:
   explicit Listener(std::optional<Address> address = std::nullopt,
                     std::optional<std::string> family = std::nullopt, int backlog = 1,
                     std::optional<AuthenticationString> authkey = std::nullopt);
+  Listener(std::optional<Address> address, ListenerOptions options);
   Listener(Listener&& o) noexcept;
   Listener& operator=(Listener&& o) noexcept;
   Listener(const Listener&) = delete;
@@ -59,5 +81,6 @@ class Listener {
 /// Unix path: std::system_error ENOENT; a closed TCP port: ECONNREFUSED.
 Connection Client(const Address& address, std::optional<std::string> family = std::nullopt,
                   std::optional<AuthenticationString> authkey = std::nullopt);
+Connection Client(const Address& address, ClientOptions options);
 
 }  // namespace mp

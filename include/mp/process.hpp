@@ -38,8 +38,9 @@ struct ProcessState;
 struct TargetBase {
   virtual ~TargetBase() = default;
   virtual void call() = 0;
-  // Writes the loader reference and the data; throws PicklingError naming what cannot cross.
-  virtual void pickle(reduction::OutArchive& ar) const = 0;
+  // Writes the loader reference and the data; throws PicklingError naming what cannot cross
+  // to `child` ("a spawned child", "a forkserver child").
+  virtual void pickle(reduction::OutArchive& ar, std::string_view child) const = 0;
 };
 
 // Arguments are stored decayed; C strings and string_views are stored as std::string, so they
@@ -59,11 +60,11 @@ class Target final : public TargetBase {
   Target(F f, std::tuple<Args...> args) : f_(std::move(f)), args_(std::move(args)) {}
   // Once, in the child: the arguments are moved in, so move-only ones (a Connection) work.
   void call() override { std::apply(f_, std::move(args_)); }
-  void pickle(reduction::OutArchive& ar) const override {
+  void pickle(reduction::OutArchive& ar, std::string_view child) const override {
     if constexpr (!reduction::Callable<F>) {
       throw PicklingError(
-          "Can't pickle the target '" + reduction::type_name<F>() +
-          "' for a spawned child: a capturing lambda or a function object without a serializer "
+          "Can't pickle the target '" + reduction::type_name<F>() + "' for " + std::string(child) +
+          ": a capturing lambda or a function object without a serializer "
           "cannot cross. Use a plain function or a captureless lambda and pass the data as "
           "arguments, give the type a serialize(Archive&) function, or use the fork start method");
     } else if constexpr (!(reduction::Value<Args> && ...)) {
@@ -72,8 +73,8 @@ class Target final : public TargetBase {
             ? void()
             : void(bad += (bad.empty() ? "" : "', '") + reduction::type_name<Args>())),
        ...);
-      throw PicklingError("Can't pickle argument type '" + bad +
-                          "' for a spawned child: it has no serializer. Give it a cereal "
+      throw PicklingError("Can't pickle argument type '" + bad + "' for " + std::string(child) +
+                          ": it has no serializer. Give it a cereal "
                           "serialize(Archive&) function (or MP_FIELDS for a Process subclass), "
                           "or use the fork start method");
     } else {
@@ -93,6 +94,24 @@ std::unique_ptr<Process> load_subclass(reduction::InArchive& ar);
 
 template <class T>
 inline constexpr bool is_process_v = std::derived_from<std::remove_cvref_t<T>, Process>;
+
+// MP_FIELDS' check, ahead of cereal's own: instantiated once for each field's type, so the
+// error's "In instantiation of" line names it. (A type that is not default-constructible is
+// left to cereal: it may load in place.)
+template <class FieldType>
+struct MP_FIELDS_field_has_no_serializer {
+  static constexpr bool ok =
+      !std::is_default_constructible_v<FieldType> || reduction::Value<FieldType>;
+  static_assert(ok,
+                "mp: MP_FIELDS: a field's type (the FieldType in the line above) has no "
+                "serializer. Give it a cereal serialize(Archive&) function, leave the field out "
+                "of MP_FIELDS, or use the fork start method");
+};
+template <class Archive, class... Fields>
+void fields(Archive& ar, Fields&... f) {
+  if constexpr ((MP_FIELDS_field_has_no_serializer<std::remove_cvref_t<Fields>>::ok && ...))
+    reduction::fields(ar, f...);
+}
 }  // namespace detail
 
 /// Construction options (Python's name= and daemon= keywords).
@@ -202,10 +221,10 @@ class Process {
     return typeid(Type);                                            \
   }                                                                 \
   void mp_save(::mp::reduction::OutArchive& mp_ar) const override { \
-    ::mp::reduction::fields(mp_ar __VA_OPT__(, ) __VA_ARGS__);      \
+    ::mp::detail::fields(mp_ar __VA_OPT__(, ) __VA_ARGS__);         \
   }                                                                 \
   void mp_load(::mp::reduction::InArchive& mp_ar) override {        \
-    ::mp::reduction::fields(mp_ar __VA_OPT__(, ) __VA_ARGS__);      \
+    ::mp::detail::fields(mp_ar __VA_OPT__(, ) __VA_ARGS__);         \
   }                                                                 \
   ::mp::reduction::ProcessLoader mp_loader() const override {       \
     return &::mp::detail::load_subclass<Type>;                      \

@@ -4,6 +4,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <memory>
 #include <optional>
 #include <ostream>
 #include <span>
@@ -11,11 +12,15 @@
 
 #include <cereal/types/string.hpp>
 
+#include "mp/errors.hpp"
+
 namespace mp {
 
 /// A named shared memory segment (/dev/shm/<name> on Linux) and this process's mapping of it.
-/// Move-only; destroying it closes the mapping and never removes the segment: one process
-/// calls unlink() once nobody needs it any more, as in Python.
+/// A copy is another handle to the same segment and mapping (as a copied mp::Lock is the same
+/// lock), so one object can be the argument of several Processes, as in Python. Destroying or
+/// closing a handle never removes the segment: one process calls unlink() once nobody needs it
+/// any more, as in Python.
 ///
 /// Errors: misuse throws std::invalid_argument with CPython's ValueError text; a failed
 /// system call throws std::system_error with its errno (ENOENT for a missing segment, EEXIST
@@ -36,11 +41,13 @@ class SharedMemory {
   /// character"), an empty segment ("cannot mmap an empty file"); std::system_error else.
   explicit SharedMemory(std::optional<std::string> name, bool create = false, std::int64_t size = 0,
                         bool track = true);
+  /// Another handle to the same segment, sharing this process's mapping (empty if `o` is closed).
+  SharedMemory(const SharedMemory& o) = default;
+  SharedMemory& operator=(const SharedMemory& o) = default;
+  /// Moves leave `o` empty.
   SharedMemory(SharedMemory&& o) noexcept;
   SharedMemory& operator=(SharedMemory&& o) noexcept;
-  SharedMemory(const SharedMemory&) = delete;
-  SharedMemory& operator=(const SharedMemory&) = delete;
-  /// Closes (never unlinks).
+  /// Closes this handle (never unlinks).
   ~SharedMemory();
 
   /// The segment's name, as given or generated, without the leading '/' (Python's .name).
@@ -48,12 +55,15 @@ class SharedMemory {
   /// The segment's size in bytes; kept after close().
   std::size_t size() const { return size_; }
   /// The mapped bytes, shared with every process that maps the segment; empty after close().
-  std::span<std::byte> buf() const { return {data_, data_ ? size_ : 0}; }
-  /// Unmaps the segment from this process (buf() becomes empty); the segment stays. Idempotent.
+  std::span<std::byte> buf() const { return {map_.get(), map_ ? size_ : 0}; }
+  /// Drops this handle's mapping (buf() becomes empty; the memory is unmapped once the last
+  /// copy closes); the segment stays. Idempotent.
   void close() noexcept;
   /// Removes the segment's name (shm_unlink): mappings that exist keep working, a new attach
-  /// gets ENOENT. A second unlink() throws std::system_error ENOENT. Works before or after
-  /// close(); does nothing on an empty object.
+  /// gets ENOENT. A segment already removed (a second unlink(), another process's, or the
+  /// resource tracker of a Python process that attached to it and exited: CPython's gh-82300)
+  /// throws mp::FileNotFoundError (a std::system_error ENOENT) saying so, as CPython raises
+  /// FileNotFoundError. Works before or after close(); does nothing on an empty object.
   void unlink();
   /// The `track` flag it was made (or received) with: whether its creation is registered with
   /// the resource tracker and unlink() tells the tracker that the segment is gone.
@@ -80,7 +90,7 @@ class SharedMemory {
  private:
   std::string name_;
   std::size_t size_ = 0;
-  std::byte* data_ = nullptr;  // the mapping, size_ bytes; null when closed
+  std::shared_ptr<std::byte> map_;  // the mapping, size_ bytes, shared by copies; null when closed
   bool track_ = false;
 };
 

@@ -46,6 +46,15 @@ sockaddr_in inet_address(const std::string& host, int port) {
   return addr;
 }
 
+// A Unix socket address as messages show it: an abstract name's leading NUL as "\0".
+std::string shown(const std::string& path) {
+  return !path.empty() && path[0] == '\0' ? "\\0" + path.substr(1) : path;
+}
+
+[[noreturn]] void fail(const std::string& what) {
+  throw std::system_error(errno, std::system_category(), what);
+}
+
 std::string ip_of(const sockaddr_in& a) {
   char buf[INET_ADDRSTRLEN];
   ::inet_ntop(AF_INET, &a.sin_addr, buf, sizeof buf);
@@ -58,7 +67,9 @@ void listen_unix(const std::string& path, int backlog, int& fd) {
   unique_fd s(check(::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0), "socket"));
   sockaddr_un addr;
   socklen_t len = unix_address(path, addr);
-  check(::bind(s.get(), reinterpret_cast<sockaddr*>(&addr), len), "bind");
+  // The path in the message: EADDRINUSE is most often a dead server's socket file.
+  if (::bind(s.get(), reinterpret_cast<sockaddr*>(&addr), len) < 0)
+    fail("bind '" + shown(path) + "'");
   check(::listen(s.get(), backlog), "listen");
   fd = s.release();
 }
@@ -68,7 +79,8 @@ std::pair<std::string, int> listen_inet(const std::string& host, int port, int b
   int one = 1;
   ::setsockopt(s.get(), SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
   sockaddr_in addr = inet_address(host, port);
-  check(::bind(s.get(), reinterpret_cast<sockaddr*>(&addr), sizeof addr), "bind");
+  if (::bind(s.get(), reinterpret_cast<sockaddr*>(&addr), sizeof addr) < 0)
+    fail("bind ('" + host + "', " + std::to_string(port) + ")");
   check(::listen(s.get(), backlog), "listen");
   socklen_t len = sizeof addr;
   check(::getsockname(s.get(), reinterpret_cast<sockaddr*>(&addr), &len), "getsockname");
@@ -112,7 +124,8 @@ unique_fd connect_unix(const std::string& path) {
   unique_fd s(check(::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0), "socket"));
   sockaddr_un addr;
   socklen_t len = unix_address(path, addr);
-  connect_fd(s.get(), reinterpret_cast<sockaddr*>(&addr), len, "connect");
+  connect_fd(s.get(), reinterpret_cast<sockaddr*>(&addr), len,
+             ("connect '" + shown(path) + "'").c_str());
   return above_stdio(std::move(s));
 }
 
