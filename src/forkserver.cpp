@@ -223,17 +223,23 @@ void forkserver_disconnect() {
   c.conn.reset();
 }
 
-void forkserver_forget() {
-  Client* existing = existing_client();
-  if (!existing || (!existing->server && !existing->conn && !existing->alive_w)) return;
-  auto& c = *existing;
-  new (&c.mu) std::mutex;  // another thread may have held it at fork()
-  if (c.server) c.server->forget();
-  c.server.reset();
-  c.conn.reset();  // the parent's authenticated connection: never ours to use
-  c.alive_w.reset();
-  c.dir.clear();  // the parent's: never removed from here
-  c.address.clear();
+void forkserver_before_fork() {
+  client().mu.lock();
+}
+
+void forkserver_after_fork(bool in_child) {
+  auto& c = client();
+  if (in_child) {
+    // The parent's server, connection and directory are not this child's: it starts its own
+    // server if it needs one. The lock was held across the fork, so all of it is whole.
+    if (c.server) c.server->forget();
+    c.server.reset();
+    c.conn.reset();  // the parent's authenticated connection: never ours to use
+    c.alive_w.reset();
+    c.dir.clear();  // the parent's: never removed from here
+    c.address.clear();
+  }
+  c.mu.unlock();
 }
 
 void forkserver_set_preload(std::vector<void (*)()> hooks) {

@@ -39,8 +39,10 @@ int forkserver_fork(ForkRequest request, std::span<const int> fds, bool daemon);
 void forkserver_stop();
 /// Drops this process's connection to the server (the next start connects again; for tests).
 void forkserver_disconnect();
-/// In a fork child: forget the parent's server without touching it.
-void forkserver_forget();
+/// Around fork() (runtime's fork handlers): the client's lock is held across it; in the child
+/// the parent's server is then forgotten without being touched.
+void forkserver_before_fork();
+void forkserver_after_fork(bool in_child);
 /// Hooks the server runs once before it forks (set_forkserver_preload).
 void forkserver_set_preload(std::vector<void (*)()> hooks);
 /// The hash of the environment, and the working directory, the running (or next) server

@@ -26,10 +26,44 @@
 namespace mp {
 namespace detail {
 
+namespace {
+
+// The library's own locks are taken around every fork() — ours and any other — in one fixed
+// order (the fork server client, the resource tracker, the arenas, the runtime), so a fork
+// child of a busy multi-threaded parent finds each structure whole and each lock free. Nothing
+// in the library calls fork() while holding one of them (posix_spawn runs no fork handlers).
+void before_fork() {
+  forkserver_before_fork();
+  resource_tracker_before_fork();
+  arenas_before_fork();
+  runtime().mu.lock();
+  runtime().exe_mu.lock();
+}
+void after_fork_in_parent() {
+  runtime().exe_mu.unlock();
+  runtime().mu.unlock();
+  arenas_after_fork(false);
+  resource_tracker_after_fork(false);
+  forkserver_after_fork(false);
+}
+void after_fork_in_child() {
+  runtime().exe_mu.unlock();
+  runtime().mu.unlock();
+  arenas_after_fork(true);
+  resource_tracker_after_fork(true);
+  forkserver_after_fork(true);
+}
+
+}  // namespace
+
 Runtime& runtime() {
   // Never destroyed: children are joined by an atexit handler that may run after static
   // destructors of objects constructed later.
-  static Runtime* r = new Runtime;
+  static Runtime* r = [] {
+    auto* made = new Runtime;
+    posix::at_fork(before_fork, after_fork_in_parent, after_fork_in_child);
+    return made;
+  }();
   return *r;
 }
 
@@ -105,16 +139,13 @@ struct ForkArg {
   const auto fork_arg = *static_cast<ForkArg*>(arg);
   auto& self = *fork_arg.self;
   auto& r = runtime();
-  // Another thread of the parent may have held the lock at fork(): the child has only us.
-  new (&r.mu) std::mutex;
-  new (&r.exe_mu) std::mutex;
+  // The fork handlers held every lock of ours across the fork: what follows is whole.
   r.fork_child = true;
   // The parent's children are not ours: drop their descriptors, never wait for them.
   for (auto& e : r.children) e->popen->forget();
   r.children.clear();
   if (r.own_sentinel_w >= 0) posix::unique_fd(r.own_sentinel_w).reset();
   r.own_sentinel_w = own_sentinel_w;
-  detail::forkserver_forget();  // the parent's server is not ours
   ParentInfo parent{current_process().name(), ProcessState::of(self).parent_pid, parent_sentinel};
   force_default_start_method(StartMethod::fork);
   if (self.daemon() && fork_arg.from_main_thread &&

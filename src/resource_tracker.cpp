@@ -72,16 +72,7 @@ struct Tracker {
 };
 
 Tracker& tracker() {
-  static Tracker* t = [] {
-    // A fork child shares the tracker (it keeps the write end and the table) but not the duty
-    // to reap it, nor a lock another thread may have held at the fork.
-    posix::at_fork_child([] {
-      Tracker& t = tracker();
-      new (&t.mu) std::mutex;
-      t.pid = 0;
-    });
-    return new Tracker;  // never destroyed: used until the very end of the process
-  }();
+  static Tracker* t = new Tracker;  // never destroyed: used until the very end of the process
   return *t;
 }
 
@@ -171,6 +162,17 @@ void track_resource(std::string_view kind, std::string_view name) {
 
 void untrack_resource(std::string_view kind, std::string_view name) {
   resource_tracker::unregister_resource(name, kind);
+}
+
+void resource_tracker_before_fork() {
+  tracker().mu.lock();
+}
+void resource_tracker_after_fork(bool in_child) {
+  Tracker& t = tracker();
+  // A fork child shares the tracker (it keeps the write end and the table), not the duty to
+  // reap it.
+  if (in_child) t.pid = 0;
+  t.mu.unlock();
 }
 
 int tracker_for_child() {

@@ -11,6 +11,10 @@ void track_resource(std::string_view kind, std::string_view name);
 /// The resource is gone (unlinked): forget it. A name never tracked must be accepted.
 void untrack_resource(std::string_view kind, std::string_view name);
 
+/// Around fork() (runtime's fork handlers): the tracker's lock is held across it.
+void resource_tracker_before_fork();
+void resource_tracker_after_fork(bool in_child);
+
 /// While spawning (spawn, forkserver): hands the tracker's two descriptors (its lifeline and
 /// its table) to the child, returning the first one's index; -1 when none runs.
 int tracker_for_child();

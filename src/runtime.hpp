@@ -61,6 +61,10 @@ struct ParentInfo {
   int sentinel = -1;
 };
 
+// Around fork(): the arena allocator's lock (synchronize.cpp), held across it.
+void arenas_before_fork();
+void arenas_after_fork(bool in_child);
+
 // Runs the process object in this (child) process: CPython's BaseProcess._bootstrap.
 // Returns the exit code.
 int bootstrap(Process& self, ParentInfo parent, bool close_stdin = true);

@@ -54,18 +54,11 @@ struct Allocator {
   std::mutex mu;
   std::weak_ptr<Arena> current;
   std::size_t used = 0;
+  std::map<int, std::shared_ptr<Arena>> mapped;  // in a spawned child: the arenas handed over
 };
 
 Allocator& allocator() {
-  static Allocator* a = [] {
-    posix::at_fork_child([] {
-      Allocator& a = allocator();
-      new (&a.mu) std::mutex;
-      a.current.reset();
-      a.used = 0;
-    });
-    return new Allocator;  // never destroyed: blocks may be made until the very end
-  }();
+  static Allocator* a = new Allocator;  // never destroyed: blocks may be made until the end
   return *a;
 }
 
@@ -300,10 +293,9 @@ BlockRef save_block(const std::shared_ptr<SharedBlock>& block, const char* kind)
 std::shared_ptr<SharedBlock> load_block(const BlockRef& ref, void*& state) {
   // In a spawned child: each arena handed over is mapped once, however many of the child's
   // primitives live in it (kept for the child's life: its descriptor is used up).
-  static std::mutex mu;
-  static std::map<int, std::shared_ptr<Arena>> mapped;
-  std::lock_guard l(mu);
-  auto& arena = mapped[ref.index];
+  Allocator& a = allocator();
+  std::lock_guard l(a.mu);
+  auto& arena = a.mapped[ref.index];
   if (!arena) {
     auto fresh = std::make_shared<Arena>();
     fresh->mapping = posix::map_shared(reduction::passed_fd(ref.index));
@@ -316,6 +308,19 @@ std::shared_ptr<SharedBlock> load_block(const BlockRef& ref, void*& state) {
   block->offset = static_cast<std::size_t>(ref.offset);
   state = block->address();
   return block;
+}
+
+void arenas_before_fork() {
+  allocator().mu.lock();
+}
+void arenas_after_fork(bool in_child) {
+  Allocator& a = allocator();
+  if (in_child) {
+    // A fork child starts an arena of its own: the parent goes on filling the one they share.
+    a.current.reset();
+    a.used = 0;
+  }
+  a.mu.unlock();
 }
 
 std::shared_ptr<SharedBlock> make_data_block(std::size_t bytes, const char* name, void*& data) {

@@ -3,9 +3,13 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <atomic>
+#include <csignal>
 #include <deque>
 #include <random>
+#include <thread>
 
+#include "forkserver.hpp"
 #include "support.hpp"
 
 using namespace mp_test;
@@ -107,3 +111,57 @@ TEST(Churn, TwoThousandStartsMixingMethods) {
 }
 
 }  // namespace
+
+namespace {
+
+// What each storm child does: a fork child of a busy multi-threaded parent creates a Lock (the
+// arena allocator), starts nothing, and exits through the library's exit path (the children
+// list, the fork server client), all of which other threads were changing at the fork.
+void storm_child(mp::Lock lock) {
+  mp::Lock own;
+  own.acquire();
+  own.release();
+  lock.acquire();
+  lock.release();
+}
+
+}  // namespace
+
+// 8 threads each starting and joining children, fork mixed with spawn and forkserver, the fork
+// server restarted every round so its start races the forks: every fork child must find the
+// library's mutexes free and its containers whole (issue: hangs in forkserver_stop, SIGSEGV in
+// the children loop of fork_child_main).
+TEST(Churn, ForkChildrenOfAThreadStormAreSound) {
+  const char* methods[] = {"fork", "fork", "spawn", "forkserver"};
+  mp::Lock lock;
+  constexpr int kThreads = 8, kRounds = 10, kPerThread = 12;
+  std::atomic<int> hung{0}, bad{0}, started{0};
+  for (int round = 0; round < kRounds; ++round) {
+    mp::detail::forkserver_stop();  // its next start races the forks of this round
+    std::vector<std::thread> threads;
+    for (int t = 0; t < kThreads; ++t) {
+      threads.emplace_back([&, t] {
+        for (int i = 0; i < kPerThread; ++i) {
+          auto p = mp::get_context(methods[(t + i + round) % 4]).Process(storm_child, lock);
+          p.start();
+          ++started;
+          p.join(30s);  // a bound: a sound child ends in milliseconds
+          if (!p.exitcode()) {
+            ++hung;
+            p.kill();
+            p.join(kHang);
+          } else if (*p.exitcode() != 0) {
+            ++bad;
+            std::fprintf(stderr, "storm child ended %d: %s\n", *p.exitcode(),
+                         p.exitcode() == -SIGSEGV ? "SIGSEGV" : "");
+          }
+        }
+      });
+    }
+    for (auto& th : threads) th.join();
+  }
+  EXPECT_EQ(started.load(), kThreads * kRounds * kPerThread);
+  EXPECT_EQ(hung.load(), 0) << "fork children hung in the library's own code";
+  EXPECT_EQ(bad.load(), 0) << "fork children crashed or failed";
+  EXPECT_TRUE(no_child_left());
+}

@@ -94,8 +94,8 @@ void dup_to(int from, int to) noexcept;
 /// The signal's disposition becomes SIG_IGN / SIG_DFL.
 void ignore_signal(int sig) noexcept;
 void default_signal(int sig) noexcept;
-/// pthread_atfork with only a handler run in the child.
-void at_fork_child(void (*handler)());
+/// pthread_atfork: `prepare` runs before every fork(), `parent` and `child` after it.
+void at_fork(void (*prepare)(), void (*parent)(), void (*child)());
 
 /// What a raw clone child needs to redo glibc's per-thread bookkeeping as glibc's own _Fork
 /// does: where glibc keeps the thread id, and the robust-mutex list head.

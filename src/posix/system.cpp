@@ -179,8 +179,8 @@ void ignore_signal(int sig) noexcept {
 void default_signal(int sig) noexcept {
   ::signal(sig, SIG_DFL);
 }
-void at_fork_child(void (*handler)()) {
-  if (int e = ::pthread_atfork(nullptr, nullptr, handler))
+void at_fork(void (*prepare)(), void (*parent)(), void (*child)()) {
+  if (int e = ::pthread_atfork(prepare, parent, child))
     throw std::system_error(e, std::system_category(), "pthread_atfork");
 }
 
