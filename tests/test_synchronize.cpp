@@ -763,6 +763,32 @@ TEST_P(SyncAcross, LocksOfAHolderKilledHoldingThemAreTakenOver) {
   EXPECT_EQ(p.exitcode(), -SIGKILL);
 }
 
+void take_condition_and_die(mp::Condition c, mp::Event held) {
+  c.acquire();
+  held.set();
+  ::kill(::getpid(), SIGKILL);
+}
+
+TEST_P(SyncAcross, AConditionTellsItsLocksHolderDied) {
+  for (bool recursive : {false, true}) {
+    mp::Condition c = recursive ? mp::Condition(mp::RLock()) : mp::Condition(mp::Lock());
+    mp::Event held;
+    auto p = ctx().Process(take_condition_and_die, c, held);
+    p.start();
+    ASSERT_TRUE(held.wait(kHang));
+    EXPECT_FALSE(c.owner_died()) << "not held by us yet";
+    ASSERT_TRUE(c.acquire(true, kHang));
+    EXPECT_TRUE(c.owner_died()) << (recursive ? "RLock" : "Lock");
+    c.notify_all();  // usable as ever
+    c.release();
+    ASSERT_TRUE(c.acquire(false));
+    EXPECT_FALSE(c.owner_died()) << "an ordinary lock again";
+    c.release();
+    p.join(kHang);
+    EXPECT_EQ(p.exitcode(), -SIGKILL);
+  }
+}
+
 TEST_P(SyncAcross, TryAcquireAlsoTakesOverFromTheDead) {
   mp::Lock lock;
   mp::RLock rlock;

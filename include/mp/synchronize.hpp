@@ -191,6 +191,9 @@ class Condition {
   void lock() { lock_.acquire(); }
   bool try_lock() { return lock_.acquire(false); }
   void unlock() { lock_.release(); }
+  /// The lock's owner_died(): true while this process holds it after taking it over from a
+  /// holder that died (the state it guarded may be half-changed).
+  bool owner_died() const { return lock_.owner_died(); }
 
   /// Releases the lock (every level of an RLock), waits for a notify or the timeout, takes the
   /// lock back. False on timeout. Without the lock: std::logic_error("must acquire()
