@@ -132,12 +132,15 @@ std::string current_exception_type() {
 struct ForkArg {
   Process* self;
   bool from_main_thread;  // PR_SET_PDEATHSIG follows the forking thread, not the process
+  const SpawnPayload* pickled = nullptr;  // check mode: the child rebuilds its object from it
 };
 
 // What a fork child runs right after fork(): this process is now the child.
 [[noreturn]] void fork_child_main(void* arg, int parent_sentinel, int own_sentinel_w) {
   const auto fork_arg = *static_cast<ForkArg*>(arg);
-  auto& self = *fork_arg.self;
+  // In check mode the child runs what a spawned child would: the object rebuilt from its
+  // declared fields, not the parent's copy (kept, like a spawned child's, for its life).
+  auto& self = fork_arg.pickled ? *rebuild_process(*fork_arg.pickled).release() : *fork_arg.self;
   auto& r = runtime();
   // The fork handlers held every lock of ours across the fork: what follows is whole.
   r.fork_child = true;
@@ -236,8 +239,11 @@ int bootstrap(Process& self, ParentInfo parent, bool close_stdin) {
 void pickle_process(const Process& p, reduction::OutArchive& ar) {
   auto& s = ProcessState::of(p);
   // Named in the errors: "for a spawned child" was wrong under forkserver.
-  const std::string child =
-      p.start_method() == StartMethod::forkserver ? "a forkserver child" : "a spawned child";
+  const StartMethod method = p.start_method();
+  const std::string child = method == StartMethod::forkserver ? "a forkserver child"
+                            : method == StartMethod::fork
+                                ? "a fork child (MP_CHECK_PICKLE is set)"
+                                : "a spawned child";
   if (s.target && typeid(p) == typeid(Process)) {
     s.target->pickle(ar, child);
   } else if (typeid(p) == typeid(Process)) {
@@ -367,7 +373,11 @@ void Process::start() {
   // payload) and what the child creates outlives the child.
   resource_tracker::ensure_running();
   if (method == StartMethod::fork) {
-    detail::ForkArg arg{this, posix::is_main_thread()};
+    // Check mode: the object is pickled as for spawn, before any child exists, and the child
+    // is built from that, so the program behaves as it would under spawn and forkserver.
+    std::optional<detail::SpawnPayload> pickled;
+    if (detail::check_pickle_mode()) pickled = detail::spawn_payload(*this, method);
+    detail::ForkArg arg{this, posix::is_main_thread(), pickled ? &*pickled : nullptr};
     popen = detail::popen_fork(&detail::fork_child_main, &arg);
   } else if (method == StartMethod::spawn) {
     // Everything is pickled before any child exists: an unpicklable target leaves nothing.

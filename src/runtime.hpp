@@ -86,6 +86,13 @@ struct SpawnPayload {
 };
 SpawnPayload spawn_payload(const Process& p, StartMethod method);
 
+// MP_CHECK_PICKLE=1 (read at each start): fork children too are built from the pickled
+// process object, as spawned and forkserver children are (docs/from-python.md).
+bool check_pickle_mode();
+// What a spawned child would rebuild from `payload`, in this process (a fork child in check
+// mode): its descriptors are the same numbers here, inherited.
+std::unique_ptr<Process> rebuild_process(const SpawnPayload& payload);
+
 // A spawned or forkserver child: reads the frame from `data_fd`, rebuilds its process object
 // (with `passed_fds` for its descriptors) and runs it. Never returns.
 [[noreturn]] void child_main(int data_fd, int sentinel_w, std::vector<int> passed_fds);

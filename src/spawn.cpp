@@ -156,14 +156,10 @@ std::unique_ptr<Process> rebuild(std::vector<std::byte> payload, PrepData& prep,
 
 }  // namespace
 
-[[noreturn]] void child_main(int data_fd, int sentinel_w, std::vector<int> passed_fds) {
-  auto& r = runtime();
-  r.own_sentinel_w = sentinel_w;
-  reduction::set_passed_fds(std::move(passed_fds));
-
-  PrepData prep;
-  auto self = rebuild(read_frame(data_fd), prep, true);
-  auto& s = ProcessState::of(*self);
+namespace {
+// The rebuilt object takes the identity the parent gave it.
+void adopt_identity(Process& self, const PrepData& prep) {
+  auto& s = ProcessState::of(self);
   s.identity = prep.identity;
   s.name = prep.name;
   s.class_token = prep.class_token;
@@ -171,6 +167,32 @@ std::unique_ptr<Process> rebuild(std::vector<std::byte> payload, PrepData& prep,
   s.authkey = prep.authkey;
   s.parent_pid = prep.parent_pid;
   s.method = static_cast<StartMethod>(prep.start_method);
+}
+}  // namespace
+
+bool check_pickle_mode() {
+  const char* v = std::getenv("MP_CHECK_PICKLE");
+  return v && *v && *v != '0';
+}
+
+std::unique_ptr<Process> rebuild_process(const SpawnPayload& payload) {
+  reduction::set_passed_fds(payload.fds);
+  std::vector<std::byte> body(payload.frame.begin() + sizeof(Header),
+                              payload.frame.end() - sizeof(std::uint64_t));
+  PrepData prep;
+  auto self = rebuild(std::move(body), prep, false);
+  adopt_identity(*self, prep);
+  return self;
+}
+
+[[noreturn]] void child_main(int data_fd, int sentinel_w, std::vector<int> passed_fds) {
+  auto& r = runtime();
+  r.own_sentinel_w = sentinel_w;
+  reduction::set_passed_fds(std::move(passed_fds));
+
+  PrepData prep;
+  auto self = rebuild(read_frame(data_fd), prep, true);
+  adopt_identity(*self, prep);
   // Kept for the process's life, like the object itself (CPython's _current_process).
   Process& me = *self.release();
   const bool forked = static_cast<StartMethod>(prep.start_method) == StartMethod::forkserver;
@@ -192,10 +214,7 @@ void warm_up_child_path() {
   // each child inherits it instead of paying for it (in time and copy-on-write faults).
   Process sample;
   auto payload = spawn_payload(sample, StartMethod::forkserver);
-  std::vector<std::byte> body(payload.frame.begin() + sizeof(Header),
-                              payload.frame.end() - sizeof(std::uint64_t));
-  PrepData prep;
-  rebuild(std::move(body), prep, false);
+  rebuild_process(payload);
   std::ostringstream warm;
   warm << exitcode_to_name(-15) << sample;
 }

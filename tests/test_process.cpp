@@ -1090,3 +1090,70 @@ INSTANTIATE_TEST_SUITE_P(StartMethods, ProcessTest,
                          [](const auto& info) { return info.param; });
 
 }  // namespace
+
+// ---- check mode: MP_CHECK_PICKLE=1 makes fork children go through the declared fields ----
+
+namespace {
+
+struct Stats : mp::Process {
+  std::string out;
+  std::vector<int> xs;
+  std::string label;  // left out of MP_FIELDS: a spawned child never sees it
+  void run() override {
+    Channel::send(out, "label='" + label + "' xs=" + std::to_string(xs.size()));
+  }
+  MP_FIELDS(Stats, out, xs)
+};
+
+struct CheckPickleMode {
+  CheckPickleMode() { ::setenv("MP_CHECK_PICKLE", "1", 1); }
+  ~CheckPickleMode() { ::unsetenv("MP_CHECK_PICKLE"); }
+};
+
+std::string run_stats(const char* method) {
+  Channel out;
+  Stats s;
+  mp::get_context(method).bind_to(s);
+  s.out = out.path();
+  s.xs = {1, 2, 3};
+  s.label = "x";
+  s.start();
+  auto line = out.recv();
+  s.join(kHang);
+  EXPECT_EQ(s.exitcode(), 0) << method;
+  return line.value_or("(nothing)");
+}
+
+}  // namespace
+
+TEST(CheckPickleMode, AFieldLeftOutOfMpFieldsShowsUnderForkToo) {
+  EXPECT_EQ(run_stats("fork"), "label='x' xs=3") << "without check mode fork copies the object";
+  EXPECT_EQ(run_stats("spawn"), "label='' xs=3");
+  CheckPickleMode on;
+  for (const char* m : {"fork", "spawn", "forkserver"})
+    EXPECT_EQ(run_stats(m), "label='' xs=3") << m << ": the same result under every method";
+}
+
+TEST(CheckPickleMode, WhatSpawnRefusesForkRefusesToo) {
+  CheckPickleMode on;
+  int captured = 5;
+  auto p = mp::fork_context.Process([captured] { mp::exit(captured); });
+  try {
+    p.start();
+    ADD_FAILURE() << "a capturing lambda was started in check mode";
+  } catch (const mp::PicklingError& e) {
+    EXPECT_NE(std::string(e.what()).find("MP_CHECK_PICKLE"), std::string::npos) << e.what();
+  }
+  EXPECT_FALSE(p.pid());
+  Undeclared u;
+  mp::fork_context.bind_to(u);
+  EXPECT_THROW(u.start(), mp::PicklingError);
+  // Descriptors cross as under spawn: a Pipe end passed to the rebuilt object still works.
+  auto [r, w] = mp::Pipe(false);
+  auto q = mp::fork_context.Process([](mp::Connection c) { c.send(std::string("through")); },
+                                    std::move(w));
+  q.start();
+  EXPECT_EQ(r.recv<std::string>(), "through");
+  q.join(kHang);
+  EXPECT_EQ(q.exitcode(), 0);
+}
