@@ -67,6 +67,11 @@ Runtime& runtime() {
   return *r;
 }
 
+const char* const kNoInitError =
+    "mp::init(argc, argv) was not called: the program's main() must call mp::init(argc, argv) "
+    "as its first statement (spawned children, the fork server and the resource tracker are "
+    "this program started again)";
+
 const char* const kBootstrappingError =
     "An attempt has been made to start a new process before the current process has finished "
     "its bootstrapping phase. This probably means that this program was started as a spawned "
@@ -241,9 +246,8 @@ void pickle_process(const Process& p, reduction::OutArchive& ar) {
   // Named in the errors: "for a spawned child" was wrong under forkserver.
   const StartMethod method = p.start_method();
   const std::string child = method == StartMethod::forkserver ? "a forkserver child"
-                            : method == StartMethod::fork
-                                ? "a fork child (MP_CHECK_PICKLE is set)"
-                                : "a spawned child";
+                            : method == StartMethod::fork ? "a fork child (MP_CHECK_PICKLE is set)"
+                                                          : "a spawned child";
   if (s.target && typeid(p) == typeid(Process)) {
     s.target->pickle(ar, child);
   } else if (typeid(p) == typeid(Process)) {
@@ -360,6 +364,9 @@ void Process::start() {
     throw std::logic_error("daemonic processes are not allowed to have children");
   auto& r = runtime();
   if (r.spawn_pending) throw std::runtime_error(detail::kBootstrappingError);
+  // Before anything is started: under fork the resource tracker, under spawn every child and
+  // under forkserver the server is this program started again, and would run its main().
+  if (!r.initialized) throw ProcessError(detail::kNoInitError);
   detail::cleanup_children(r);
   detail::register_exit_function();
 

@@ -51,6 +51,7 @@ struct Runtime {
   bool exiting = false;
   bool fork_child = false;     // this process is a fork child: it must leave through _exit
   bool spawn_pending = false;  // started by spawn, and main() has not called mp::init yet
+  bool initialized = false;    // mp::init has run (here, or in the parent a fork copied)
   int own_sentinel_w = -1;     // without pidfds: our end of the parent's sentinel pipe
 };
 Runtime& runtime();
@@ -114,6 +115,8 @@ std::string context_class_token(StartMethod m);
 
 // The spawn-child startup text for start() when main() skipped mp::init.
 extern const char* const kBootstrappingError;
+// What start() says, under every method, in a program whose main() never called mp::init.
+extern const char* const kNoInitError;
 
 }  // namespace mp::detail
 

@@ -288,6 +288,7 @@ std::string spawn_executable() {
 }  // namespace detail
 
 void init(int argc, char** argv) {
+  detail::runtime().initialized = true;
   if (argc < 2 || !argv || !argv[1]) return;
   const bool marked = std::strcmp(argv[1], detail::kSpawnFlag) == 0 ||
                       std::strcmp(argv[1], detail::kForkServerFlag) == 0 ||

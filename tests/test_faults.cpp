@@ -32,6 +32,9 @@ void block_on(std::string gate) {
 // ---- the executable ----
 
 TEST(Faults, MissingOrNonExecutableExecutable) {
+  // The default method (forkserver) execs the executable only to start its server: no server
+  // may be running from an earlier test.
+  mp::detail::forkserver_stop();
   auto dir = temp_dir();
   auto not_exec = dir / "not_executable";
   std::filesystem::copy_file(mp::get_executable(), not_exec);
@@ -119,6 +122,26 @@ TEST(Faults, ChildProgramFromAnotherBuild) {
   auto text = err.text();
   EXPECT_EQ(p.exitcode(), 1);
   EXPECT_NE(text.find("is a different build from its parent"), std::string::npos) << text;
+}
+
+// A program whose main() forgot mp::init gets the same clear refusal under every method,
+// before anything is started (under fork the resource tracker used to re-run its main()).
+TEST(Faults, StartWithoutInitIsRefusedTheSameUnderEveryMethod) {
+  for (const char* method : {"fork", "spawn", "forkserver"}) {
+    const std::string cmd = helper_path("no_init") + " --start " + method + " 2>&1";
+    FILE* f = ::popen(cmd.c_str(), "r");
+    ASSERT_NE(f, nullptr);
+    std::string text;
+    char buf[512];
+    for (std::size_t n; (n = std::fread(buf, 1, sizeof buf, f)) > 0;) text.append(buf, n);
+    const int status = ::pclose(f);
+    EXPECT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 3) << method << ": " << text;
+    EXPECT_EQ(text,
+              "no_init: start() refused: mp::init(argc, argv) was not called: the program's "
+              "main() must call mp::init(argc, argv) as its first statement (spawned children, "
+              "the fork server and the resource tracker are this program started again)\n")
+        << method;
+  }
 }
 
 // ---- the main program's exit (SEMANTICS 35) ----

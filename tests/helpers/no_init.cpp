@@ -3,10 +3,23 @@
 #include <mp/mp.hpp>
 
 #include <iostream>
+#include <string>
 
 void noop() {}
 
-int main() {
+int main(int argc, char** argv) {
+  if (argc == 3 && std::string(argv[1]) == "--start") {  // run by hand, under a start method
+    auto p = mp::get_context(argv[2]).Process(noop);
+    try {
+      p.start();
+      p.join();
+      std::cerr << "no_init: start() succeeded\n";
+      return 0;
+    } catch (const mp::ProcessError& e) {
+      std::cerr << "no_init: start() refused: " << e.what() << '\n';
+      return 3;
+    }
+  }
   mp::Process p(noop);
   try {
     p.start();
