@@ -380,7 +380,17 @@ bool QueueCore::full() const {
 }
 
 std::uint64_t QueueCore::lost() const {
-  return s_->lost.load();
+  // A large item's copier that died outside the lock is found here (or by the next large put).
+  QueueState& s = *s_;
+  const bool in_flight = std::any_of(std::begin(s.slots), std::end(s.slots), [](const auto& slot) {
+    return slot.tid.load(std::memory_order_relaxed) != 0;
+  });
+  if (in_flight) {
+    const int fd = block_descriptor(block_);
+    RingLock g(lock_, s, fd, std::nullopt);
+    reap_dead(s, fd);
+  }
+  return s.lost.load();
 }
 
 bool QueueCore::put(const void* data, std::size_t len, bool block,

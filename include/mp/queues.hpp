@@ -70,7 +70,7 @@ class QueueCore {
                   const std::optional<std::chrono::steady_clock::time_point>& deadline);
   std::shared_ptr<SharedBlock> block_;
   QueueState* s_ = nullptr;
-  Lock lock_;  // the ring's: held for short copies only, never across a wait
+  mutable Lock lock_;  // the ring's: held for short copies only, never across a wait
   friend struct QueueAccess;
 };
 
@@ -110,7 +110,8 @@ class Queue {
   long qsize() const { return core_.qsize(); }
   bool empty() const { return qsize() == 0; }
   bool full() const { return core_.full(); }
-  /// Items lost because a process died while moving them (mid-put or mid-get).
+  /// Items lost because a process died while moving them (mid-put or mid-get); a large item's
+  /// pages that a dead process held are given back here.
   std::uint64_t lost() const { return core_.lost(); }
 
   /// This handle will put and get no more: both then throw std::logic_error("Queue <...> is
