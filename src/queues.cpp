@@ -19,6 +19,8 @@
 #include <algorithm>
 #include <atomic>
 #include <climits>
+#include <cstddef>
+#include <cstdio>
 #include <cstring>
 #include <new>
 
