@@ -329,6 +329,10 @@ std::shared_ptr<SharedBlock> make_data_block(std::size_t bytes, const char* name
   return block;
 }
 
+int block_descriptor(const std::shared_ptr<SharedBlock>& block) {
+  return block->arena->mapping.fd;
+}
+
 // ---- Semaphore ----
 
 struct SemaphoreState {

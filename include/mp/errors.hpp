@@ -44,6 +44,19 @@ class PicklingError : public ProcessError {
   using ProcessError::ProcessError;
 };
 
+/// A queue had no item within the timeout, or at once for get_nowait() (Python's queue.Empty).
+/// From std::runtime_error, not ProcessError: in Python it is not a multiprocessing error either.
+class Empty : public std::runtime_error {
+ public:
+  Empty() : std::runtime_error("Empty") {}
+};
+
+/// A bounded queue had no room within the timeout, or at once for put_nowait() (queue.Full).
+class Full : public std::runtime_error {
+ public:
+  Full() : std::runtime_error("Full") {}
+};
+
 /// A named thing that is not there (Python's FileNotFoundError): a std::system_error with
 /// ENOENT whose what() is CPython's "[Errno 2] No such file or directory: 'name'", then why.
 class FileNotFoundError : public std::system_error {

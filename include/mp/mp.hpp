@@ -6,6 +6,7 @@
 #include "mp/errors.hpp"
 #include "mp/listener.hpp"
 #include "mp/process.hpp"
+#include "mp/queues.hpp"
 #include "mp/reduction.hpp"
 #include "mp/resource_tracker.hpp"
 #include "mp/shared.hpp"

@@ -63,6 +63,8 @@ void load_state(Archive& ar, std::shared_ptr<SharedBlock>& block, State*& state)
 }
 // A zero-filled block of `bytes` for data (Value, Array); `data` points at it.
 std::shared_ptr<SharedBlock> make_data_block(std::size_t bytes, const char* name, void*& data);
+// The memfd holding `block` (a queue places its large items in that file, beyond the block).
+int block_descriptor(const std::shared_ptr<SharedBlock>& block);
 
 // What Lock and RLock have in common (Condition works with either).
 class MutexHandle {

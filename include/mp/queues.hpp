@@ -1,0 +1,248 @@
+// Queues between processes (Python's multiprocessing.queues): Queue, SimpleQueue,
+// JoinableQueue. An item goes straight into a ring in shared memory (a memfd) under a short
+// lock; there is no feeder thread and no pipe. A queue is a handle: copies, and the copy a child
+// gets as a Process argument (fork, spawn, forkserver, and on to grandchildren), are the same
+// queue. Sending one through a Connection throws std::runtime_error("Queue objects should only
+// be shared between processes through inheritance"), as CPython.
+//
+// Unlike CPython: once put() returns, the item is in the queue (empty() is false, get_nowait()
+// finds it); a child that exits with items queued exits at once and they stay readable; a
+// process killed in the middle of a put or get (even holding the ring's lock) holds the others
+// up for at most ~50 ms, loses at most the item it was moving, and that loss is counted by
+// lost(). Items of any serializable type (cereal), trivially copyable ones by memcpy; items of
+// up to 32 KiB are copied inline, larger ones whole through pages of the same memfd, given back
+// once read.
+#pragma once
+
+#include <bit>
+#include <chrono>
+#include <cstdint>
+#include <memory>
+#include <optional>
+#include <sstream>
+#include <string>
+#include <type_traits>
+
+#include "mp/errors.hpp"
+#include "mp/reduction.hpp"
+#include "mp/synchronize.hpp"
+
+namespace mp {
+
+namespace detail {
+struct QueueState;
+struct QueueAccess;
+struct Extent;
+// get() hands an item's bytes to a sink: called once with the length, it returns where to write.
+using ItemSink = void* (*)(void* ctx, std::size_t len);
+
+// The shared ring and its waiting, without the item type.
+class QueueCore {
+ public:
+  using Duration = std::chrono::duration<double>;
+  QueueCore(long maxsize, bool joinable);
+  QueueCore() = default;  // a handle being loaded in a child
+  // False when not done: full / empty (at once, or when the timeout ran out).
+  bool put(const void* data, std::size_t len, bool block, std::optional<Duration> timeout);
+  bool get(ItemSink sink, void* ctx, bool block, std::optional<Duration> timeout);
+  long qsize() const;
+  bool full() const;
+  std::uint64_t lost() const;
+  void task_done();
+  void join();
+  std::string name() const;
+  const QueueState* state() const { return s_; }
+
+  template <class Archive>
+  void save(Archive& ar, const char* kind) const {
+    ar(save_block(block_, kind), lock_);
+  }
+  template <class Archive>
+  void load(Archive& ar) {
+    BlockRef ref;
+    ar(ref, lock_);
+    adopt(ref);
+  }
+
+ private:
+  void adopt(const BlockRef& ref);
+  bool put_record(const void* data, std::size_t len, std::uint32_t kind, const Extent& extent,
+                  const std::optional<std::chrono::steady_clock::time_point>& deadline);
+  std::shared_ptr<SharedBlock> block_;
+  QueueState* s_ = nullptr;
+  mutable Lock lock_;  // the ring's: held for short copies only, never across a wait
+  friend struct QueueAccess;
+};
+
+// An item as bytes: trivially copyable types as themselves, the rest through cereal.
+template <class T>
+inline constexpr bool kQueueMemcpy = std::is_trivially_copyable_v<T> && !std::is_pointer_v<T>;
+
+template <class T>
+void check_queue_item() {
+  static_assert(kQueueMemcpy<T> || reduction::Value<T>,
+                "mp::Queue: the item type has no serializer; give it a cereal "
+                "serialize(Archive&) function (or MP_FIELDS), or make it trivially copyable");
+}
+}  // namespace detail
+
+/// A FIFO queue between processes and threads (multiprocessing.Queue). maxsize <= 0: bounded
+/// only by the ring's memory (put blocks, never fails, while it is full).
+template <class T>
+class Queue {
+ public:
+  using Duration = std::chrono::duration<double>;
+  explicit Queue(long maxsize = 0) : Queue(maxsize, false) {}
+
+  /// Blocks while full (as long as it takes, or up to `timeout`: then mp::Full).
+  void put(const T& item) { put(item, true, std::nullopt); }
+  void put(const T& item, Duration timeout) { put(item, true, timeout); }
+  /// CPython's put(item, block, timeout): not blocking, the timeout is ignored (mp::Full at once).
+  void put(const T& item, bool block, std::optional<Duration> timeout = std::nullopt);
+  void put_nowait(const T& item) { put(item, false); }
+  /// Blocks while empty (up to `timeout`: then mp::Empty). FIFO per producer.
+  T get() { return get(true, std::nullopt); }
+  T get(Duration timeout) { return get(true, timeout); }
+  T get(bool block, std::optional<Duration> timeout = std::nullopt);
+  T get_nowait() { return get(false); }
+
+  /// Items put and not yet got, exact at the moment it is read.
+  long qsize() const { return core_.qsize(); }
+  bool empty() const { return qsize() == 0; }
+  bool full() const { return core_.full(); }
+  /// Items lost because a process died while moving them (mid-put or mid-get); a large item's
+  /// pages that a dead process held are given back here.
+  std::uint64_t lost() const { return core_.lost(); }
+
+  /// This handle will put and get no more: both then throw std::logic_error("Queue <...> is
+  /// closed"). Nothing is flushed: a returned put() is already in the queue. Idempotent.
+  void close() { closed_ = true; }
+  /// Returns at once after close() (there is no feeder thread to wait for); before it,
+  /// std::logic_error("Queue <...> not closed").
+  void join_thread() const {
+    if (!closed_) throw std::logic_error("Queue " + repr() + " not closed");
+  }
+  /// Does nothing: a process never waits at exit for what it put.
+  void cancel_join_thread() {}
+
+  /// <mp.Queue 'mp-queue-PID-N'> (the name is the memfd's, as /proc/PID/fd shows it).
+  std::string repr() const { return "<mp." + std::string(kind_) + " '" + core_.name() + "'>"; }
+
+  template <class Archive>
+  void save(Archive& ar) const {
+    core_.save(ar, kind_);
+  }
+  template <class Archive>
+  void load(Archive& ar) {
+    core_.load(ar);
+    closed_ = false;
+  }
+
+ protected:
+  Queue(long maxsize, bool joinable, const char* kind = "Queue")
+      : core_(maxsize, joinable), kind_(kind) {
+    detail::check_queue_item<T>();
+  }
+  void check_open() const {
+    if (closed_) throw std::logic_error("Queue " + repr() + " is closed");
+  }
+  detail::QueueCore core_;
+  const char* kind_ = "Queue";
+  bool closed_ = false;
+  friend struct detail::QueueAccess;
+};
+
+/// A Queue whose consumers report each item done (multiprocessing.JoinableQueue).
+template <class T>
+class JoinableQueue : public Queue<T> {
+ public:
+  explicit JoinableQueue(long maxsize = 0) : Queue<T>(maxsize, true, "JoinableQueue") {}
+  /// One got item is processed. More calls than items put: std::logic_error("task_done() called
+  /// too many times").
+  void task_done() { this->core_.task_done(); }
+  /// Blocks until every item put has been task_done().
+  void join() { this->core_.join(); }
+};
+
+/// An unbounded queue with only put, get, empty and close (multiprocessing.SimpleQueue). After
+/// close(), every call throws std::logic_error("handle is closed"), as CPython's OSError.
+template <class T>
+class SimpleQueue {
+ public:
+  SimpleQueue() : q_(0) {}
+  void put(const T& item) { check_open(), q_.put(item); }
+  T get() { return check_open(), q_.get(); }
+  bool empty() const { return check_open(), q_.empty(); }
+  void close() { closed_ = true; }
+
+  template <class Archive>
+  void save(Archive& ar) const {
+    q_.save(ar);
+  }
+  template <class Archive>
+  void load(Archive& ar) {
+    q_.load(ar);
+    closed_ = false;
+  }
+
+ private:
+  struct Inner : Queue<T> {
+    explicit Inner(long maxsize) : Queue<T>(maxsize, false, "SimpleQueue") {}
+  };
+  void check_open() const {
+    if (closed_) throw std::logic_error("handle is closed");
+  }
+  Inner q_;
+  bool closed_ = false;
+};
+
+// ---- implementation ----
+
+template <class T>
+void Queue<T>::put(const T& item, bool block, std::optional<Duration> timeout) {
+  check_open();
+  bool done;
+  if constexpr (detail::kQueueMemcpy<T>) {
+    done = core_.put(&item, sizeof(T), block, timeout);
+  } else {
+    std::ostringstream os;
+    {
+      reduction::OutArchive ar(os);
+      ar(item);
+    }
+    const std::string bytes = std::move(os).str();
+    done = core_.put(bytes.data(), bytes.size(), block, timeout);
+  }
+  if (!done) throw Full();
+}
+
+template <class T>
+T Queue<T>::get(bool block, std::optional<Duration> timeout) {
+  check_open();
+  if constexpr (detail::kQueueMemcpy<T>) {
+    struct Slot {
+      alignas(T) unsigned char bytes[sizeof(T)];
+    } slot;
+    detail::ItemSink sink = [](void* ctx, std::size_t len) -> void* {
+      if (len != sizeof(T)) throw ProcessError("mp::Queue: an item of the wrong size");
+      return ctx;
+    };
+    if (!core_.get(sink, slot.bytes, block, timeout)) throw Empty();
+    return std::bit_cast<T>(slot);
+  } else {
+    std::string bytes;
+    detail::ItemSink sink = [](void* ctx, std::size_t len) -> void* {
+      auto& b = *static_cast<std::string*>(ctx);
+      b.resize(len);
+      return b.data();
+    };
+    if (!core_.get(sink, &bytes, block, timeout)) throw Empty();
+    std::istringstream is(std::move(bytes));
+    reduction::InArchive ar(is);
+    T item{};
+    ar(item);
+    return item;
+  }
+}
+
+}  // namespace mp

@@ -1,0 +1,599 @@
+// CPython's _TestQueue, TestSimpleQueue and test_task_done (SEMANTICS 88-108), across processes
+// started by every method, and with producers and consumers killed in the middle of a step.
+#include <signal.h>
+#include <sys/resource.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <atomic>
+#include <cstring>
+#include <numeric>
+#include <thread>
+
+#include "queue_faults.hpp"
+#include "support.hpp"
+
+using namespace mp_test;
+using namespace std::chrono_literals;
+using Clock = std::chrono::steady_clock;
+
+namespace {
+
+double seconds_since(Clock::time_point t0) {
+  return std::chrono::duration<double>(Clock::now() - t0).count();
+}
+
+#if defined(__SANITIZE_ADDRESS__)
+constexpr double kAtOnce = 0.5;
+#else
+constexpr double kAtOnce = 0.1;
+#endif
+
+struct Point {  // trivially copyable: crosses by memcpy
+  int x;
+  double y;
+};
+
+struct Tagged {  // crosses through cereal
+  std::string tag;
+  std::vector<int> values;
+  template <class A>
+  void serialize(A& ar) {
+    ar(tag, values);
+  }
+};
+
+std::string pattern(std::size_t n, unsigned seed) {
+  std::string s(n, '\0');
+  for (std::size_t i = 0; i < n; ++i) s[i] = static_cast<char>((i * 131 + seed) >> 3);
+  return s;
+}
+
+// ---- one process ----
+
+TEST(Queue, PutFillsAndFullRefusesAtOnce) {
+  mp::Queue<int> q(6);
+  EXPECT_TRUE(q.empty());
+  EXPECT_FALSE(q.full());
+  q.put(1);
+  q.put(2, true);
+  q.put(3, true, std::nullopt);
+  q.put(4, false);
+  q.put(5, false, std::nullopt);
+  q.put_nowait(6);
+  EXPECT_FALSE(q.empty());  // at once: no feeder delay
+  EXPECT_TRUE(q.full());
+  EXPECT_EQ(q.qsize(), 6);
+  for (auto put : {+[](mp::Queue<int>& q) { q.put(7, false); },
+                   +[](mp::Queue<int>& q) { q.put(7, false, std::nullopt); },
+                   +[](mp::Queue<int>& q) { q.put_nowait(7); },
+                   +[](mp::Queue<int>& q) { q.put(7, false, 5s); },
+                   +[](mp::Queue<int>& q) { q.put(7, true, -1s); }}) {
+    auto t0 = Clock::now();
+    EXPECT_THROW(put(q), mp::Full);
+    EXPECT_LT(seconds_since(t0), kAtOnce);
+  }
+  auto t0 = Clock::now();
+  EXPECT_THROW(q.put(7, 0.3s), mp::Full);
+  EXPECT_GE(seconds_since(t0), 0.2);
+  EXPECT_LE(seconds_since(t0), 1.3);
+  for (int i = 1; i <= 6; ++i) EXPECT_EQ(q.get(), i);
+  EXPECT_TRUE(q.empty());
+  EXPECT_FALSE(q.full());
+}
+
+TEST(Queue, GetIsFifoAndEmptyRefusesAtOnce) {
+  mp::Queue<int> q;
+  for (int i = 0; i < 4; ++i) q.put(i);
+  EXPECT_EQ(q.get(true, std::nullopt), 0);
+  EXPECT_EQ(q.get(true), 1);
+  EXPECT_EQ(q.get(1s), 2);
+  EXPECT_EQ(q.get_nowait(), 3);
+  for (auto get :
+       {+[](mp::Queue<int>& q) { q.get(false); },
+        +[](mp::Queue<int>& q) { q.get(false, std::nullopt); },
+        +[](mp::Queue<int>& q) { q.get_nowait(); }, +[](mp::Queue<int>& q) { q.get(false, 5s); },
+        +[](mp::Queue<int>& q) { q.get(true, -1s); }}) {
+    auto t0 = Clock::now();
+    EXPECT_THROW(get(q), mp::Empty);
+    EXPECT_LT(seconds_since(t0), kAtOnce);
+  }
+  auto t0 = Clock::now();
+  EXPECT_THROW(q.get(0.3s), mp::Empty);
+  EXPECT_GE(seconds_since(t0), 0.2);
+  EXPECT_LE(seconds_since(t0), 1.3);
+}
+
+TEST(Queue, QsizeCountsAtOnce) {
+  mp::Queue<int> q;
+  EXPECT_EQ(q.qsize(), 0);
+  q.put(1);
+  EXPECT_EQ(q.qsize(), 1);
+  q.put(2);
+  EXPECT_EQ(q.qsize(), 2);
+  q.get();
+  EXPECT_EQ(q.qsize(), 1);
+  q.get();
+  EXPECT_EQ(q.qsize(), 0);
+}
+
+TEST(Queue, ItemsOfEveryKindRoundTrip) {
+  mp::Queue<Point> points;
+  points.put({3, 2.5});
+  auto p = points.get();
+  EXPECT_EQ(p.x, 3);
+  EXPECT_EQ(p.y, 2.5);
+  mp::Queue<std::string> strings;
+  strings.put("");
+  strings.put(std::string(100, 'x'));
+  EXPECT_EQ(strings.get(), "");
+  EXPECT_EQ(strings.get(), std::string(100, 'x'));
+  mp::Queue<Tagged> tagged;
+  tagged.put({"a", {1, 2, 3}});
+  auto t = tagged.get();
+  EXPECT_EQ(t.tag, "a");
+  EXPECT_EQ(t.values, (std::vector<int>{1, 2, 3}));
+}
+
+TEST(Queue, LargeItemsArriveWholeAndTheirPagesGoBack) {
+  mp::Queue<std::string> q;
+  const auto one = pattern(1 << 20, 1), big = pattern(64 << 20, 2);
+  q.put(one);
+  q.put("small between");
+  q.put(big);
+  EXPECT_EQ(q.qsize(), 3);
+  EXPECT_EQ(q.get(), one);
+  EXPECT_EQ(q.get(), "small between");
+  EXPECT_EQ(q.get(), big);
+  // Again and again: the pages are reused, the queue does not grow without bound.
+  for (int i = 0; i < 20; ++i) {
+    q.put(one);
+    EXPECT_EQ(q.get(), one);
+  }
+  EXPECT_EQ(q.lost(), 0u);
+}
+
+TEST(Queue, CloseRefusesPutAndGet) {
+  mp::Queue<int> q;
+  q.put(1);
+  q.close();
+  q.close();  // idempotent
+  try {
+    q.put(2);
+    ADD_FAILURE() << "put after close";
+  } catch (const std::logic_error& e) {
+    EXPECT_NE(std::string(e.what()).find("is closed"), std::string::npos) << e.what();
+    EXPECT_NE(std::string(e.what()).find("mp-queue-"), std::string::npos) << e.what();
+  }
+  EXPECT_THROW(q.get(), std::logic_error);
+  q.join_thread();  // closed: at once
+  mp::Queue<int> open;
+  try {
+    open.join_thread();
+    ADD_FAILURE() << "join_thread before close";
+  } catch (const std::logic_error& e) {
+    EXPECT_NE(std::string(e.what()).find(" not closed"), std::string::npos) << e.what();
+  }
+  open.cancel_join_thread();
+  EXPECT_TRUE(open.empty());
+}
+
+TEST(Queue, TaskDoneTooOftenAndJoinOnAFreshQueue) {
+  mp::JoinableQueue<int> q;
+  q.join();  // nothing put: at once
+  q.put(1);
+  q.get();
+  q.task_done();
+  q.join();
+  try {
+    q.task_done();
+    ADD_FAILURE() << "task_done more than put";
+  } catch (const std::logic_error& e) {
+    EXPECT_STREQ(e.what(), "task_done() called too many times");
+  }
+}
+
+TEST(Queue, SimpleQueueIsFifoAndClosesWhole) {
+  mp::SimpleQueue<int> q;
+  EXPECT_TRUE(q.empty());
+  q.put(1);
+  q.put(2);
+  EXPECT_FALSE(q.empty());
+  EXPECT_EQ(q.get(), 1);
+  EXPECT_EQ(q.get(), 2);
+  q.close();
+  q.close();
+  for (auto f :
+       {+[](mp::SimpleQueue<int>& q) { q.empty(); }, +[](mp::SimpleQueue<int>& q) { q.get(); },
+        +[](mp::SimpleQueue<int>& q) { q.put(1); }}) {
+    try {
+      f(q);
+      ADD_FAILURE() << "used after close";
+    } catch (const std::logic_error& e) {
+      EXPECT_STREQ(e.what(), "handle is closed");
+    }
+  }
+  mp::SimpleQueue<int> unused;
+  unused.close();
+  EXPECT_THROW(unused.empty(), std::logic_error);
+}
+
+TEST(Queue, RefusedThroughAConnection) {
+  auto [a, b] = mp::Pipe();
+  auto refused = [&](auto queue, const char* kind) {
+    try {
+      a.send(queue);
+      ADD_FAILURE() << kind << " was pickled outside spawning";
+    } catch (const std::runtime_error& e) {
+      EXPECT_EQ(std::string(e.what()),
+                std::string(kind) +
+                    " objects should only be shared between processes through inheritance");
+    }
+  };
+  refused(mp::Queue<int>(), "Queue");
+  refused(mp::JoinableQueue<int>(), "JoinableQueue");
+  refused(mp::SimpleQueue<int>(), "SimpleQueue");
+}
+
+TEST(Queue, ACorruptedSharedStateIsAClearError) {
+  mp::Queue<int> q;
+  q.put(1);
+  std::byte* seg = mp::detail::QueueAccess::segment(q);
+  // A record header overwritten: the next get names the queue, no crash, no giant allocation.
+  std::byte saved[16];
+  std::memcpy(saved, seg + mp::detail::kQueueRingOffset, 16);
+  std::memset(seg + mp::detail::kQueueRingOffset, 0x5a, 16);
+  try {
+    q.get_nowait();
+    ADD_FAILURE() << "a corrupted record was read";
+  } catch (const mp::ProcessError& e) {
+    EXPECT_NE(std::string(e.what()).find("mp-queue-"), std::string::npos) << e.what();
+    EXPECT_NE(std::string(e.what()).find("corrupted"), std::string::npos) << e.what();
+  }
+  // A length beyond what the ring holds.
+  std::memcpy(seg + mp::detail::kQueueRingOffset, saved, 16);
+  std::uint64_t huge = std::uint64_t{1} << 40;
+  std::memcpy(seg + mp::detail::kQueueRingOffset + 8, &huge, 8);
+  EXPECT_THROW(q.get_nowait(), mp::ProcessError);
+  std::memcpy(seg + mp::detail::kQueueRingOffset, saved, 16);
+  EXPECT_EQ(q.get_nowait(), 1);
+  // A tail far beyond the head.
+  auto* tail = reinterpret_cast<std::atomic<std::uint64_t>*>(seg + mp::detail::kQueueTailOffset);
+  const auto t = tail->load();
+  tail->store(t + (std::uint64_t{1} << 30));
+  EXPECT_THROW(q.put(2), mp::ProcessError);
+  EXPECT_THROW(q.get_nowait(), mp::ProcessError);
+  tail->store(t);
+  q.put(3);
+  EXPECT_EQ(q.get(), 3);
+}
+
+TEST(Queue, AnIdleWaiterUsesNoCpu) {
+  mp::Queue<int> q;
+  double cpu = -1;
+  std::thread waiter([&] {
+    EXPECT_THROW(q.get(1s), mp::Empty);
+    rusage ru{};
+    ::getrusage(RUSAGE_THREAD, &ru);
+    cpu = static_cast<double>(ru.ru_utime.tv_sec + ru.ru_stime.tv_sec) +
+          static_cast<double>(ru.ru_utime.tv_usec + ru.ru_stime.tv_usec) / 1e6;
+  });
+  waiter.join();
+  EXPECT_GE(cpu, 0);
+  EXPECT_LT(cpu, 0.02);
+}
+
+TEST(Queue, ThreadsProduceAndConsumeExactlyOnce) {
+  mp::Queue<int> q(100);
+  constexpr int kEach = 20000;
+  std::vector<std::atomic<int>> seen(4 * kEach);
+  std::vector<std::thread> ts;
+  for (int p = 0; p < 4; ++p)
+    ts.emplace_back([&, p] {
+      for (int i = 0; i < kEach; ++i) q.put(p * kEach + i);
+    });
+  std::atomic<bool> order_ok{true};
+  for (int c = 0; c < 4; ++c)
+    ts.emplace_back([&] {
+      int last[4] = {-1, -1, -1, -1};
+      for (int n = 0; n < kEach; ++n) {
+        const int v = q.get(kHang);
+        ++seen[static_cast<std::size_t>(v)];
+        if (v % kEach <= last[v / kEach]) order_ok = false;
+        last[v / kEach] = v % kEach;
+      }
+    });
+  for (auto& t : ts) t.join();
+  EXPECT_TRUE(order_ok);
+  EXPECT_EQ(std::count_if(seen.begin(), seen.end(), [](auto& s) { return s.load() == 1; }),
+            4 * kEach);
+}
+
+// ---- across processes ----
+
+class QueueAcross : public ::testing::TestWithParam<std::string> {
+ protected:
+  const mp::Context& ctx() const { return mp::get_context(GetParam()); }
+};
+
+void drain(mp::Queue<int> q, int n) {
+  for (int i = 0; i < n; ++i) q.get(kHang);
+}
+
+TEST_P(QueueAcross, AChildDrainsTheQueue) {
+  mp::Queue<int> q(6);
+  for (int i = 0; i < 6; ++i) q.put(i);
+  EXPECT_TRUE(q.full());
+  auto p = ctx().Process(drain, q, 6);
+  p.start();
+  p.join(kHang);
+  EXPECT_EQ(p.exitcode(), 0);
+  EXPECT_TRUE(q.empty());
+  EXPECT_FALSE(q.full());
+}
+
+void put_range(mp::Queue<int> q, int from, int to) {
+  for (int i = from; i < to; ++i) q.put(i);
+}
+
+TEST_P(QueueAcross, AChildsItemsOutliveItAndItExitsAtOnce) {
+  mp::Queue<int> q;
+  put_range(q, 0, 10);
+  // 20000 items, far more than a pipe holds: the child still exits before anyone reads.
+  auto p = ctx().Process(put_range, q, 10, 20010);
+  p.start();
+  p.join(kHang);
+  EXPECT_EQ(p.exitcode(), 0);
+  for (int i = 0; i < 20010; ++i) ASSERT_EQ(q.get_nowait(), i);
+  EXPECT_THROW(q.get_nowait(), mp::Empty);
+}
+
+void produce(mp::Queue<int> q, int id, int n) {
+  for (int i = 0; i < n; ++i) q.put(id * 1000000 + i);
+}
+
+void consume(mp::Queue<int> q, mp::Queue<std::vector<int>> out) {
+  std::vector<int> got;
+  int last[4] = {-1, -1, -1, -1};
+  for (;;) {
+    const int v = q.get(kHang);
+    if (v < 0) break;
+    if (v % 1000000 <= last[v / 1000000]) mp::exit(2);  // out of order for its producer
+    last[v / 1000000] = v % 1000000;
+    got.push_back(v);
+  }
+  out.put(got);  // ~100 KiB: the large-item path
+}
+
+TEST_P(QueueAcross, FourProducersFourConsumersExactlyOnce) {
+  constexpr int kEach = 25000;  // 1e5 in all
+  mp::Queue<int> q(1000);
+  mp::Queue<std::vector<int>> out;
+  std::vector<mp::Process> ps;
+  for (int i = 0; i < 4; ++i) ps.push_back(ctx().Process(produce, q, i, kEach));
+  for (int i = 0; i < 4; ++i) ps.push_back(ctx().Process(consume, q, out));
+  for (auto& p : ps) p.start();
+  for (int i = 0; i < 4; ++i) {
+    ps[static_cast<std::size_t>(i)].join(kHang);
+    EXPECT_EQ(ps[static_cast<std::size_t>(i)].exitcode(), 0);
+  }
+  for (int i = 0; i < 4; ++i) q.put(-1);
+  std::vector<int> all;
+  for (int i = 0; i < 4; ++i) {
+    auto part = out.get(kHang);
+    all.insert(all.end(), part.begin(), part.end());
+  }
+  for (int i = 4; i < 8; ++i) {
+    ps[static_cast<std::size_t>(i)].join(kHang);
+    EXPECT_EQ(ps[static_cast<std::size_t>(i)].exitcode(), 0);
+  }
+  std::sort(all.begin(), all.end());
+  std::vector<int> want;
+  for (int p = 0; p < 4; ++p)
+    for (int i = 0; i < kEach; ++i) want.push_back(p * 1000000 + i);
+  EXPECT_EQ(all.size(), want.size());
+  EXPECT_TRUE(all == want);
+  EXPECT_EQ(q.lost(), 0u);
+}
+
+void put_big(mp::Queue<std::string> q, unsigned seed, int n) {
+  for (int i = 0; i < n; ++i) q.put(pattern(1 << 20, seed));
+}
+
+TEST_P(QueueAcross, LargeItemsFromTwoProducersNeverInterleave) {
+  mp::Queue<std::string> q(4);
+  auto a = ctx().Process(put_big, q, 1u, 8);
+  auto b = ctx().Process(put_big, q, 2u, 8);
+  a.start();
+  b.start();
+  const auto one = pattern(1 << 20, 1), two = pattern(1 << 20, 2);
+  for (int i = 0; i < 16; ++i) {
+    const auto item = q.get(kHang);
+    EXPECT_TRUE(item == one || item == two) << "item " << i << " corrupted";
+  }
+  a.join(kHang);
+  b.join(kHang);
+  EXPECT_EQ(a.exitcode(), 0);
+  EXPECT_EQ(b.exitcode(), 0);
+}
+
+void grandchild_puts(mp::Queue<std::string> q) {
+  q.put("from the grandchild");
+}
+
+void child_passes_on(mp::Queue<std::string> q, std::string method) {
+  auto p = mp::get_context(method).Process(grandchild_puts, q);
+  p.start();
+  p.join(kHang);
+  if (p.exitcode() != 0) mp::exit(3);
+}
+
+TEST_P(QueueAcross, PassedOnToAGrandchild) {
+  mp::Queue<std::string> q;
+  auto p = ctx().Process(child_passes_on, q, GetParam());
+  p.start();
+  EXPECT_EQ(q.get(kHang), "from the grandchild");
+  p.join(kHang);
+  EXPECT_EQ(p.exitcode(), 0);
+}
+
+void worker(mp::JoinableQueue<int> q, mp::Queue<int> results) {
+  for (;;) {
+    const int v = q.get(kHang);
+    if (v < 0) {
+      q.task_done();
+      return;
+    }
+    results.put(v * v);
+    q.task_done();
+  }
+}
+
+TEST_P(QueueAcross, JoinWaitsForEveryTaskDone) {
+  mp::JoinableQueue<int> q;
+  mp::Queue<int> results;
+  std::vector<mp::Process> ps;
+  for (int i = 0; i < 4; ++i) ps.push_back(ctx().Process(worker, q, results));
+  for (auto& p : ps) p.start();
+  for (int i = 0; i < 10; ++i) q.put(i);
+  q.join();
+  EXPECT_EQ(results.qsize(), 10);  // each result was put before its task_done
+  for (int i = 0; i < 4; ++i) q.put(-1);
+  q.join();
+  for (auto& p : ps) {
+    p.join(kHang);
+    EXPECT_EQ(p.exitcode(), 0);
+  }
+}
+
+void put_emptiness(mp::SimpleQueue<bool> q) {
+  q.put(q.empty());
+  q.put(q.empty());
+}
+
+TEST_P(QueueAcross, SimpleQueuePutsAreSynchronous) {
+  mp::SimpleQueue<bool> q;
+  auto p = ctx().Process(put_emptiness, q);
+  p.start();
+  p.join(kHang);
+  EXPECT_EQ(p.exitcode(), 0);
+  EXPECT_TRUE(q.get());
+  EXPECT_FALSE(q.get());
+  EXPECT_TRUE(q.empty());
+}
+
+// ---- a peer killed mid-step ----
+
+mp::detail::QueueStep g_die_at;
+void die_at_step(mp::detail::QueueStep step) {
+  if (step == g_die_at) ::kill(::getpid(), SIGKILL);
+}
+
+void put_and_die(mp::Queue<std::string> q, int step, std::size_t size) {
+  g_die_at = static_cast<mp::detail::QueueStep>(step);
+  mp::detail::g_queue_fault = die_at_step;
+  q.put(pattern(size, 9));
+  mp::exit(3);  // never: killed inside the put
+}
+
+void get_and_die(mp::Queue<std::string> q, int step) {
+  g_die_at = static_cast<mp::detail::QueueStep>(step);
+  mp::detail::g_queue_fault = die_at_step;
+  q.get(kHang);
+  mp::exit(3);
+}
+
+struct KillCase {
+  mp::detail::QueueStep step;
+  std::size_t size;
+  bool getter;
+  bool survives = false;  // the item being moved is still in the queue afterwards
+};
+
+void check_kill(const mp::Context& ctx, KillCase k) {
+  mp::Queue<std::string> q;
+  const auto before = pattern(100, 1);
+  if (k.getter) q.put(pattern(k.size, 9));
+  q.put(before);
+  auto p = k.getter ? ctx.Process(get_and_die, q, static_cast<int>(k.step))
+                    : ctx.Process(put_and_die, q, static_cast<int>(k.step), k.size);
+  p.start();
+  p.join(kHang);
+  ASSERT_EQ(p.exitcode(), -SIGKILL);
+  // The others go on at once (a dead holder of the ring's lock is taken over within ~50 ms).
+  auto t0 = Clock::now();
+  q.put("after");
+  EXPECT_LT(seconds_since(t0), 1.0);
+  if (k.survives) {
+    EXPECT_TRUE(q.get(kHang) == pattern(k.size, 9));
+  }
+  EXPECT_EQ(q.get(kHang), before);
+  EXPECT_EQ(q.get(kHang), "after");
+  EXPECT_LT(seconds_since(t0), 1.0);
+  EXPECT_THROW(q.get_nowait(), mp::Empty);  // a half-written record never shows
+  // At most the one item the dead process was moving, and counted.
+  EXPECT_EQ(q.lost(), k.survives ? 0u : 1u);
+  // And the queue stays whole, large items included.
+  const auto big = pattern(3 << 20, 5);
+  q.put(big);
+  q.put("last");
+  EXPECT_EQ(q.get(kHang), big);
+  EXPECT_EQ(q.get(kHang), "last");
+}
+
+TEST_P(QueueAcross, AProducerKilledHoldingTheLockMidRecord) {
+  check_kill(ctx(), {mp::detail::QueueStep::put_half_written, 1000, false});
+}
+
+TEST_P(QueueAcross, AConsumerKilledHoldingTheLockMidCopy) {
+  check_kill(ctx(), {mp::detail::QueueStep::get_copied, 1000, true, true});
+}
+
+TEST_P(QueueAcross, AProducerKilledCopyingALargeItem) {
+  check_kill(ctx(), {mp::detail::QueueStep::put_large_copying, 2 << 20, false});
+}
+
+TEST_P(QueueAcross, AConsumerKilledCopyingALargeItem) {
+  check_kill(ctx(), {mp::detail::QueueStep::get_large_copying, 2 << 20, true});
+}
+
+void block_on_get(mp::Queue<int> q, mp::Event started) {
+  started.set();
+  q.get();
+  mp::exit(3);
+}
+
+TEST_P(QueueAcross, AConsumerKilledWhileBlockedTakesNothing) {
+  mp::Queue<int> q;
+  mp::Event started;
+  auto p = ctx().Process(block_on_get, q, started);
+  p.start();
+  ASSERT_TRUE(started.wait(kHang));
+  p.kill();
+  p.join(kHang);
+  EXPECT_EQ(p.exitcode(), -SIGKILL);
+  std::thread live([&] { EXPECT_EQ(q.get(kHang), 7); });
+  auto t0 = Clock::now();
+  q.put(7);
+  live.join();
+  EXPECT_LT(seconds_since(t0), 1.0);
+  EXPECT_EQ(q.lost(), 0u);
+}
+
+TEST_P(QueueAcross, GetStillTimesOutWhenEveryProducerDied) {
+  mp::Queue<std::string> q;
+  auto p = ctx().Process(put_and_die, q, static_cast<int>(mp::detail::QueueStep::put_half_written),
+                         std::size_t{100});
+  p.start();
+  p.join(kHang);
+  auto t0 = Clock::now();
+  EXPECT_THROW(q.get(0.5s), mp::Empty);
+  EXPECT_GE(seconds_since(t0), 0.4);
+  EXPECT_LE(seconds_since(t0), 1.5);
+}
+
+INSTANTIATE_TEST_SUITE_P(StartMethods, QueueAcross,
+                         ::testing::Values("fork", "spawn", "forkserver"),
+                         [](const auto& info) { return info.param; });
+
+}  // namespace
