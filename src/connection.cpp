@@ -93,6 +93,18 @@ std::uint64_t Connection::tag_of(const std::type_info& type) {
   return h;
 }
 
+void Connection::check_tag(std::string_view message, std::uint64_t expected,
+                           const std::type_info& type) {
+  std::uint64_t tag = 0;
+  if (message.size() < sizeof tag)
+    throw PicklingError("received a message that is not a serialized object (" +
+                        std::to_string(message.size()) + " bytes); was it sent by send_bytes?");
+  std::memcpy(&tag, message.data(), sizeof tag);
+  if (tag != expected)
+    throw PicklingError("received an object of another type than the expected '" +
+                        reduction::demangle(type) + "'");
+}
+
 void Connection::send_bytes(std::span<const std::byte> buf, std::size_t offset,
                             std::optional<std::size_t> size) {
   check_writable();

@@ -4,10 +4,8 @@
 #include <chrono>
 #include <cstddef>
 #include <cstdint>
-#include <cstring>
 #include <optional>
 #include <span>
-#include <sstream>
 #include <stdexcept>
 #include <string>
 #include <string_view>
@@ -96,6 +94,9 @@ class Connection {
   std::string recv_message(std::optional<std::size_t> maxlength);
   std::string recv_body(std::uint64_t length);
   static std::uint64_t tag_of(const std::type_info& type);
+  // Throws PicklingError unless `message` starts with the tag `expected` (of `type`).
+  static void check_tag(std::string_view message, std::uint64_t expected,
+                        const std::type_info& type);
   static bool probe_socket(int fd);
 
   int fd_ = -1;
@@ -132,14 +133,15 @@ void Connection::send(const T& obj) {
   static_assert(reduction::Value<T>,
                 "mp::Connection::send: the type has no serializer; give it a cereal "
                 "serialize(Archive&) function");
-  std::ostringstream os;
-  {
-    reduction::OutArchive ar(os);
-    ar(obj);
+  if constexpr (reduction::Value<T>) {
+    const std::uint64_t tag = tag_of(typeid(T));
+    std::string message(reinterpret_cast<const char*>(&tag), sizeof tag);
+    {
+      reduction::OutArchive ar(message);
+      ar(obj);
+    }
+    send_message({}, std::as_bytes(std::span(message)));
   }
-  const std::string body = std::move(os).str();
-  const std::uint64_t tag = tag_of(typeid(T));
-  send_message(std::as_bytes(std::span(&tag, 1)), std::as_bytes(std::span(body)));
 }
 
 template <class T>
@@ -147,23 +149,17 @@ T Connection::recv() {
   static_assert(reduction::Value<T>,
                 "mp::Connection::recv: the type has no serializer; give it a cereal "
                 "serialize(Archive&) function");
-  std::string message = recv_message(std::nullopt);
-  std::uint64_t tag = 0;
-  if (message.size() < sizeof tag)
-    throw PicklingError("received a message that is not a serialized object (" +
-                        std::to_string(message.size()) + " bytes); was it sent by send_bytes?");
-  std::memcpy(&tag, message.data(), sizeof tag);
-  if (tag != tag_of(typeid(T)))
-    throw PicklingError("received an object of another type than the expected '" +
-                        reduction::type_name<T>() + "'");
-  std::istringstream is(message.substr(sizeof tag));
   T value{};
-  try {
-    reduction::InArchive ar(is);
-    ar(value);
-  } catch (const std::exception& e) {
-    throw PicklingError(std::string("cannot read the received '") + reduction::type_name<T>() +
-                        "': " + e.what());
+  if constexpr (reduction::Value<T>) {
+    const std::string message = recv_message(std::nullopt);
+    check_tag(message, tag_of(typeid(T)), typeid(T));
+    try {
+      reduction::InArchive ar(std::string_view(message).substr(sizeof(std::uint64_t)));
+      ar(value);
+    } catch (const std::exception& e) {
+      throw PicklingError(std::string("cannot read the received '") + reduction::type_name<T>() +
+                          "': " + e.what());
+    }
   }
   return value;
 }

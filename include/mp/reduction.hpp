@@ -12,6 +12,7 @@
 #include <cstdint>
 #include <memory>
 #include <optional>
+#include <span>
 #include <string>
 #include <string_view>
 #include <tuple>
@@ -20,7 +21,7 @@
 #include <variant>
 #include <vector>
 
-#include <cereal/archives/binary.hpp>
+#include <cereal/cereal.hpp>
 #include <cereal/types/array.hpp>
 #include <cereal/types/bitset.hpp>
 #include <cereal/types/chrono.hpp>
@@ -47,9 +48,6 @@ class Process;
 
 namespace reduction {
 
-using OutArchive = cereal::BinaryOutputArchive;
-using InArchive = cereal::BinaryInputArchive;
-
 /// The readable name of a type ("std::vector<int>", "main::{lambda(int)#1}").
 std::string demangle(const std::type_info& type);
 template <class T>
@@ -62,6 +60,151 @@ template <class T, template <class...> class Template>
 inline constexpr bool is_instance_v = false;
 template <template <class...> class Template, class... Args>
 inline constexpr bool is_instance_v<Template<Args...>, Template> = true;
+
+template <class T>
+concept container = requires {
+  typename T::value_type;
+  typename T::iterator;
+};
+template <class T>
+inline constexpr bool is_std_array_v = false;
+template <class T, std::size_t N>
+inline constexpr bool is_std_array_v<std::array<T, N>> = true;
+
+// The fewest bytes one T takes in an archive, never more than the truth (0: unknown). A
+// container's claimed element count is checked against it before the container grows.
+template <class T>
+constexpr std::size_t min_wire_size() {
+  using U = std::remove_cv_t<T>;
+  if constexpr (std::is_arithmetic_v<U> || std::is_enum_v<U>) {
+    return sizeof(U);
+  } else if constexpr (is_std_array_v<U>) {
+    return std::tuple_size_v<U> * min_wire_size<typename U::value_type>();
+  } else if constexpr (is_instance_v<U, std::pair>) {
+    return min_wire_size<typename U::first_type>() + min_wire_size<typename U::second_type>();
+  } else if constexpr (is_instance_v<U, std::tuple>) {
+    return []<class... Ts>(std::tuple<Ts...>*) {
+      return (min_wire_size<Ts>() + ... + std::size_t{0});
+    }(static_cast<U*>(nullptr));
+  } else if constexpr (is_instance_v<U, std::basic_string> || is_instance_v<U, std::vector>) {
+    return sizeof(std::uint64_t);  // the size tag
+  } else if constexpr (is_instance_v<U, std::optional> || is_instance_v<U, std::unique_ptr> ||
+                       is_instance_v<U, std::shared_ptr>) {
+    return 1;  // the engaged flag (shared_ptr: a 4-byte id)
+  } else if constexpr (is_instance_v<U, std::variant>) {
+    return 4;  // the index
+  } else {
+    return 0;  // a user type may write nothing at all
+  }
+}
+
+template <class T>
+inline constexpr bool is_archive_wrapper_v =
+    is_instance_v<T, cereal::SizeTag> || is_instance_v<T, cereal::NameValuePair> ||
+    is_instance_v<T, cereal::BinaryData>;
+}  // namespace detail
+
+/// Writes values in cereal's binary format, appending to a string.
+class OutArchive : public cereal::OutputArchive<OutArchive, cereal::AllowEmptyClassElision> {
+ public:
+  explicit OutArchive(std::string& out) : OutputArchive(this), out_(out) {}
+  void saveBinary(const void* data, std::size_t size) {
+    out_.append(static_cast<const char*>(data), size);
+  }
+
+ private:
+  std::string& out_;
+};
+
+/// Reads what OutArchive wrote, from a buffer that must outlive it. Every length it reads
+/// (a string's, a container's) is checked against the bytes left before anything grows:
+/// a hostile or truncated message throws PicklingError naming the type and both sizes,
+/// and never makes the reader allocate more than the message can back.
+class InArchive : public cereal::InputArchive<InArchive, cereal::AllowEmptyClassElision> {
+ public:
+  explicit InArchive(std::span<const std::byte> data)
+      : InputArchive(this), pos_(data.data()), end_(data.data() + data.size()) {}
+  explicit InArchive(std::string_view data) : InArchive(std::as_bytes(std::span(data))) {}
+
+  template <class... Ts>
+  InArchive& operator()(Ts&&... values) {
+    (load_one(std::forward<Ts>(values)), ...);
+    return *this;
+  }
+  /// Copies the next `size` bytes to `data`; throws PicklingError if fewer are left.
+  void loadBinary(void* data, std::size_t size);
+  /// Reads a container's element count; throws PicklingError if the bytes left cannot hold
+  /// that many elements of the container being read.
+  std::uint64_t load_size();
+  std::size_t remaining() const { return static_cast<std::size_t>(end_ - pos_); }
+
+ private:
+  struct Expected {  // the container whose size tag comes next, if one does
+    const std::type_info* type = nullptr;
+    std::size_t min_wire = 1;  // unknown: at least a byte an element
+    std::size_t element_size = 1;
+  };
+  template <class T>
+  void load_one(T&& value) {
+    using U = std::remove_cvref_t<T>;
+    if constexpr (detail::is_instance_v<U, cereal::SizeTag>) {
+      value.size = static_cast<std::remove_cvref_t<decltype(value.size)>>(load_size());
+    } else if constexpr (detail::is_archive_wrapper_v<U>) {
+      InputArchive::operator()(std::forward<T>(value));
+    } else {
+      const Expected outer = expected_;
+      if constexpr (detail::container<U> && !detail::is_std_array_v<U>)
+        expected_ = {&typeid(U), detail::min_wire_size<typename U::value_type>(),
+                     sizeof(typename U::value_type)};
+      else
+        expected_ = {};
+      InputArchive::operator()(std::forward<T>(value));
+      expected_ = outer;
+    }
+  }
+
+  const std::byte* pos_;
+  const std::byte* end_;
+  Expected expected_;
+  // Elements that take no bytes (empty types) are allowed past the bytes left, up to this
+  // much memory for the whole message.
+  std::size_t unbacked_budget_ = std::size_t{16} << 20;
+};
+
+template <class T>
+requires std::is_arithmetic_v<T>
+void CEREAL_SAVE_FUNCTION_NAME(OutArchive& ar, const T& value) {
+  ar.saveBinary(std::addressof(value), sizeof value);
+}
+template <class T>
+requires std::is_arithmetic_v<T>
+void CEREAL_LOAD_FUNCTION_NAME(InArchive& ar, T& value) {
+  ar.loadBinary(std::addressof(value), sizeof value);
+}
+template <class T>
+void CEREAL_SAVE_FUNCTION_NAME(OutArchive& ar, const cereal::SizeTag<T>& tag) {
+  const std::uint64_t size = tag.size;
+  ar.saveBinary(&size, sizeof size);
+}
+template <class T>
+void CEREAL_LOAD_FUNCTION_NAME(InArchive& ar, cereal::SizeTag<T>& tag) {
+  tag.size = static_cast<std::remove_cvref_t<T>>(ar.load_size());
+}
+template <class T>
+void CEREAL_SAVE_FUNCTION_NAME(OutArchive& ar, const cereal::BinaryData<T>& data) {
+  ar.saveBinary(data.data, static_cast<std::size_t>(data.size));
+}
+template <class T>
+void CEREAL_LOAD_FUNCTION_NAME(InArchive& ar, cereal::BinaryData<T>& data) {
+  ar.loadBinary(data.data, static_cast<std::size_t>(data.size));
+}
+template <class Archive, class T>
+requires std::is_same_v<Archive, InArchive> || std::is_same_v<Archive, OutArchive>
+void CEREAL_SERIALIZE_FUNCTION_NAME(Archive& ar, cereal::NameValuePair<T>& nvp) {
+  ar(nvp.value);
+}
+
+namespace detail {
 
 template <class T>
 constexpr bool cereal_serializable() {
@@ -221,3 +364,5 @@ class AuthenticationString {
 };
 
 }  // namespace mp
+
+CEREAL_SETUP_ARCHIVE_TRAITS(mp::reduction::InArchive, mp::reduction::OutArchive)
