@@ -24,6 +24,15 @@ class EOFError : public std::runtime_error {
   using std::runtime_error::runtime_error;
 };
 
+namespace detail {
+// Every type this program sends or receives is recorded under its tag when the program starts
+// (in every process running it), so a receiver can name the type that arrived instead of the
+// one it expected, at no cost on the wire.
+bool register_tag(const std::type_info& type);
+template <class T>
+inline const bool tag_registered = register_tag(typeid(T));
+}  // namespace detail
+
 /// One end of a Pipe (or, later, of a Listener/Client socket): length-prefixed messages in
 /// CPython's framing. Move-only; destroying it closes it. Misuse throws std::logic_error
 /// ("handle is closed", "connection is read-only", ...); a system call failing throws
@@ -43,8 +52,9 @@ class Connection {
   Connection& operator=(const Connection&) = delete;
   ~Connection();
 
-  /// Sends any serializable value; recv<T>() in the peer reads it back. The message carries
-  /// the type's tag: receiving it as another type throws mp::PicklingError, never garbage.
+  /// Sends any serializable value; recv<T>() in the peer reads it back (C++ to C++: Python's
+  /// pickles cross by send_bytes/recv_bytes). The message carries the type's tag: receiving
+  /// it as another type throws mp::PicklingError naming both types, never garbage.
   template <class T>
   void send(const T& obj);
   template <class T>
@@ -94,6 +104,7 @@ class Connection {
   std::string recv_message(std::optional<std::size_t> maxlength);
   std::string recv_body(std::uint64_t length);
   static std::uint64_t tag_of(const std::type_info& type);
+  friend bool detail::register_tag(const std::type_info& type);
   // Throws PicklingError unless `message` starts with the tag `expected` (of `type`).
   static void check_tag(std::string_view message, std::uint64_t expected,
                         const std::type_info& type);
@@ -134,6 +145,7 @@ void Connection::send(const T& obj) {
                 "mp::Connection::send: the type has no serializer; give it a cereal "
                 "serialize(Archive&) function");
   if constexpr (reduction::Value<T>) {
+    (void)detail::tag_registered<T>;
     const std::uint64_t tag = tag_of(typeid(T));
     std::string message(reinterpret_cast<const char*>(&tag), sizeof tag);
     {
@@ -151,6 +163,7 @@ T Connection::recv() {
                 "serialize(Archive&) function");
   T value{};
   if constexpr (reduction::Value<T>) {
+    (void)detail::tag_registered<T>;
     const std::string message = recv_message(std::nullopt);
     check_tag(message, tag_of(typeid(T)), typeid(T));
     try {
