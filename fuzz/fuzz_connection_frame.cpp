@@ -12,6 +12,7 @@
 #include <vector>
 
 #include "mp/connection.hpp"
+#include "mp/types.hpp"
 
 namespace {
 struct Record {  // a user type: fields of several kinds

@@ -9,6 +9,8 @@
 #include <mutex>
 #include <unordered_map>
 
+#include <cereal/types/utility.hpp>  // send_connection: a direction pair
+
 #include "posix/posix.hpp"
 
 namespace mp {

@@ -12,6 +12,8 @@
 #include <optional>
 #include <sstream>
 
+#include <cereal/types/optional.hpp>  // PrepData::environment
+
 #include "mp/context.hpp"
 #include "mp/process.hpp"
 #include "posix/forkserver.hpp"

@@ -142,7 +142,8 @@ std::vector<int> wait(std::span<const int> fds,
 template <class T>
 void Connection::send(const T& obj) {
   static_assert(reduction::Value<T>,
-                "mp::Connection::send: the type has no serializer; give it a cereal "
+                "mp::Connection::send: the type has no serializer; for std::map, std::optional, "
+                "std::variant, ... #include <mp/types.hpp>; give a type of your own a cereal "
                 "serialize(Archive&) function");
   if constexpr (reduction::Value<T>) {
     (void)detail::tag_registered<T>;
@@ -159,7 +160,8 @@ void Connection::send(const T& obj) {
 template <class T>
 T Connection::recv() {
   static_assert(reduction::Value<T>,
-                "mp::Connection::recv: the type has no serializer; give it a cereal "
+                "mp::Connection::recv: the type has no serializer; for std::map, std::optional, "
+                "std::variant, ... #include <mp/types.hpp>; give a type of your own a cereal "
                 "serialize(Archive&) function");
   T value{};
   if constexpr (reduction::Value<T>) {

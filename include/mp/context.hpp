@@ -69,8 +69,9 @@ class TypedContext : public Context {
                     "function object without a serializer. Use a plain function or a captureless "
                     "lambda and pass data as arguments, or use fork_context");
       static_assert((reduction::Value<detail::Stored<Args>> && ...),
-                    "mp: an argument type has no serializer; give it serialize(Archive&) (cereal) "
-                    "or use fork_context");
+                    "mp: an argument type has no serializer; for std::map, std::optional, "
+                    "std::variant, ... #include <mp/types.hpp>; give a type of your own "
+                    "serialize(Archive&) (cereal), or use fork_context");
     }
   }
 };

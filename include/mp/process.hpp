@@ -15,6 +15,7 @@
 #include <utility>
 #include <vector>
 
+#include <cereal/types/tuple.hpp>  // a target's arguments
 #include "mp/errors.hpp"
 #include "mp/reduction.hpp"
 
@@ -73,9 +74,10 @@ class Target final : public TargetBase {
             : void(bad += (bad.empty() ? "" : "', '") + reduction::type_name<Args>())),
        ...);
       throw PicklingError("Can't pickle argument type '" + bad +
-                          "' for a spawned child: it has no serializer. Give it a cereal "
-                          "serialize(Archive&) function (or MP_FIELDS for a Process subclass), "
-                          "or use the fork start method");
+                          "' for a spawned child: it has no serializer. For std::map, "
+                          "std::optional, std::variant, ... #include <mp/types.hpp>; give a type "
+                          "of your own a cereal serialize(Archive&) function (or MP_FIELDS for a "
+                          "Process subclass); or use the fork start method");
     } else {
       ar(reduction::code_ref(reinterpret_cast<const void*>(&load_target<F, Args...>)));
       reduction::save_callable(ar, f_);

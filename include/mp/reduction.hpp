@@ -1,10 +1,11 @@
 // The pickle layer: what may cross to a spawned child, and how.
 //
-// Values cross as cereal binary archives: the standard library's types (included below) and any
-// user type with a cereal `serialize(Archive&)` (or save/load) function. Plain functions and
-// captureless lambdas cross as a reference into the child's copy of the same binary, without
-// registration. Everything else (a capturing lambda, a type with no serializer) is refused: at
-// compile time where the start method is known then, else by mp::PicklingError from start().
+// Values cross as cereal binary archives: arithmetic types, std::string, std::vector and
+// std::tuple here, the rest of the standard library with <mp/types.hpp> (or the one cereal/types/
+// header a type needs), and any user type with a cereal `serialize(Archive&)` (or save/load). Plain
+// functions and captureless lambdas cross as a reference into the child's copy of the same binary,
+// without registration. Everything else (a capturing lambda, a type with no serializer) is refused:
+// at compile time where the start method is known then, else by mp::PicklingError from start().
 #pragma once
 
 #include <array>
@@ -22,23 +23,8 @@
 #include <vector>
 
 #include <cereal/cereal.hpp>
-#include <cereal/types/array.hpp>
-#include <cereal/types/bitset.hpp>
-#include <cereal/types/chrono.hpp>
-#include <cereal/types/complex.hpp>
-#include <cereal/types/deque.hpp>
-#include <cereal/types/list.hpp>
-#include <cereal/types/map.hpp>
-#include <cereal/types/memory.hpp>
-#include <cereal/types/optional.hpp>
-#include <cereal/types/set.hpp>
-#include <cereal/types/string.hpp>
-#include <cereal/types/tuple.hpp>
-#include <cereal/types/unordered_map.hpp>
-#include <cereal/types/unordered_set.hpp>
-#include <cereal/types/utility.hpp>
-#include <cereal/types/variant.hpp>
-#include <cereal/types/vector.hpp>
+#include <cereal/types/string.hpp>  // CodeRef
+#include <cereal/types/vector.hpp>  // AuthenticationString
 
 #include "mp/errors.hpp"
 
@@ -214,6 +200,7 @@ constexpr bool cereal_serializable() {
 
 // cereal's traits say yes for std::vector<X> whatever X is (and fail later, in a static_assert
 // of their own): look inside the standard wrappers and containers. Raw pointers never cross.
+// A standard type whose cereal header is missing (see <mp/types.hpp>) is not picklable.
 template <class T>
 constexpr bool picklable() {
   using U = std::remove_cv_t<T>;
@@ -222,20 +209,20 @@ constexpr bool picklable() {
   } else if constexpr (std::is_arithmetic_v<U> || std::is_enum_v<U>) {
     return true;
   } else if constexpr (is_instance_v<U, std::pair>) {
-    return picklable<typename U::first_type>() && picklable<typename U::second_type>();
+    return picklable<typename U::first_type>() && picklable<typename U::second_type>() &&
+           cereal_serializable<U>();
   } else if constexpr (is_instance_v<U, std::tuple> || is_instance_v<U, std::variant>) {
     return []<template <class...> class W, class... Ts>(W<Ts...>*) {
       return (picklable<Ts>() && ...);
-    }(static_cast<U*>(nullptr));
+    }(static_cast<U*>(nullptr)) &&
+           cereal_serializable<U>();
   } else if constexpr (is_instance_v<U, std::optional>) {
-    return picklable<typename U::value_type>();
+    return picklable<typename U::value_type>() && cereal_serializable<U>();
   } else if constexpr (is_instance_v<U, std::shared_ptr> || is_instance_v<U, std::unique_ptr>) {
     using E = typename U::element_type;
-    return !std::is_array_v<E> && std::is_default_constructible_v<E> && picklable<E>();
-  } else if constexpr (requires {
-                         typename U::value_type;
-                         typename U::iterator;
-                       }) {
+    return !std::is_array_v<E> && std::is_default_constructible_v<E> && picklable<E>() &&
+           cereal_serializable<U>();
+  } else if constexpr (container<U>) {
     return picklable<typename U::value_type>() && cereal_serializable<U>();
   } else {
     return cereal_serializable<U>();
@@ -301,7 +288,12 @@ using ProcessLoader = std::unique_ptr<Process> (*)(InArchive&);
 /// Writes each field in turn; zero fields are allowed.
 template <class Archive, class... Fields>
 void fields(Archive& ar, Fields&&... f) {
-  (ar(std::forward<Fields>(f)), ...);
+  static_assert((detail::picklable<std::remove_cvref_t<Fields>>() && ...),
+                "MP_FIELDS: a field's type has no serializer; for std::map, std::optional, "
+                "std::variant, std::unique_ptr, ... #include <mp/types.hpp>; for your own type "
+                "give it a cereal serialize(Archive&) function");
+  if constexpr ((detail::picklable<std::remove_cvref_t<Fields>>() && ...))
+    (ar(std::forward<Fields>(f)), ...);
 }
 
 /// While spawning: registers `fd` to be handed to the child (at exec, or by SCM_RIGHTS under
