@@ -11,6 +11,9 @@
 #include "posix/posix.hpp"
 #include "runtime.hpp"
 
+template class cereal::OutputArchive<mp::reduction::OutArchive, cereal::AllowEmptyClassElision>;
+template class cereal::InputArchive<mp::reduction::InArchive, cereal::AllowEmptyClassElision>;
+
 namespace mp {
 namespace reduction {
 namespace {
@@ -83,6 +86,16 @@ std::uint64_t InArchive::load_size() {
     unbacked_budget_ -= static_cast<std::size_t>(n) * e.element_size;
   }
   return n;
+}
+
+void save_code(OutArchive& ar, const void* address) {
+  ar(code_ref(address));
+}
+
+const void* load_code(InArchive& ar) {
+  CodeRef ref;
+  ar(ref);
+  return resolve(ref);
 }
 
 CodeRef code_ref(const void* address) {

@@ -79,7 +79,7 @@ class Target final : public TargetBase {
                           "of your own a cereal serialize(Archive&) function (or MP_FIELDS for a "
                           "Process subclass); or use the fork start method");
     } else {
-      ar(reduction::code_ref(reinterpret_cast<const void*>(&load_target<F, Args...>)));
+      reduction::save_code(ar, reinterpret_cast<const void*>(&load_target<F, Args...>));
       reduction::save_callable(ar, f_);
       ar(args_);
     }

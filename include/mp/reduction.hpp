@@ -90,6 +90,20 @@ inline constexpr bool is_archive_wrapper_v =
     is_instance_v<T, cereal::BinaryData>;
 }  // namespace detail
 
+class OutArchive;
+class InArchive;
+}  // namespace reduction
+}  // namespace mp
+
+// The archives' non-template members are compiled once, in the library.
+extern template class cereal::OutputArchive<mp::reduction::OutArchive,
+                                            cereal::AllowEmptyClassElision>;
+extern template class cereal::InputArchive<mp::reduction::InArchive,
+                                           cereal::AllowEmptyClassElision>;
+
+namespace mp {
+namespace reduction {
+
 /// Writes values in cereal's binary format, appending to a string.
 class OutArchive : public cereal::OutputArchive<OutArchive, cereal::AllowEmptyClassElision> {
  public:
@@ -255,11 +269,14 @@ struct CodeRef {
 CodeRef code_ref(const void* address);
 /// Throws PicklingError if the module is not loaded here.
 const void* resolve(const CodeRef& ref);
+/// The two above through an archive (compiled once, in the library).
+void save_code(OutArchive& ar, const void* address);
+const void* load_code(InArchive& ar);
 
 template <class F>
 void save_callable(OutArchive& ar, const F& f) {
   if constexpr (std::is_pointer_v<F>) {
-    ar(code_ref(reinterpret_cast<const void*>(f)));
+    save_code(ar, reinterpret_cast<const void*>(f));
   } else if constexpr (std::is_empty_v<F> && std::is_default_constructible_v<F>) {
     // The type is the whole value: the loader's own instantiation names it.
   } else {
@@ -270,9 +287,7 @@ void save_callable(OutArchive& ar, const F& f) {
 template <class F>
 F load_callable(InArchive& ar) {
   if constexpr (std::is_pointer_v<F>) {
-    CodeRef ref;
-    ar(ref);
-    return reinterpret_cast<F>(const_cast<void*>(resolve(ref)));
+    return reinterpret_cast<F>(const_cast<void*>(load_code(ar)));
   } else if constexpr (std::is_empty_v<F> && std::is_default_constructible_v<F>) {
     return F{};
   } else {
