@@ -3,7 +3,6 @@
 
 #include <chrono>
 #include <concepts>
-#include <functional>
 #include <iosfwd>
 #include <memory>
 #include <optional>
