@@ -6,6 +6,10 @@
 #include <algorithm>
 #include <cstring>
 #include <limits>
+#include <mutex>
+#include <unordered_map>
+
+#include <cereal/types/utility.hpp>  // send_connection: a direction pair
 
 #include "posix/posix.hpp"
 
@@ -91,6 +95,54 @@ std::uint64_t Connection::tag_of(const std::type_info& type) {
   for (const char* c = type.name(); *c; ++c)
     h = (h ^ static_cast<unsigned char>(*c)) * 0x100000001b3ull;
   return h;
+}
+
+namespace {
+struct TagRegistry {
+  std::mutex mu;
+  std::unordered_map<std::uint64_t, const std::type_info*> types;
+};
+TagRegistry& tag_registry() {
+  static TagRegistry* r = new TagRegistry;  // never destroyed: static destructors may recv
+  return *r;
+}
+}  // namespace
+
+bool detail::register_tag(const std::type_info& type) {
+  auto& r = tag_registry();
+  std::lock_guard l(r.mu);
+  r.types.emplace(Connection::tag_of(type), &type);
+  return true;
+}
+
+void Connection::check_tag(std::string_view message, std::uint64_t expected,
+                           const std::type_info& type) {
+  std::uint64_t tag = 0;
+  const auto starts_as_pickle = [&] {  // protocols 2 to 5 open with PROTO n
+    return message.size() >= 2 && message[0] == '\x80' && message[1] >= 2 && message[1] <= 5;
+  };
+  if (message.size() >= sizeof tag) std::memcpy(&tag, message.data(), sizeof tag);
+  if (message.size() >= sizeof tag && tag == expected) return;
+  const std::string wanted = reduction::demangle(type);
+  if (starts_as_pickle())
+    throw PicklingError("cannot receive a '" + wanted +
+                        "': this message is a Python pickle: use recv_bytes(), or send_bytes() "
+                        "on the Python side");
+  if (message.size() < sizeof tag)
+    throw PicklingError("received a message that is not a serialized object (" +
+                        std::to_string(message.size()) + " bytes); was it sent by send_bytes?");
+  const std::type_info* sent = nullptr;
+  {
+    auto& r = tag_registry();
+    std::lock_guard l(r.mu);
+    if (auto it = r.types.find(tag); it != r.types.end()) sent = it->second;
+  }
+  if (sent)
+    throw PicklingError("received an object of type '" + reduction::demangle(*sent) +
+                        "', not the expected '" + wanted + "'");
+  throw PicklingError("received an object of another type than the expected '" + wanted +
+                      "' (one this program never sends or receives: another program's, or "
+                      "bytes from send_bytes?)");
 }
 
 void Connection::send_bytes(std::span<const std::byte> buf, std::size_t offset,

@@ -109,13 +109,12 @@ void start_locked(Client& c) {
     init.dir = c.dir;
     for (auto hook : c.preload)
       init.preload.push_back(reduction::code_ref(reinterpret_cast<const void*>(hook)));
-    std::ostringstream os;
+    std::string bytes;
     {
       reduction::SpawningScope spawning;  // the authkey may cross here
-      reduction::OutArchive ar(os);
+      reduction::OutArchive ar(bytes);
       ar(init);
     }
-    const std::string bytes = std::move(os).str();
 
     const std::vector<std::string> argv = {get_executable(), kForkServerFlag, "3", "4", "5"};
     const int keep[] = {listener.get(), alive_r.get(), init_r.get()};
@@ -454,8 +453,7 @@ void forkserver_main(int argc, char** argv) {
   }
   ServerInit init;
   try {
-    std::istringstream is(bytes);
-    reduction::InArchive ar(is);
+    reduction::InArchive ar(bytes);
     ar(init);
   } catch (const std::exception& e) {
     log_line(std::string("bad start-up data: ") + e.what());

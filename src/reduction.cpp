@@ -4,10 +4,15 @@
 #include <cxxabi.h>
 
 #include <cstdlib>
+#include <cstring>
 #include <stdexcept>
+#include <utility>
 
 #include "posix/posix.hpp"
 #include "runtime.hpp"
+
+template class cereal::OutputArchive<mp::reduction::OutArchive, cereal::AllowEmptyClassElision>;
+template class cereal::InputArchive<mp::reduction::InArchive, cereal::AllowEmptyClassElision>;
 
 namespace mp {
 namespace reduction {
@@ -20,13 +25,77 @@ void set_passed_fds(std::vector<int> fds) {
   g_passed_fds = std::move(fds);
 }
 
+namespace {
+// Drops what the user never wrote: the ABI namespace, std::string's spelling, and default
+// template arguments (", std::allocator<...> ", ", std::less<...> ", ...).
+std::string readable(std::string s) {
+  const auto erase_all = [&s](std::string_view what, std::string_view with) {
+    for (std::size_t at; (at = s.find(what)) != std::string::npos;)
+      s.replace(at, what.size(), with);
+  };
+  erase_all("std::__cxx11::", "std::");
+  erase_all("std::basic_string<char, std::char_traits<char>, std::allocator<char> >",
+            "std::string");
+  for (std::string_view arg : {", std::allocator<", ", std::less<", ", std::hash<",
+                               ", std::equal_to<", ", std::default_delete<"}) {
+    for (std::size_t at; (at = s.find(arg)) != std::string::npos;) {
+      std::size_t end = at + arg.size();
+      for (int depth = 1; end < s.size() && depth > 0; ++end)
+        depth += s[end] == '<' ? 1 : s[end] == '>' ? -1 : 0;
+      if (end < s.size() && s[end] == ' ') ++end;  // "> >" was C++03's spelling
+      s.erase(at, end - at);
+    }
+  }
+  erase_all(" >", ">");
+  return s;
+}
+}  // namespace
+
 std::string demangle(const std::type_info& type) {
   int status = 0;
   char* s = abi::__cxa_demangle(type.name(), nullptr, nullptr, &status);
   if (!s) return type.name();
   std::string out(s);
   std::free(s);
-  return out;
+  return readable(std::move(out));
+}
+
+void InArchive::loadBinary(void* data, std::size_t size) {
+  if (size > remaining())
+    throw PicklingError("truncated data: " + std::to_string(size) + " bytes needed, " +
+                        std::to_string(remaining()) + " left");
+  if (size) std::memcpy(data, pos_, size);
+  pos_ += size;
+}
+
+std::uint64_t InArchive::load_size() {
+  std::uint64_t n = 0;
+  loadBinary(&n, sizeof n);
+  const Expected e = std::exchange(expected_, Expected{});  // only the first tag is the count
+  const std::size_t left = remaining();
+  const auto refuse = [&](const std::string& needs) {
+    throw PicklingError("a '" + (e.type ? demangle(*e.type) : std::string("container")) +
+                        "' claims " + std::to_string(n) + " elements (" + needs + "), but " +
+                        std::to_string(left) + " bytes are left in the message");
+  };
+  if (e.min_wire > 0 && n > left / e.min_wire)
+    refuse("at least " + std::to_string(e.min_wire) + " bytes each");
+  if (n > left) {  // elements that may take no bytes: allowed within a memory budget
+    if (e.element_size && n > unbacked_budget_ / e.element_size)
+      refuse(std::to_string(e.element_size) + " bytes of memory each, unbacked by the message");
+    unbacked_budget_ -= static_cast<std::size_t>(n) * e.element_size;
+  }
+  return n;
+}
+
+void save_code(OutArchive& ar, const void* address) {
+  ar(code_ref(address));
+}
+
+const void* load_code(InArchive& ar) {
+  CodeRef ref;
+  ar(ref);
+  return resolve(ref);
 }
 
 CodeRef code_ref(const void* address) {

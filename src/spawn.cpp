@@ -12,6 +12,8 @@
 #include <optional>
 #include <sstream>
 
+#include <cereal/types/optional.hpp>  // PrepData::environment
+
 #include "forkserver.hpp"
 #include "mp/context.hpp"
 #include "mp/process.hpp"
@@ -110,20 +112,9 @@ std::vector<std::byte> read_frame(int fd) {
 // Reads the preparation data and rebuilds the process object from a frame's payload. With
 // `apply`, the data takes effect in this process (environment, parent-death signal, cwd, ...);
 // without, it is a dry run (the fork server warms itself up with one).
-// Reads a byte buffer in place: no copy of the payload.
-class BufferReader : public std::streambuf {
- public:
-  explicit BufferReader(std::vector<std::byte>& b) {
-    char* p = reinterpret_cast<char*>(b.data());
-    setg(p, p, p + b.size());
-  }
-};
-
 std::unique_ptr<Process> rebuild(std::vector<std::byte> payload, PrepData& prep, bool apply) {
-  BufferReader buffer(payload);
-  std::istream is(&buffer);
   try {
-    reduction::InArchive ar(is);
+    reduction::InArchive ar(payload);  // in place: no copy of the payload
     ar(prep.build_id);
     if (prep.build_id != posix::build_id())
       die("this program (" + posix::self_exe() + ", build-id " + posix::build_id() +
@@ -250,18 +241,16 @@ SpawnPayload spawn_payload(const Process& p, StartMethod method) {
       posix::environment_hash() != detail::forkserver_environment_hash())
     prep.environment = posix::get_environment();
 
-  std::ostringstream os;
-  os.write("\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0", sizeof(Header));
+  std::string bytes(sizeof(Header), '\0');
   SpawnPayload out;
   {
     reduction::SpawningScope spawning;  // the authkey may cross here, and only here
-    reduction::OutArchive ar(os);
+    reduction::OutArchive ar(bytes);
     prep.resource_tracker = tracker_for_child();
     ar(prep);
     pickle_process(p, ar);
     out.fds = spawning.fds;
   }
-  std::string bytes = std::move(os).str();
   const std::size_t length = bytes.size() - sizeof(Header);
   Header h{kMagic, kVersion, length, 0};
   h.check = fnv1a(&h, offsetof(Header, check));

@@ -18,6 +18,7 @@
 
 #include <gtest/gtest.h>
 #include <mp/mp.hpp>
+#include <mp/types.hpp>  // the tests send maps, optionals, variants, ...
 
 namespace mp_test {
 

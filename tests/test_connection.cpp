@@ -508,3 +508,76 @@ TEST(Interop, CPythonConnectionReadsAndWritesOurFraming) {
 }
 
 }  // namespace
+
+namespace {
+
+struct OnlyTheChildSendsThis {
+  int x = 0;
+  template <class Archive>
+  void serialize(Archive& ar) {
+    ar(x);
+  }
+};
+
+void send_token(mp::Connection w) {
+  w.send(OnlyTheChildSendsThis{3});
+}
+
+template <class F>
+std::string pickling_text(F f) {
+  try {
+    f();
+  } catch (const mp::PicklingError& e) {
+    return e.what();
+  }
+  return "no PicklingError";
+}
+
+// Issue 15 item 6: a mismatch names what arrived, even a type this process never sent.
+TEST(Connection, AMismatchNamesTheTypeThatArrived) {
+  auto [a, b] = mp::Pipe();
+  a.send(42);
+  EXPECT_EQ(pickling_text([&] { (void)b.recv<long>(); }),
+            "received an object of type 'int', not the expected 'long'");
+  auto [r, w] = mp::Pipe(false);
+  auto p = mp::spawn_context.Process(send_token, std::move(w));
+  p.start();
+  ASSERT_TRUE(r.poll(kHang));
+  EXPECT_EQ(pickling_text([&] { (void)r.recv<std::vector<std::string>>(); }),
+            "received an object of type '(anonymous namespace)::OnlyTheChildSendsThis', not the "
+            "expected 'std::vector<std::string>'");
+  p.join(kHang);
+  EXPECT_EQ(p.exitcode(), 0);
+}
+
+// Issue 15 item 5: Python's conn.send(obj) reaching recv<T>() is named for what it is.
+TEST(Interop, APythonPickleIsToldApartFromAnotherType) {
+  const char* python = "/usr/bin/python3";
+  if (::access(python, X_OK) != 0) GTEST_SKIP() << "no " << python;
+  auto [mine, theirs] = mp::Pipe();
+  const std::string script =
+      "from multiprocessing.connection import Connection\n"
+      "c = Connection(3)\n"
+      "c.send({'a': 1})\n"
+      "c.send(1)\n"  // 5 bytes: shorter than a type tag
+      "c.send_bytes(b'ok')\n";
+  posix_spawn_file_actions_t fa;
+  posix_spawn_file_actions_init(&fa);
+  posix_spawn_file_actions_adddup2(&fa, theirs.fileno(), 3);
+  const char* argv[] = {python, "-c", script.c_str(), nullptr};
+  pid_t pid = -1;
+  ASSERT_EQ(::posix_spawn(&pid, python, &fa, nullptr, const_cast<char**>(argv), environ), 0);
+  posix_spawn_file_actions_destroy(&fa);
+  theirs.close();
+  const std::string hint =
+      "this message is a Python pickle: use recv_bytes(), or send_bytes() on the Python side";
+  EXPECT_EQ(pickling_text([&] { (void)mine.recv<std::map<std::string, int>>(); }),
+            "cannot receive a 'std::map<std::string, int>': " + hint);
+  EXPECT_EQ(pickling_text([&] { (void)mine.recv<int>(); }), "cannot receive a 'int': " + hint);
+  EXPECT_EQ(mine.recv_bytes(), "ok");
+  int status = 0;
+  ASSERT_EQ(::waitpid(pid, &status, 0), pid);
+  EXPECT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0);
+}
+
+}  // namespace

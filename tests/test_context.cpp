@@ -63,8 +63,8 @@ TEST(Context, ContextProcessNames) {
 }
 
 TEST(Reduction, AuthkeyRefusesToBePickledOutsideSpawning) {
-  std::ostringstream os;
-  mp::reduction::OutArchive ar(os);
+  std::string bytes;
+  mp::reduction::OutArchive ar(bytes);
   EXPECT_EQ(logic_text([&] { ar(mp::current_process().authkey()); }),
             "Pickling an AuthenticationString object is disallowed for security reasons");
 }

@@ -410,22 +410,20 @@ INSTANTIATE_TEST_SUITE_P(StartMethods, SharedMemoryAcross,
 TEST(SharedMemory, UnpicklingADeadObjectIsENOENT) {
   // CPython's test_shared_memory_pickle_unpickle_dead_object: serialized, unlinked, loaded.
   mp::SharedMemory shm(std::nullopt, true, 64);
-  std::ostringstream os;
+  std::string bytes;
   {
-    mp::reduction::OutArchive ar(os);
+    mp::reduction::OutArchive ar(bytes);
     ar(shm);
   }
   mp::SharedMemory alive;
   {
-    std::istringstream is(os.str());
-    mp::reduction::InArchive ar(is);
+    mp::reduction::InArchive ar(bytes);
     ar(alive);
   }
   EXPECT_EQ(alive.name(), shm.name());
   EXPECT_EQ(alive.size(), 64u);
   shm.unlink();
-  std::istringstream is(os.str());
-  mp::reduction::InArchive ar(is);
+  mp::reduction::InArchive ar(bytes);
   mp::SharedMemory dead;
   EXPECT_EQ(errno_of([&] { ar(dead); }), ENOENT);
 }

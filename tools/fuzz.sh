@@ -11,6 +11,6 @@ cmake --build --preset fuzz
 for t in forkserver_request handshake connection_frame; do
   echo "== fuzz_$t for ${seconds}s"
   mkdir -p "fuzz/corpus/$t"
-  ./build/fuzz/fuzz/fuzz_$t -max_total_time="$seconds" -timeout=10 -print_final_stats=1 \
+  ./build/fuzz/fuzz/fuzz_$t -max_total_time="$seconds" -timeout=10 -rss_limit_mb=256 -print_final_stats=1 \
     "fuzz/corpus/$t" 2>&1 | tail -12
 done

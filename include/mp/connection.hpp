@@ -4,10 +4,8 @@
 #include <chrono>
 #include <cstddef>
 #include <cstdint>
-#include <cstring>
 #include <optional>
 #include <span>
-#include <sstream>
 #include <stdexcept>
 #include <string>
 #include <string_view>
@@ -25,6 +23,15 @@ class EOFError : public std::runtime_error {
  public:
   using std::runtime_error::runtime_error;
 };
+
+namespace detail {
+// Every type this program sends or receives is recorded under its tag when the program starts
+// (in every process running it), so a receiver can name the type that arrived instead of the
+// one it expected, at no cost on the wire.
+bool register_tag(const std::type_info& type);
+template <class T>
+inline const bool tag_registered = register_tag(typeid(T));
+}  // namespace detail
 
 /// One end of a Pipe (or, later, of a Listener/Client socket): length-prefixed messages in
 /// CPython's framing. Move-only; destroying it closes it. Misuse throws std::logic_error
@@ -45,8 +52,9 @@ class Connection {
   Connection& operator=(const Connection&) = delete;
   ~Connection();
 
-  /// Sends any serializable value; recv<T>() in the peer reads it back. The message carries
-  /// the type's tag: receiving it as another type throws mp::PicklingError, never garbage.
+  /// Sends any serializable value; recv<T>() in the peer reads it back (C++ to C++: Python's
+  /// pickles cross by send_bytes/recv_bytes). The message carries the type's tag: receiving
+  /// it as another type throws mp::PicklingError naming both types, never garbage.
   template <class T>
   void send(const T& obj);
   template <class T>
@@ -96,6 +104,10 @@ class Connection {
   std::string recv_message(std::optional<std::size_t> maxlength);
   std::string recv_body(std::uint64_t length);
   static std::uint64_t tag_of(const std::type_info& type);
+  friend bool detail::register_tag(const std::type_info& type);
+  // Throws PicklingError unless `message` starts with the tag `expected` (of `type`).
+  static void check_tag(std::string_view message, std::uint64_t expected,
+                        const std::type_info& type);
   static bool probe_socket(int fd);
 
   int fd_ = -1;
@@ -130,40 +142,39 @@ std::vector<int> wait(std::span<const int> fds,
 template <class T>
 void Connection::send(const T& obj) {
   static_assert(reduction::Value<T>,
-                "mp::Connection::send: the type has no serializer; give it a cereal "
+                "mp::Connection::send: the type has no serializer; for std::map, std::optional, "
+                "std::variant, ... #include <mp/types.hpp>; give a type of your own a cereal "
                 "serialize(Archive&) function");
-  std::ostringstream os;
-  {
-    reduction::OutArchive ar(os);
-    ar(obj);
+  if constexpr (reduction::Value<T>) {
+    (void)detail::tag_registered<T>;
+    const std::uint64_t tag = tag_of(typeid(T));
+    std::string message(reinterpret_cast<const char*>(&tag), sizeof tag);
+    {
+      reduction::OutArchive ar(message);
+      ar(obj);
+    }
+    send_message({}, std::as_bytes(std::span(message)));
   }
-  const std::string body = std::move(os).str();
-  const std::uint64_t tag = tag_of(typeid(T));
-  send_message(std::as_bytes(std::span(&tag, 1)), std::as_bytes(std::span(body)));
 }
 
 template <class T>
 T Connection::recv() {
   static_assert(reduction::Value<T>,
-                "mp::Connection::recv: the type has no serializer; give it a cereal "
+                "mp::Connection::recv: the type has no serializer; for std::map, std::optional, "
+                "std::variant, ... #include <mp/types.hpp>; give a type of your own a cereal "
                 "serialize(Archive&) function");
-  std::string message = recv_message(std::nullopt);
-  std::uint64_t tag = 0;
-  if (message.size() < sizeof tag)
-    throw PicklingError("received a message that is not a serialized object (" +
-                        std::to_string(message.size()) + " bytes); was it sent by send_bytes?");
-  std::memcpy(&tag, message.data(), sizeof tag);
-  if (tag != tag_of(typeid(T)))
-    throw PicklingError("received an object of another type than the expected '" +
-                        reduction::type_name<T>() + "'");
-  std::istringstream is(message.substr(sizeof tag));
   T value{};
-  try {
-    reduction::InArchive ar(is);
-    ar(value);
-  } catch (const std::exception& e) {
-    throw PicklingError(std::string("cannot read the received '") + reduction::type_name<T>() +
-                        "': " + e.what());
+  if constexpr (reduction::Value<T>) {
+    (void)detail::tag_registered<T>;
+    const std::string message = recv_message(std::nullopt);
+    check_tag(message, tag_of(typeid(T)), typeid(T));
+    try {
+      reduction::InArchive ar(std::string_view(message).substr(sizeof(std::uint64_t)));
+      ar(value);
+    } catch (const std::exception& e) {
+      throw PicklingError(std::string("cannot read the received '") + reduction::type_name<T>() +
+                          "': " + e.what());
+    }
   }
   return value;
 }

@@ -77,8 +77,9 @@ class TypedContext : public Context {
     }
     if constexpr (M != StartMethod::fork) {
       static_assert((reduction::Value<detail::Stored<Args>> && ...),
-                    "mp: an argument type has no serializer; give it serialize(Archive&) (cereal) "
-                    "or use fork_context");
+                    "mp: an argument type has no serializer; for std::map, std::optional, "
+                    "std::variant, ... #include <mp/types.hpp>; give a type of your own "
+                    "serialize(Archive&) (cereal), or use fork_context");
     }
   }
 };

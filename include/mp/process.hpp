@@ -3,7 +3,6 @@
 
 #include <chrono>
 #include <concepts>
-#include <functional>
 #include <iosfwd>
 #include <memory>
 #include <optional>
@@ -15,6 +14,7 @@
 #include <utility>
 #include <vector>
 
+#include <cereal/types/tuple.hpp>  // a target's arguments
 #include "mp/errors.hpp"
 #include "mp/reduction.hpp"
 
@@ -74,11 +74,12 @@ class Target final : public TargetBase {
             : void(bad += (bad.empty() ? "" : "', '") + reduction::type_name<Args>())),
        ...);
       throw PicklingError("Can't pickle argument type '" + bad + "' for " + std::string(child) +
-                          ": it has no serializer. Give it a cereal "
-                          "serialize(Archive&) function (or MP_FIELDS for a Process subclass), "
+                          ": it has no serializer. For std::map, std::optional, std::variant, "
+                          "... #include <mp/types.hpp>; give a type of your own a cereal "
+                          "serialize(Archive&) function (or MP_FIELDS for a Process subclass); "
                           "or use the fork start method");
     } else {
-      ar(reduction::code_ref(reinterpret_cast<const void*>(&load_target<F, Args...>)));
+      reduction::save_code(ar, reinterpret_cast<const void*>(&load_target<F, Args...>));
       reduction::save_callable(ar, f_);
       ar(args_);
     }

@@ -19,7 +19,6 @@
 #include <cstdint>
 #include <memory>
 #include <optional>
-#include <sstream>
 #include <string>
 #include <type_traits>
 
@@ -205,12 +204,11 @@ void Queue<T>::put(const T& item, bool block, std::optional<Duration> timeout) {
   if constexpr (detail::kQueueMemcpy<T>) {
     done = core_.put(&item, sizeof(T), block, timeout);
   } else {
-    std::ostringstream os;
+    std::string bytes;
     {
-      reduction::OutArchive ar(os);
+      reduction::OutArchive ar(bytes);
       ar(item);
     }
-    const std::string bytes = std::move(os).str();
     done = core_.put(bytes.data(), bytes.size(), block, timeout);
   }
   if (!done) throw Full();
@@ -237,8 +235,9 @@ T Queue<T>::get(bool block, std::optional<Duration> timeout) {
       return b.data();
     };
     if (!core_.get(sink, &bytes, block, timeout)) throw Empty();
-    std::istringstream is(std::move(bytes));
-    reduction::InArchive ar(is);
+    // The pickle layer checks every length against the record's bytes: a corrupted record is
+    // a PicklingError, never a giant allocation.
+    reduction::InArchive ar{std::string_view(bytes)};
     T item{};
     ar(item);
     return item;

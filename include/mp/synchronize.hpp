@@ -11,9 +11,9 @@
 
 #include <chrono>
 #include <cstdint>
+#include <iosfwd>
 #include <memory>
 #include <optional>
-#include <ostream>
 #include <stdexcept>
 
 #include "mp/reduction.hpp"
