@@ -474,6 +474,18 @@ TEST(Wait, TimeoutsAndSentinels) {
 
 namespace {
 
+// Starts `python -c script` with `fd` as its descriptor 3; its pid, or -1.
+pid_t spawn_python(const char* python, const std::string& script, int fd) {
+  posix_spawn_file_actions_t fa;
+  posix_spawn_file_actions_init(&fa);
+  posix_spawn_file_actions_adddup2(&fa, fd, 3);
+  const char* argv[] = {python, "-c", script.c_str(), nullptr};
+  pid_t pid = -1;
+  if (::posix_spawn(&pid, python, &fa, nullptr, const_cast<char**>(argv), environ) != 0) pid = -1;
+  posix_spawn_file_actions_destroy(&fa);
+  return pid;
+}
+
 // CPython's own Connection on the other end of ours: the same framing, both ways.
 TEST(Interop, CPythonConnectionReadsAndWritesOurFraming) {
   const char* python = "/usr/bin/python3";
@@ -486,13 +498,8 @@ TEST(Interop, CPythonConnectionReadsAndWritesOurFraming) {
       "    m = c.recv_bytes()\n"
       "    if m == b'stop': break\n"
       "    c.send_bytes(m[::-1])\n";
-  posix_spawn_file_actions_t fa;
-  posix_spawn_file_actions_init(&fa);
-  posix_spawn_file_actions_adddup2(&fa, theirs.fileno(), 3);
-  const char* argv[] = {python, "-c", script.c_str(), nullptr};
-  pid_t pid = -1;
-  ASSERT_EQ(::posix_spawn(&pid, python, &fa, nullptr, const_cast<char**>(argv), environ), 0);
-  posix_spawn_file_actions_destroy(&fa);
+  const pid_t pid = spawn_python(python, script, theirs.fileno());
+  ASSERT_GT(pid, 0);
   theirs.close();
   std::string big(16 << 20, 'a');
   big.back() = 'z';
@@ -561,13 +568,8 @@ TEST(Interop, APythonPickleIsToldApartFromAnotherType) {
       "c.send({'a': 1})\n"
       "c.send(1)\n"  // 5 bytes: shorter than a type tag
       "c.send_bytes(b'ok')\n";
-  posix_spawn_file_actions_t fa;
-  posix_spawn_file_actions_init(&fa);
-  posix_spawn_file_actions_adddup2(&fa, theirs.fileno(), 3);
-  const char* argv[] = {python, "-c", script.c_str(), nullptr};
-  pid_t pid = -1;
-  ASSERT_EQ(::posix_spawn(&pid, python, &fa, nullptr, const_cast<char**>(argv), environ), 0);
-  posix_spawn_file_actions_destroy(&fa);
+  const pid_t pid = spawn_python(python, script, theirs.fileno());
+  ASSERT_GT(pid, 0);
   theirs.close();
   const std::string hint =
       "this message is a Python pickle: use recv_bytes(), or send_bytes() on the Python side";

@@ -96,6 +96,23 @@ void write_all(int fd, std::span<const std::span<const std::byte>> parts, bool s
   }
 }
 
+namespace {
+// The descriptors an SCM_RIGHTS control message brought (each now open here).
+std::vector<int> received_fds(msghdr& msg) {
+  std::vector<int> fds;
+  for (cmsghdr* cm = CMSG_FIRSTHDR(&msg); cm; cm = CMSG_NXTHDR(&msg, cm)) {
+    if (cm->cmsg_level != SOL_SOCKET || cm->cmsg_type != SCM_RIGHTS) continue;
+    const std::size_t count = (cm->cmsg_len - CMSG_LEN(0)) / sizeof(int);
+    for (std::size_t i = 0; i < count; ++i) {
+      int fd;
+      std::memcpy(&fd, CMSG_DATA(cm) + i * sizeof(int), sizeof fd);
+      fds.push_back(fd);
+    }
+  }
+  return fds;
+}
+}  // namespace
+
 void send_fd(int socket, int fd) {
   char byte = 1;  // CPython sends len(fds) % 256
   iovec iov{&byte, 1};
@@ -127,17 +144,11 @@ int recv_fd(int socket) {
   while ((n = ::recvmsg(socket, &msg, MSG_CMSG_CLOEXEC)) < 0)
     if (errno != EINTR) check(-1, "recvmsg");
   int found = -1;
-  for (cmsghdr* cm = CMSG_FIRSTHDR(&msg); cm; cm = CMSG_NXTHDR(&msg, cm)) {
-    if (cm->cmsg_level != SOL_SOCKET || cm->cmsg_type != SCM_RIGHTS) continue;
-    const std::size_t count = (cm->cmsg_len - CMSG_LEN(0)) / sizeof(int);
-    for (std::size_t i = 0; i < count; ++i) {
-      int fd;
-      std::memcpy(&fd, CMSG_DATA(cm) + i * sizeof(int), sizeof fd);
-      if (found < 0)
-        found = fd;
-      else
-        ::close(fd);  // one was asked for: the rest must not leak
-    }
+  for (int fd : received_fds(msg)) {
+    if (found < 0)
+      found = fd;
+    else
+      ::close(fd);  // one was asked for: the rest must not leak
   }
   if (n == 0 && found < 0) return -2;
   return found < 0 ? -1 : above_stdio(unique_fd(found)).release();
@@ -205,15 +216,7 @@ Received recv_with_fds_nowait(int socket, std::span<std::byte> data, std::size_t
     if (errno == ECONNRESET) return r;
     if (errno != EINTR) check(-1, "recvmsg");
   }
-  for (cmsghdr* cm = CMSG_FIRSTHDR(&msg); cm; cm = CMSG_NXTHDR(&msg, cm)) {
-    if (cm->cmsg_level != SOL_SOCKET || cm->cmsg_type != SCM_RIGHTS) continue;
-    const std::size_t count = (cm->cmsg_len - CMSG_LEN(0)) / sizeof(int);
-    for (std::size_t i = 0; i < count; ++i) {
-      int fd;
-      std::memcpy(&fd, CMSG_DATA(cm) + i * sizeof(int), sizeof fd);
-      r.fds.push_back(above_stdio(unique_fd(fd)));
-    }
-  }
+  for (int fd : received_fds(msg)) r.fds.push_back(above_stdio(unique_fd(fd)));
   r.truncated = (msg.msg_flags & MSG_CTRUNC) != 0;
   r.size = static_cast<std::size_t>(n);
   return r;
