@@ -166,15 +166,20 @@ inline int open_fd_count() {
   return n - 1;
 }
 
+/// The what() of the E that f() throws; `none` if it throws nothing.
+template <class E, class F>
+std::string error_text(F f, const char* none = "no exception") {
+  try {
+    f();
+  } catch (const E& e) {
+    return e.what();
+  }
+  return none;
+}
 /// The what() of the std::logic_error f() throws ("no exception" if none).
 template <class F>
 std::string logic_text(F f) {
-  try {
-    f();
-  } catch (const std::logic_error& e) {
-    return e.what();
-  }
-  return "no exception";
+  return error_text<std::logic_error>(f);
 }
 
 /// No child of ours has ended unreaped (no zombie).

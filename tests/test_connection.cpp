@@ -532,12 +532,7 @@ void send_token(mp::Connection w) {
 
 template <class F>
 std::string pickling_text(F f) {
-  try {
-    f();
-  } catch (const mp::PicklingError& e) {
-    return e.what();
-  }
-  return "no PicklingError";
+  return error_text<mp::PicklingError>(f, "no PicklingError");
 }
 
 // Issue 15 item 6: a mismatch names what arrived, even a type this process never sent.

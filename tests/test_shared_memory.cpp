@@ -74,12 +74,7 @@ int errno_of(F f, std::string* what = nullptr) {
 // The what() of the std::invalid_argument f() throws ("no exception" if none).
 template <class F>
 std::string invalid_text(F f) {
-  try {
-    f();
-  } catch (const std::invalid_argument& e) {
-    return e.what();
-  }
-  return "no exception";
+  return error_text<std::invalid_argument>(f);
 }
 
 TEST(SharedMemory, Basics) {
