@@ -173,6 +173,7 @@ void exit_function() {
     if (r.exiting) return;
     r.exiting = true;
   }
+  if (stop_pools_at_exit) stop_pools_at_exit();
   cleanup_children(r);
   {
     std::lock_guard l(r.mu);

@@ -72,6 +72,8 @@ int bootstrap(Process& self, ParentInfo parent, bool close_stdin = true);
 
 // Terminates daemonic children, then joins all children (CPython util._exit_function).
 void exit_function();
+// Set by the first Pool: stops this process's pools (their workers, their thread) first.
+inline void (*stop_pools_at_exit)() = nullptr;
 
 // Flushes C and C++ standard streams (CPython util._flush_std_streams).
 void flush_std_streams();

@@ -1,6 +1,7 @@
 // Exceptions of multiprocess: Python's names, C++ shapes.
 #pragma once
 
+#include <cstddef>
 #include <optional>
 #include <stdexcept>
 #include <string>
@@ -74,6 +75,75 @@ class FileNotFoundError : public std::system_error {
  private:
   std::string filename_;
   std::string what_;
+};
+
+/// A pool can run no more tasks (concurrent.futures.process.BrokenProcessPool): its initializer
+/// failed, its workers kept dying at start-up, or it was terminated ("pool terminated").
+class BrokenProcessPool : public ProcessError {
+ public:
+  using ProcessError::ProcessError;
+};
+
+/// The worker running a task died (a signal, an exit, mp::exit in the task): that task (with
+/// chunks: its chunk) fails with this; the pool replaces the worker and goes on.
+class WorkerLost : public BrokenProcessPool {
+ public:
+  WorkerLost(int pid, int exitcode, std::size_t index)
+      : BrokenProcessPool("the worker (pid " + std::to_string(pid) + ") running task " +
+                          std::to_string(index) + " died (exit code " + std::to_string(exitcode) +
+                          (exitcode < 0 ? ": killed by a signal" : "") + ")"),
+        pid_(pid),
+        exitcode_(exitcode),
+        index_(index) {}
+  int pid() const noexcept { return pid_; }
+  /// As Process::exitcode(): -N for a signal N.
+  int exitcode() const noexcept { return exitcode_; }
+  /// The input position of the (first) item the lost task held.
+  std::size_t index() const noexcept { return index_; }
+
+ private:
+  int pid_, exitcode_;
+  std::size_t index_;
+};
+
+/// A task threw in a worker: the exception's type name and what(), the worker's pid and the
+/// input position of the item (CPython re-raises the same type with a RemoteTraceback cause; a
+/// C++ exception's type cannot be rebuilt in general, so it arrives as this, always).
+class RemoteError : public ProcessError {
+ public:
+  RemoteError(std::string type, std::string message, int pid, std::size_t index)
+      : ProcessError(type + ": " + message + " (in worker pid " + std::to_string(pid) + ", task " +
+                     std::to_string(index) + ")"),
+        type_(std::move(type)),
+        message_(std::move(message)),
+        pid_(pid),
+        index_(index) {}
+  /// The remote exception's type ("std::runtime_error") and what().
+  const std::string& type_name() const noexcept { return type_; }
+  const std::string& message() const noexcept { return message_; }
+  int pid() const noexcept { return pid_; }
+  std::size_t index() const noexcept { return index_; }
+
+ private:
+  std::string type_, message_;
+  int pid_;
+  std::size_t index_;
+};
+
+/// A task's result could not be serialized in the worker (multiprocessing.pool.
+/// MaybeEncodingError): "Error sending result: '<value>'. Reason: '<error>'", where <value> is
+/// the result's type name (C++ has no repr) and <error> the serializer's exception.
+class MaybeEncodingError : public ProcessError {
+ public:
+  MaybeEncodingError(std::string value, std::string exc)
+      : ProcessError("Error sending result: '" + value + "'. Reason: '" + exc + "'"),
+        value_(std::move(value)),
+        exc_(std::move(exc)) {}
+  const std::string& value() const noexcept { return value_; }
+  const std::string& exc() const noexcept { return exc_; }
+
+ private:
+  std::string value_, exc_;
 };
 
 /// Ends the current child process with `code()` (Python's SystemExit). Deliberately not a

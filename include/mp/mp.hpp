@@ -5,6 +5,7 @@
 #include "mp/context.hpp"
 #include "mp/errors.hpp"
 #include "mp/listener.hpp"
+#include "mp/pool.hpp"
 #include "mp/process.hpp"
 #include "mp/queues.hpp"
 #include "mp/reduction.hpp"
@@ -13,3 +14,4 @@
 #include "mp/shared_memory.hpp"
 #include "mp/spawn.hpp"
 #include "mp/synchronize.hpp"
+#include "mp/tasks.hpp"

@@ -198,4 +198,16 @@ Received recv_with_fds_nowait(int socket, std::span<std::byte> data, std::size_t
 std::optional<std::size_t> recv_nowait(int socket, std::span<std::byte> data);
 /// The descriptors among `fds` that are readable (or hung up) within `timeout`.
 std::vector<int> wait_any_readable(std::span<const int> fds, std::optional<Duration> timeout);
+/// One descriptor of a poll_fds() set: what to wait for, and what was found.
+struct PollFd {
+  int fd = -1;
+  bool want_write = false;  // and always readable (or hung up)
+  bool readable = false;
+  bool writable = false;
+};
+/// poll() once, up to `timeout` (nullopt: no bound); returns the number ready. A signal
+/// (EINTR) returns 0, as a timeout does: the caller looks again.
+int poll_fds(std::span<PollFd> fds, std::optional<Duration> timeout);
+/// recv() of at least one byte, waiting for it (EINTR retried); 0 at EOF or a reset connection.
+std::size_t recv_some(int socket, std::span<std::byte> data);
 }  // namespace mp::posix

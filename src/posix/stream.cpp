@@ -260,4 +260,36 @@ std::vector<int> wait_any_readable(std::span<const int> fds, std::optional<Durat
   }
 }
 
+int poll_fds(std::span<PollFd> fds, std::optional<Duration> timeout) {
+  std::vector<pollfd> p;
+  p.reserve(fds.size());
+  for (const auto& f : fds)
+    p.push_back({f.fd, static_cast<short>(POLLIN | (f.want_write ? POLLOUT : 0)), 0});
+  int ms = -1;
+  if (timeout && timeout->count() < 1e9) {
+    auto t = std::chrono::ceil<std::chrono::milliseconds>(std::max(*timeout, Duration::zero()));
+    ms = static_cast<int>(std::min<long long>(t.count(), 1 << 30));
+  }
+  int r = ::poll(p.data(), p.size(), ms);
+  if (r < 0) {
+    if (errno == EINTR) return 0;
+    check(r, "poll");
+  }
+  for (std::size_t i = 0; i < p.size(); ++i) {
+    if (p[i].revents & POLLNVAL) throw std::system_error(EBADF, std::system_category(), "poll");
+    fds[i].readable = (p[i].revents & (POLLIN | POLLHUP | POLLERR)) != 0;
+    fds[i].writable = (p[i].revents & (POLLOUT | POLLERR)) != 0;
+  }
+  return r;
+}
+
+std::size_t recv_some(int socket, std::span<std::byte> data) {
+  ssize_t n;
+  while ((n = ::recv(socket, data.data(), data.size(), 0)) < 0) {
+    if (errno == ECONNRESET) return 0;
+    if (errno != EINTR) check(-1, "recv");
+  }
+  return static_cast<std::size_t>(n);
+}
+
 }  // namespace mp::posix

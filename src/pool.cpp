@@ -1,0 +1,818 @@
+// The pool engine (CPython pool.py's worker, task and result handlers, in one thread) and the
+// worker's loop (pool.py's worker()).
+//
+// Every worker has a socket of its own, owned by the parent, and is sent at most `window`
+// tasks ahead of its results; it runs them in order. Before running a task it writes the
+// task's id in its slot of a shared array, so when it dies the parent, having read every
+// result it sent, knows exactly what it held: the task in its slot failed (WorkerLost), the
+// ones behind it never began (sent again, to any worker). No lock is shared with a worker,
+// and the parent never blocks on one: it writes without waiting and polls every socket and
+// every worker's sentinel in one call.
+#include "mp/pool.hpp"
+
+#include <cxxabi.h>
+
+#include <algorithm>
+#include <atomic>
+#include <cstdio>
+#include <cstring>
+#include <deque>
+#include <iostream>
+#include <thread>
+#include <unordered_map>
+
+#include "mp/connection.hpp"
+#include "mp/context.hpp"
+#include "mp/shared.hpp"
+#include "posix/posix.hpp"
+#include "runtime.hpp"
+
+namespace mp {
+namespace detail {
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+// Frames, both ways: the length of what follows (u64), the task id (u64), a status, the bytes.
+enum Status : std::uint8_t {
+  kOk = 0,
+  kTaskError = 1,
+  kEncodingError = 2,
+  kInitError = 3,
+  kStop = 4,  // to a worker: leave (the pool is closing)
+};
+constexpr std::size_t kHeader = 17;
+constexpr std::uint64_t kMaxFrame = std::uint64_t{1} << 40;
+
+void append_frame(std::string& out, std::uint64_t id, std::uint8_t status,
+                  std::string_view payload) {
+  const std::uint64_t len = 9 + payload.size();
+  out.append(reinterpret_cast<const char*>(&len), 8);
+  out.append(reinterpret_cast<const char*>(&id), 8);
+  out.push_back(static_cast<char>(status));
+  out.append(payload);
+}
+
+struct Frame {
+  std::uint64_t id;
+  std::uint8_t status;
+  std::string_view payload;
+};
+
+// Bytes as they arrive, cut into frames.
+class FrameReader {
+ public:
+  std::optional<Frame> next() {
+    const std::size_t left = buf_.size() - start_;
+    if (left < kHeader) return std::nullopt;
+    std::uint64_t len, id;
+    std::memcpy(&len, buf_.data() + start_, 8);
+    if (len < 9 || len > kMaxFrame) throw ProcessError("mp::Pool: a corrupted frame from a peer");
+    if (left - 8 < len) return std::nullopt;
+    std::memcpy(&id, buf_.data() + start_ + 8, 8);
+    Frame f{id, static_cast<std::uint8_t>(buf_[start_ + 16]),
+            std::string_view(buf_).substr(start_ + kHeader, len - 9)};
+    start_ += 8 + len;
+    return f;
+  }
+  // Room for what comes next (the frames handed out before are invalid after this).
+  std::span<std::byte> space() {
+    if (start_ == buf_.size()) {
+      buf_.clear();
+      start_ = 0;
+    } else if (start_ > buf_.size() / 2) {
+      buf_.erase(0, start_);
+      start_ = 0;
+    }
+    used_ = buf_.size();
+    buf_.resize(used_ + std::max<std::size_t>(64 * 1024, used_ / 2));
+    return std::as_writable_bytes(std::span(buf_)).subspan(used_);
+  }
+  void commit(std::size_t n) { buf_.resize(used_ + n); }
+
+ private:
+  std::string buf_;
+  std::size_t start_ = 0;
+  std::size_t used_ = 0;
+};
+
+std::string exception_type() {
+  auto* t = abi::__cxa_current_exception_type();
+  return t ? reduction::demangle(*t) : "unknown exception";
+}
+
+std::string exception_what() {
+  try {
+    throw;
+  } catch (const std::exception& e) {
+    return e.what();
+  } catch (...) {
+    return "(not derived from std::exception)";
+  }
+}
+
+// A task's error as it crosses back: where it happened, its type and what().
+struct ErrorInfo {
+  std::uint64_t item = 0;
+  std::string type, what, result_type;
+  template <class Archive>
+  void serialize(Archive& ar) {
+    ar(item, type, what, result_type);
+  }
+};
+
+// The runners a worker has resolved (a task names its runner by a code reference).
+class RunnerCache {
+ public:
+  TaskRunner get(reduction::InArchive& in) {
+    reduction::CodeRef ref;
+    in(ref);
+    for (const auto& [r, f] : cache_)
+      if (r.offset == ref.offset && r.module == ref.module) return f;
+    auto f = reinterpret_cast<TaskRunner>(const_cast<void*>(reduction::resolve(ref)));
+    cache_.emplace_back(std::move(ref), f);
+    return f;
+  }
+
+ private:
+  std::vector<std::pair<reduction::CodeRef, TaskRunner>> cache_;
+};
+
+// Runs one payload; the result's bytes or the error's go to `out`.
+Status run_payload(std::string_view payload, std::string& out, RunnerCache& runners) {
+  TaskProgress p;
+  try {
+    reduction::InArchive in(payload);
+    TaskRunner runner = runners.get(in);
+    runner(in, out, p);
+    return kOk;
+  } catch (const std::exception&) {
+    // SystemExit (mp::exit in a task) is not a std::exception: it ends the worker.
+    ErrorInfo e{p.item, exception_type(), exception_what(), p.result_type};
+    out.clear();
+    reduction::OutArchive ar(out);
+    ar(e);
+    return p.encoding ? kEncodingError : kTaskError;
+  }
+}
+
+}  // namespace
+
+// A worker process: its socket, its slot in the shared array of running task ids.
+struct PoolWorker : Process {
+  Connection conn;
+  RawArray<std::uint64_t> slots;
+  std::uint32_t slot = 0;
+  std::string initializer;
+  std::int64_t maxtasks = 0;
+
+  PoolWorker() = default;
+  PoolWorker(Connection c, RawArray<std::uint64_t> s, std::uint32_t i, std::string init,
+             std::int64_t m)
+      : Process(Options{.daemon = true}),
+        conn(std::move(c)),
+        slots(std::move(s)),
+        slot(i),
+        initializer(std::move(init)),
+        maxtasks(m) {}
+
+  void run() override;
+  MP_FIELDS(PoolWorker, conn, slots, slot, initializer, maxtasks)
+};
+
+void PoolWorker::run() {
+  const int fd = conn.fileno();
+  std::atomic_ref<std::uint64_t> running(slots[slot]);
+  RunnerCache runners;
+  std::string out, frame;
+  auto send = [&](std::uint64_t id, Status status) {
+    frame.clear();
+    append_frame(frame, id, status, out);
+    const std::span<const std::byte> parts[] = {std::as_bytes(std::span(frame))};
+    posix::write_all(fd, parts, true);
+  };
+  try {
+    if (!initializer.empty()) {
+      if (Status s = run_payload(initializer, out, runners); s != kOk) {
+        send(0, kInitError);
+        return;
+      }
+    }
+    const int parent = parent_process() ? parent_process()->sentinel() : -1;
+    FrameReader reader;
+    std::int64_t done = 0;
+    for (;;) {
+      std::optional<Frame> f = reader.next();
+      if (!f) {
+        // Nothing whole yet: wait for more, or for the parent's end (an orphan leaves).
+        posix::PollFd p[2] = {{fd}, {parent}};
+        if (posix::poll_fds(std::span(p, parent >= 0 ? 2 : 1), std::nullopt) == 0) continue;
+        if (!p[0].readable) return;
+        auto space = reader.space();
+        const std::size_t n = posix::recv_some(fd, space);
+        reader.commit(n);
+        if (n == 0) return;  // the pool closed our socket: done
+        continue;
+      }
+      if (f->status == kStop) return;
+      running.store(f->id, std::memory_order_release);
+      out.clear();
+      const Status s = run_payload(f->payload, out, runners);
+      send(f->id, s);
+      if (maxtasks > 0 && ++done >= maxtasks) return;
+    }
+  } catch (const std::system_error&) {
+    // The parent has gone (EPIPE): nobody wants our results.
+  }
+}
+
+namespace {
+
+struct Worker {
+  std::unique_ptr<PoolWorker> proc;  // the parent's copy of the process object
+  Connection conn;                   // the parent's end
+  std::uint32_t slot = 0;
+  int pid = 0;
+  std::deque<std::uint64_t> inflight;  // sent, in order; the first is running or next
+  std::string outbox;
+  std::size_t sent = 0;  // of the outbox
+  FrameReader inbox;
+  std::int64_t completed = 0;
+  bool init_failed = false;
+  bool retiring = false;                      // told to stop (task timeout, close): no more tasks
+  std::optional<Clock::time_point> deadline;  // the running task's (task_timeout)
+  std::optional<Clock::time_point> kill_at;   // terminated: killed if still there then
+};
+
+// An outcome to hand to its job once the engine's lock is released.
+struct Outcome {
+  std::shared_ptr<Job> job;
+  std::size_t index;
+  std::string result;
+  std::exception_ptr error;
+};
+
+std::string method_prefix(StartMethod m) {
+  switch (m) {
+    case StartMethod::fork:
+      return "Fork";
+    case StartMethod::spawn:
+      return "Spawn";
+    case StartMethod::forkserver:
+      return "ForkServer";
+  }
+  return "";
+}
+
+}  // namespace
+
+struct Engine::Impl {
+  EngineOptions o;
+  int owner_pid = posix::getpid();
+  mutable std::mutex m;
+  std::unordered_map<std::uint64_t, Task> tasks;
+  std::deque<std::uint64_t> pending;
+  std::uint64_t next_id = 1;
+  std::vector<std::unique_ptr<Worker>> workers;  // one per slot; null: to be started
+  RawArray<std::uint64_t> slots;
+  enum State { kRun, kClose, kTerminate } state = kRun;
+  std::exception_ptr broken;
+  int startup_failures = 0;
+  posix::unique_fd wake_r, wake_w;
+  std::atomic<bool> wake_pending{false};
+  std::thread thread;
+  std::once_flag joined;
+  std::vector<Outcome> outcomes;
+
+  explicit Impl(EngineOptions opts) : o(std::move(opts)), slots(std::size_t(o.processes)) {
+    auto [r, w] = posix::make_socketpair();
+    wake_r = std::move(r);
+    wake_w = std::move(w);
+    workers.resize(std::size_t(o.processes));
+  }
+
+  void wake() {
+    if (!wake_pending.exchange(true)) {
+      const std::byte b{1};
+      posix::send_nowait(wake_w.get(), std::span(&b, 1));
+    }
+  }
+
+  const Context& context() const { return o.context ? *o.context : get_context(); }
+
+  // Under the lock.
+  void start_worker(std::uint32_t slot) {
+    auto [ours, theirs] = Pipe(true);
+    auto w = std::make_unique<Worker>();
+    w->proc = std::make_unique<PoolWorker>(std::move(theirs), slots, slot, o.initializer,
+                                           o.maxtasksperchild.value_or(0));
+    const Context& ctx = context();
+    ctx.bind_to(*w->proc);
+    w->proc->set_name(method_prefix(ctx.start_method()) + w->proc->name());
+    std::atomic_ref<std::uint64_t>(slots[slot]).store(0, std::memory_order_relaxed);
+    w->proc->start();
+    w->proc->conn.close();  // the worker's end is the worker's alone now
+    w->conn = std::move(ours);
+    w->slot = slot;
+    w->pid = w->proc->pid().value_or(0);
+    workers[slot] = std::move(w);
+  }
+
+  void fail(std::uint64_t id, std::exception_ptr error) {
+    auto it = tasks.find(id);
+    if (it == tasks.end()) return;
+    outcomes.push_back({std::move(it->second.job), it->second.index, {}, std::move(error)});
+    tasks.erase(it);
+  }
+
+  void fail_all(const std::exception_ptr& error) {
+    for (auto& w : workers)
+      if (w) w->inflight.clear();
+    pending.clear();
+    std::vector<std::uint64_t> ids;
+    for (auto& [id, rec] : tasks) ids.push_back(id);
+    std::sort(ids.begin(), ids.end());
+    for (auto id : ids) fail(id, error);
+  }
+
+  bool work_left() const { return !tasks.empty(); }
+
+  void set_deadline(Worker& w) {
+    if (o.task_timeout && !w.inflight.empty() && !w.deadline)
+      w.deadline = Clock::now() + std::chrono::duration_cast<Clock::duration>(*o.task_timeout);
+  }
+
+  void dispatch() {
+    const std::size_t window = std::size_t(std::clamp(o.window, 1, 16));
+    for (auto& w : workers) {
+      if (!w || w->retiring || w->init_failed) continue;
+      while (!pending.empty() && w->inflight.size() < window) {
+        const std::uint64_t id = pending.front();
+        pending.pop_front();
+        append_frame(w->outbox, id, kOk, tasks.at(id).payload);
+        w->inflight.push_back(id);
+      }
+      set_deadline(*w);
+    }
+  }
+
+  void flush(Worker& w) {
+    while (w.sent < w.outbox.size()) {
+      const auto n =
+          posix::send_nowait(w.conn.fileno(), std::as_bytes(std::span(w.outbox)).subspan(w.sent));
+      if (n == 0) break;  // full (or the worker has gone: its sentinel says so)
+      w.sent += n;
+    }
+    if (w.sent == w.outbox.size()) {
+      w.outbox.clear();
+      w.sent = 0;
+    }
+  }
+
+  void on_frame(Worker& w, const Frame& f) {
+    if (f.status == kInitError) {
+      w.init_failed = true;
+      ErrorInfo e;
+      reduction::InArchive(f.payload)(e);
+      if (!broken)
+        broken = std::make_exception_ptr(
+            BrokenProcessPool("the pool's initializer failed in worker pid " +
+                              std::to_string(w.pid) + ": " + e.type + ": " + e.what));
+      return;
+    }
+    if (w.inflight.empty() || w.inflight.front() != f.id)
+      throw ProcessError("mp::Pool: a worker answered a task it was not running");
+    w.inflight.pop_front();
+    w.deadline.reset();
+    set_deadline(w);
+    ++w.completed;
+    startup_failures = 0;
+    auto it = tasks.find(f.id);
+    if (it == tasks.end()) return;  // failed already (timed out)
+    Task& t = it->second;
+    if (f.status == kOk) {
+      outcomes.push_back({std::move(t.job), t.index, std::string(f.payload), nullptr});
+    } else {
+      ErrorInfo e;
+      reduction::InArchive(f.payload)(e);
+      std::exception_ptr error =
+          f.status == kEncodingError
+              ? std::make_exception_ptr(MaybeEncodingError(e.result_type, e.type + ": " + e.what))
+              : std::make_exception_ptr(
+                    RemoteError(e.type, e.what, w.pid, t.first_item + std::size_t(e.item)));
+      outcomes.push_back({std::move(t.job), t.index, {}, std::move(error)});
+    }
+    tasks.erase(it);
+  }
+
+  // Reads what the worker sent; false once it has closed its end.
+  bool drain(Worker& w) {
+    for (;;) {
+      auto space = w.inbox.space();
+      auto n = posix::recv_nowait(w.conn.fileno(), space);
+      w.inbox.commit(n.value_or(0));
+      while (auto f = w.inbox.next()) on_frame(w, *f);
+      if (!n) return true;
+      if (*n == 0) return false;
+    }
+  }
+
+  // The worker's sentinel is readable: it has ended.
+  void on_death(std::uint32_t slot) {
+    Worker& w = *workers[slot];
+    try {
+      if (!w.conn.closed()) drain(w);
+    } catch (const std::exception&) {
+      // A half-written result: that task is lost with the worker, below.
+    }
+    w.proc->join();
+    const int code = w.proc->exitcode().value_or(-1);
+    const std::uint64_t running =
+        std::atomic_ref<std::uint64_t>(slots[slot]).load(std::memory_order_acquire);
+    if (!w.inflight.empty() && w.inflight.front() == running) {
+      const std::uint64_t id = w.inflight.front();
+      w.inflight.pop_front();
+      auto it = tasks.find(id);
+      if (it != tasks.end())
+        fail(id, std::make_exception_ptr(WorkerLost(w.pid, code, it->second.first_item)));
+    }
+    // Sent and never begun: first in line again, in their order.
+    for (auto it = w.inflight.rbegin(); it != w.inflight.rend(); ++it)
+      if (tasks.count(*it)) pending.push_front(*it);
+    if (w.completed == 0 && !w.init_failed && !w.retiring && state != kTerminate) {
+      const int limit =
+          o.max_startup_failures > 0 ? o.max_startup_failures : std::max(5, 2 * o.processes);
+      if (++startup_failures >= limit && !broken)
+        broken = std::make_exception_ptr(BrokenProcessPool(
+            std::to_string(startup_failures) +
+            " workers in a row died before finishing a task; the last (pid " +
+            std::to_string(w.pid) + ") ended with exit code " + std::to_string(code)));
+    }
+    w.proc->close();
+    workers[slot].reset();
+  }
+
+  // Ends every worker: SIGTERM, then SIGKILL after a grace period; reaps them all.
+  void stop_workers() {
+    for (auto& w : workers)
+      if (w) w->proc->terminate();
+    for (auto& w : workers) {
+      if (!w) continue;
+      w->proc->join(std::chrono::seconds(1));
+      if (!w->proc->exitcode()) {
+        w->proc->kill();
+        w->proc->join();
+      }
+      w->proc->close();
+      w.reset();
+    }
+  }
+
+  void deliver(std::vector<Outcome>& batch) {
+    for (auto& out : batch) {
+      if (out.error)
+        out.job->task_failed(out.index, out.error);
+      else
+        out.job->task_done(out.index, out.result);
+    }
+    batch.clear();
+  }
+
+  void loop();
+};
+
+void Engine::Impl::loop() {
+  std::vector<Outcome> batch;
+  std::vector<posix::PollFd> fds;
+  std::vector<std::uint32_t> owner;  // fds[i] belongs to workers[owner[i]] (wake: none)
+  std::unique_lock l(m);
+  for (;;) {
+    if (state == kTerminate) {
+      fail_all(std::make_exception_ptr(BrokenProcessPool("pool terminated")));
+      break;
+    }
+    if (broken) {
+      fail_all(broken);
+      break;
+    }
+    const bool closing = state == kClose && !work_left();
+    // Workers: one per slot while there is work or the pool runs; retire the rest.
+    for (std::uint32_t i = 0; i < workers.size(); ++i) {
+      if (!workers[i] && !closing) {
+        try {
+          start_worker(i);
+        } catch (...) {
+          broken = std::current_exception();
+          break;
+        }
+      } else if (workers[i] && closing && !workers[i]->retiring) {
+        // Told, not shown EOF: under fork the other workers hold copies of our end.
+        workers[i]->retiring = true;
+        append_frame(workers[i]->outbox, 0, kStop, {});
+      }
+    }
+    if (broken) continue;
+    if (closing && std::none_of(workers.begin(), workers.end(), [](auto& w) { return bool(w); }))
+      break;
+    dispatch();
+    // Timed-out tasks: failed now; their workers terminated, then killed, then replaced.
+    const auto now = Clock::now();
+    std::optional<Clock::time_point> next_deadline;
+    for (auto& w : workers) {
+      if (!w) continue;
+      if (w->deadline && now >= *w->deadline && !w->inflight.empty()) {
+        const std::uint64_t id = w->inflight.front();
+        w->inflight.pop_front();
+        w->deadline.reset();
+        fail(id, std::make_exception_ptr(
+                     TimeoutError("the task ran longer than its timeout of " +
+                                  std::to_string(o.task_timeout->count()) + " s; its worker (pid " +
+                                  std::to_string(w->pid) + ") was terminated")));
+        w->retiring = true;
+        w->proc->terminate();
+        w->kill_at = now + std::chrono::milliseconds(20);
+        // What it had not begun goes to the others now.
+        for (auto it = w->inflight.rbegin(); it != w->inflight.rend(); ++it)
+          pending.push_front(*it);
+        w->inflight.clear();
+        w->outbox.clear();
+        w->sent = 0;
+      }
+      if (w->kill_at && now >= *w->kill_at) {
+        w->proc->kill();
+        w->kill_at.reset();
+      }
+      for (auto t : {w->deadline, w->kill_at})
+        if (t && (!next_deadline || *t < *next_deadline)) next_deadline = t;
+    }
+    if (!pending.empty()) dispatch();
+    fds.clear();
+    owner.clear();
+    fds.push_back({wake_r.get()});
+    owner.push_back(UINT32_MAX);
+    for (std::uint32_t i = 0; i < workers.size(); ++i) {
+      auto& w = workers[i];
+      if (!w) continue;
+      if (!w->conn.closed()) {
+        flush(*w);
+        fds.push_back({w->conn.fileno(), !w->outbox.empty()});
+        owner.push_back(i);
+      }
+      fds.push_back({w->proc->sentinel()});
+      owner.push_back(i | 0x80000000u);
+    }
+    batch.swap(outcomes);
+    l.unlock();
+    deliver(batch);
+    std::optional<Duration> timeout;
+    if (next_deadline) timeout = std::max(Duration(*next_deadline - Clock::now()), Duration(0));
+    posix::poll_fds(fds, timeout);
+    l.lock();
+    if (fds[0].readable) {
+      // Drained before the flag is cleared: a wake() in between finds it set and skips its
+      // byte, but what it announced is already in the state this loop reads next.
+      std::byte drainbuf[64];
+      while (posix::recv_nowait(wake_r.get(), drainbuf).value_or(0) > 0) {
+      }
+      wake_pending = false;
+    }
+    for (std::size_t k = 1; k < fds.size(); ++k) {
+      const std::uint32_t i = owner[k] & 0x7fffffffu;
+      if (!workers[i]) continue;
+      Worker& w = *workers[i];
+      if (owner[k] & 0x80000000u) {
+        if (fds[k].readable) on_death(i);
+      } else if (fds[k].readable && !w.conn.closed()) {
+        try {
+          drain(w);
+        } catch (const std::exception&) {
+          w.proc->kill();  // it sent garbage: it goes, as a dead worker does
+        }
+      }
+    }
+  }
+  // Broken or terminated: everything outstanding has failed; the workers go.
+  stop_workers();
+  batch.swap(outcomes);
+  l.unlock();
+  deliver(batch);
+}
+
+namespace {
+// Engines of this process, stopped at exit before the children are reaped (a pool left
+// unclosed: its workers are terminated, its results failed, nothing printed).
+std::mutex g_engines_mu;
+std::vector<std::weak_ptr<Engine::Impl>> g_engines;
+int g_engines_pid = 0;
+
+void stop_engines_at_exit() {
+  if (g_engines_pid != posix::getpid()) return;  // a fork child: the parent's pools are not ours
+  std::vector<std::shared_ptr<Engine::Impl>> live;
+  {
+    std::lock_guard l(g_engines_mu);
+    for (auto& w : g_engines)
+      if (auto e = w.lock()) live.push_back(std::move(e));
+    g_engines.clear();
+  }
+  for (auto& e : live) {
+    {
+      std::lock_guard l(e->m);
+      e->state = Engine::Impl::kTerminate;
+    }
+    e->wake();
+    std::call_once(e->joined, [&] { e->thread.join(); });
+  }
+}
+}  // namespace
+
+Engine::Engine(EngineOptions options) : impl_(std::make_shared<Impl>(std::move(options))) {
+  auto& e = *impl_;
+  {
+    std::lock_guard l(e.m);
+    try {
+      for (std::uint32_t i = 0; i < e.workers.size(); ++i) e.start_worker(i);
+    } catch (...) {
+      e.stop_workers();  // CPython #19675: the ones started are terminated and joined
+      throw;
+    }
+  }
+  {
+    std::lock_guard l(g_engines_mu);
+    const int pid = posix::getpid();
+    if (g_engines_pid != pid) g_engines.clear();
+    g_engines_pid = pid;
+    std::erase_if(g_engines, [](auto& w) { return w.expired(); });
+    g_engines.push_back(impl_);
+    stop_pools_at_exit = &stop_engines_at_exit;
+  }
+  e.thread = std::thread([impl = impl_.get()] { impl->loop(); });
+}
+
+Engine::~Engine() {
+  terminate();
+}
+
+SubmitResult Engine::submit(std::vector<Task> tasks) {
+  {
+    std::lock_guard l(impl_->m);
+    if (impl_->broken) return {false, impl_->broken};
+    if (impl_->state != Impl::kRun) return {false, nullptr};
+    for (auto& t : tasks) {
+      const std::uint64_t id = impl_->next_id++;
+      impl_->pending.push_back(id);
+      impl_->tasks.emplace(id, std::move(t));
+    }
+  }
+  impl_->wake();
+  return {true, nullptr};
+}
+
+void Engine::close() {
+  {
+    std::lock_guard l(impl_->m);
+    if (impl_->state == Impl::kRun) impl_->state = Impl::kClose;
+  }
+  impl_->wake();
+}
+
+void Engine::terminate() {
+  {
+    std::lock_guard l(impl_->m);
+    impl_->state = Impl::kTerminate;
+  }
+  impl_->wake();
+  join();
+}
+
+void Engine::join() {
+  if (impl_->thread.get_id() == std::this_thread::get_id()) return;  // from a callback
+  std::call_once(impl_->joined, [&] { impl_->thread.join(); });
+}
+
+bool Engine::running() const {
+  std::lock_guard l(impl_->m);
+  return impl_->state == Impl::kRun && !impl_->broken;
+}
+
+std::vector<int> Engine::worker_pids() const {
+  std::lock_guard l(impl_->m);
+  std::vector<int> pids;
+  for (auto& w : impl_->workers)
+    if (w) pids.push_back(w->pid);
+  return pids;
+}
+
+int Engine::processes() const {
+  return impl_->o.processes;
+}
+
+void submit_tasks(Engine& engine, const std::shared_ptr<Job>& job, std::size_t first_task,
+                  std::vector<std::string> payloads, const std::vector<std::size_t>& offsets) {
+  std::vector<Task> tasks;
+  tasks.reserve(payloads.size());
+  for (std::size_t k = 0; k < payloads.size(); ++k)
+    tasks.push_back({job, first_task + k, offsets[k], std::move(payloads[k])});
+  const SubmitResult r = engine.submit(std::move(tasks));
+  if (r.accepted) return;
+  const std::exception_ptr e =
+      r.broken ? r.broken : std::make_exception_ptr(std::logic_error("Pool not running"));
+  for (std::size_t k = 0; k < payloads.size(); ++k) job->task_failed(first_task + k, e);
+}
+
+std::string object_address(const void* p) {
+  char buf[32];
+  std::snprintf(buf, sizeof buf, "%p", p);
+  return buf;
+}
+
+void report_callback_error(std::exception_ptr e) {
+  try {
+    std::rethrow_exception(e);
+  } catch (...) {
+    std::cerr << "Exception in a pool callback: " << exception_type() << ": " << exception_what()
+              << std::endl;
+  }
+}
+
+void throw_not_ready(const char* kind, const void* self) {
+  throw std::logic_error("<mp." + std::string(kind) + " object at " + object_address(self) +
+                         "> not ready");
+}
+
+void throw_timeout() {
+  throw TimeoutError("the result is not ready within the timeout");
+}
+
+}  // namespace detail
+
+// ---- Pool ----
+
+namespace {
+detail::EngineOptions engine_options(PoolOptions o) {
+  const int n = o.processes.value_or(cpu_count());
+  if (n < 1) throw std::invalid_argument("Number of processes must be at least 1");
+  if (o.maxtasksperchild && *o.maxtasksperchild <= 0)
+    throw std::invalid_argument("maxtasksperchild must be a positive int or None");
+  detail::EngineOptions e;
+  e.processes = n;
+  e.maxtasksperchild = o.maxtasksperchild;
+  e.context = o.context;
+  e.window = o.window;
+  e.task_timeout = o.task_timeout;
+  e.max_startup_failures = o.max_startup_failures;
+  e.initializer = o.initializer.payload();
+  return e;
+}
+}  // namespace
+
+Pool::Pool(std::optional<int> processes) : Pool(PoolOptions{.processes = processes}) {}
+
+Pool::Pool(PoolOptions options)
+    : engine_(std::make_shared<detail::Engine>(engine_options(std::move(options)))) {}
+
+Pool::~Pool() {
+  terminate();
+}
+
+void Pool::check_running() const {
+  if (closed_ || terminated_) throw std::logic_error("Pool not running");
+}
+
+void Pool::check_chunksize(std::size_t chunksize) {
+  if (chunksize < 1) throw std::invalid_argument("Chunksize must be 1+, not 0");
+}
+
+std::size_t Pool::default_chunksize(std::size_t n) const {
+  const std::size_t per = std::size_t(processes()) * 4;
+  return std::max<std::size_t>(1, n / per + (n % per ? 1 : 0));
+}
+
+void Pool::close() {
+  closed_ = true;
+  engine_->close();
+}
+
+void Pool::terminate() {
+  terminated_ = true;
+  engine_->terminate();
+}
+
+void Pool::join() {
+  if (!closed_ && !terminated_) throw std::logic_error("Pool is still running");
+  engine_->join();
+}
+
+std::vector<int> Pool::worker_pids() const {
+  return engine_->worker_pids();
+}
+
+int Pool::processes() const {
+  return engine_->processes();
+}
+
+std::string Pool::repr() const {
+  const char* state = terminated_ ? "TERMINATE" : closed_ ? "CLOSE" : "RUN";
+  return "<mp.Pool state=" + std::string(state) + " pool_size=" + std::to_string(processes()) + ">";
+}
+
+}  // namespace mp
