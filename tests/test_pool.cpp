@@ -3,6 +3,8 @@
 // a dead worker fails only its own task, a throwing initializer breaks the pool instead of
 // respawning for ever, terminate() fails every outstanding result.
 #include <signal.h>
+#include <spawn.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -566,6 +568,48 @@ TEST(Pool, TwoHundredWorkers) {
   std::iota(in.begin(), in.end(), 0);
   const auto squares = pool.map(sqr, in);
   EXPECT_EQ(std::accumulate(squares.begin(), squares.end(), 0LL), 332833500LL);
+}
+
+std::string read_all(int fd) {
+  std::string out;
+  char buf[4096];
+  ssize_t n;
+  while ((n = ::read(fd, buf, sizeof buf)) > 0) out.append(buf, std::size_t(n));
+  return out;
+}
+
+TEST(Pool, LeftUnclosedAtExitTheProgramExitsCleanly) {
+  for (const char* mode : {"leak", "static"}) {
+    int out[2], err[2];
+    ASSERT_EQ(::pipe2(out, O_CLOEXEC), 0);
+    ASSERT_EQ(::pipe2(err, O_CLOEXEC), 0);
+    posix_spawn_file_actions_t fa;
+    posix_spawn_file_actions_init(&fa);
+    posix_spawn_file_actions_adddup2(&fa, out[1], 1);
+    posix_spawn_file_actions_adddup2(&fa, err[1], 2);
+    const std::string exe = helper_path("pool_unclosed");
+    const char* argv[] = {exe.c_str(), mode, nullptr};
+    int pid = -1;
+    ASSERT_EQ(::posix_spawn(&pid, exe.c_str(), &fa, nullptr, const_cast<char**>(argv), environ), 0);
+    posix_spawn_file_actions_destroy(&fa);
+    ::close(out[1]);
+    ::close(err[1]);
+    const std::string pids = read_all(out[0]);
+    const std::string errors = read_all(err[0]);
+    ::close(out[0]);
+    ::close(err[0]);
+    int status = 0;
+    ASSERT_EQ(::waitpid(pid, &status, 0), pid);
+    EXPECT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0) << mode << ": " << status;
+    EXPECT_EQ(errors, "") << mode;
+    std::istringstream in(pids);
+    int worker = 0, n = 0;
+    while (in >> worker) {
+      ++n;
+      EXPECT_NE(::kill(worker, 0), 0) << mode << ": worker " << worker << " outlived the program";
+    }
+    EXPECT_EQ(n, 2) << mode << ": " << pids;
+  }
 }
 
 }  // namespace

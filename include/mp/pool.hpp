@@ -314,12 +314,16 @@ class Pool {
     using R = std::invoke_result_t<F&, detail::Stored<Args>&&...>;
     using Tuple = std::tuple<detail::Stored<Args>...>;
     detail::check_task<F, R, detail::Stored<Args>...>();
-    std::vector<Tuple> one;
-    one.emplace_back(std::forward<Args>(args)...);
-    std::vector<std::string> payloads;
-    payloads.push_back(detail::task_payload<&detail::run_starmap<F, Tuple>>(f, one));
-    return launch<R, R>(std::move(payloads), {0}, 1, std::move(callback),
-                        std::move(error_callback));
+    if constexpr (!detail::task_ok<F, R, detail::Stored<Args>...>) {
+      return AsyncResult<R>(nullptr);  // only the static_assert above is reported
+    } else {
+      std::vector<Tuple> one;
+      one.emplace_back(std::forward<Args>(args)...);
+      std::vector<std::string> payloads;
+      payloads.push_back(detail::task_payload<&detail::run_starmap<F, Tuple>>(f, one));
+      return launch<R, R>(std::move(payloads), {0}, 1, std::move(callback),
+                          std::move(error_callback));
+    }
   }
 
   /// f(item) for each item, results in input order. chunksize: items per task (default:
@@ -347,8 +351,12 @@ class Pool {
     using Item = std::ranges::range_value_t<Range>;
     using R = std::invoke_result_t<F&, Item&&>;
     detail::check_task<F, R, Item>();
-    return chunked<&detail::run_map<F, Item>, R, Item>(
-        f, std::forward<Range>(items), chunksize, std::move(callback), std::move(error_callback));
+    if constexpr (!detail::task_ok<F, R, Item>) {
+      return AsyncResult<detail::MapValue<R>>(nullptr);
+    } else {
+      return chunked<&detail::run_map<F, Item>, R, Item>(
+          f, std::forward<Range>(items), chunksize, std::move(callback), std::move(error_callback));
+    }
   }
 
   /// f(args...) for each tuple of arguments (std::tuple or std::pair of them).

@@ -62,6 +62,10 @@ Wire<std::invoke_result_t<F&, Args&&...>> invoke_task(F& f, Args&&... args) {
   }
 }
 
+template <class F, class R, class... Args>
+inline constexpr bool task_ok =
+    reduction::Callable<F> && (reduction::Value<Args> && ...) && reduction::Value<Wire<R>>;
+
 // The compile-time checks every task passes: a callable a worker can rebuild, and arguments
 // and a result that can cross.
 template <class F, class R, class... Args>
