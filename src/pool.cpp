@@ -39,7 +39,8 @@ enum Status : std::uint8_t {
   kTaskError = 1,
   kEncodingError = 2,
   kInitError = 3,
-  kStop = 4,  // to a worker: leave (the pool is closing)
+  kStop = 4,   // to a worker: leave (the pool is closing)
+  kReady = 5,  // from a worker: initialized, taking tasks (a task's timeout starts from here)
 };
 constexpr std::size_t kHeader = 17;
 constexpr std::uint64_t kMaxFrame = std::uint64_t{1} << 40;
@@ -198,6 +199,8 @@ void PoolWorker::run() {
         return;
       }
     }
+    out.clear();
+    send(0, kReady);
     const int parent = parent_process() ? parent_process()->sentinel() : -1;
     FrameReader reader;
     std::int64_t done = 0;
@@ -239,6 +242,7 @@ struct Worker {
   FrameReader inbox;
   std::int64_t completed = 0;
   bool init_failed = false;
+  bool ready = false;                         // it said so (kReady)
   bool retiring = false;                      // told to stop (task timeout, close): no more tasks
   std::optional<Clock::time_point> deadline;  // the running task's (task_timeout)
   std::optional<Clock::time_point> kill_at;   // terminated: killed if still there then
@@ -276,6 +280,7 @@ struct Engine::Impl {
   std::vector<std::unique_ptr<Worker>> workers;  // one per slot; null: to be started
   RawArray<std::uint64_t> slots;
   enum State { kRun, kClose, kTerminate } state = kRun;
+  bool kill_now = false;  // terminate with SIGKILL (kill_workers)
   std::exception_ptr broken;
   int startup_failures = 0;
   posix::unique_fd wake_r, wake_w;
@@ -338,22 +343,38 @@ struct Engine::Impl {
   bool work_left() const { return !tasks.empty(); }
 
   void set_deadline(Worker& w) {
-    if (o.task_timeout && !w.inflight.empty() && !w.deadline)
+    if (o.task_timeout && w.ready && !w.inflight.empty() && !w.deadline)
       w.deadline = Clock::now() + std::chrono::duration_cast<Clock::duration>(*o.task_timeout);
   }
 
+  // Each task to the worker with the fewest in flight (an idle one first), up to the window.
   void dispatch() {
     const std::size_t window = std::size_t(std::clamp(o.window, 1, 16));
-    for (auto& w : workers) {
-      if (!w || w->retiring || w->init_failed) continue;
-      while (!pending.empty() && w->inflight.size() < window) {
-        const std::uint64_t id = pending.front();
-        pending.pop_front();
-        append_frame(w->outbox, id, kOk, tasks.at(id).payload);
-        w->inflight.push_back(id);
-      }
-      set_deadline(*w);
+    while (!pending.empty()) {
+      Worker* best = nullptr;
+      for (auto& w : workers)
+        if (w && !w->retiring && !w->init_failed && w->inflight.size() < window &&
+            (!best || w->inflight.size() < best->inflight.size()))
+          best = w.get();
+      if (!best) break;
+      const std::uint64_t id = pending.front();
+      pending.pop_front();
+      Task& t = tasks.at(id);
+      append_frame(best->outbox, id, kOk, t.payload);
+      best->inflight.push_back(id);
+      t.job->task_sent(t.index);
+      set_deadline(*best);
     }
+  }
+
+  // How many workers the queue asks for: all of them, or (on demand) one per task waiting
+  // beyond the idle ones.
+  bool wants_worker() const {
+    if (!o.on_demand) return true;
+    std::size_t idle = 0;
+    for (auto& w : workers)
+      if (w && !w->retiring && w->inflight.empty()) ++idle;
+    return pending.size() > idle;
   }
 
   void flush(Worker& w) {
@@ -370,6 +391,11 @@ struct Engine::Impl {
   }
 
   void on_frame(Worker& w, const Frame& f) {
+    if (f.status == kReady) {
+      w.ready = true;
+      set_deadline(w);
+      return;
+    }
     if (f.status == kInitError) {
       w.init_failed = true;
       ErrorInfo e;
@@ -452,10 +478,10 @@ struct Engine::Impl {
     workers[slot].reset();
   }
 
-  // Ends every worker: SIGTERM, then SIGKILL after a grace period; reaps them all.
+  // Ends every worker: SIGTERM (or SIGKILL), then SIGKILL after a grace period; reaps them.
   void stop_workers() {
     for (auto& w : workers)
-      if (w) w->proc->terminate();
+      if (w) kill_now ? w->proc->kill() : w->proc->terminate();
     for (auto& w : workers) {
       if (!w) continue;
       w->proc->join(std::chrono::seconds(1));
@@ -498,7 +524,7 @@ void Engine::Impl::loop() {
     const bool closing = state == kClose && !work_left();
     // Workers: one per slot while there is work or the pool runs; retire the rest.
     for (std::uint32_t i = 0; i < workers.size(); ++i) {
-      if (!workers[i] && !closing) {
+      if (!workers[i] && !closing && wants_worker()) {
         try {
           start_worker(i);
         } catch (...) {
@@ -617,7 +643,12 @@ void stop_engines_at_exit() {
   for (auto& e : live) {
     {
       std::lock_guard l(e->m);
-      e->state = Engine::Impl::kTerminate;
+      // An executor finishes what was submitted (CPython joins it at exit); a Pool is ended.
+      if (e->o.finish_at_exit) {
+        if (e->state == Engine::Impl::kRun) e->state = Engine::Impl::kClose;
+      } else {
+        e->state = Engine::Impl::kTerminate;
+      }
     }
     e->wake();
     std::call_once(e->joined, [&] { e->thread.join(); });
@@ -630,7 +661,8 @@ Engine::Engine(EngineOptions options) : impl_(std::make_shared<Impl>(std::move(o
   {
     std::lock_guard l(e.m);
     try {
-      for (std::uint32_t i = 0; i < e.workers.size(); ++i) e.start_worker(i);
+      if (!e.o.on_demand)
+        for (std::uint32_t i = 0; i < e.workers.size(); ++i) e.start_worker(i);
     } catch (...) {
       e.stop_workers();  // CPython #19675: the ones started are terminated and joined
       throw;
@@ -675,13 +707,49 @@ void Engine::close() {
   impl_->wake();
 }
 
-void Engine::terminate() {
+void Engine::terminate(bool kill) {
   {
     std::lock_guard l(impl_->m);
+    if (impl_->state != Impl::kTerminate) impl_->kill_now = kill;
     impl_->state = Impl::kTerminate;
   }
   impl_->wake();
   join();
+}
+
+bool Engine::cancel(const Job* job, std::size_t task) {
+  std::lock_guard l(impl_->m);
+  auto& e = *impl_;
+  for (auto it = e.pending.begin(); it != e.pending.end(); ++it) {
+    auto t = e.tasks.find(*it);
+    if (t == e.tasks.end() || t->second.job.get() != job || t->second.index != task) continue;
+    e.tasks.erase(t);
+    e.pending.erase(it);
+    return true;
+  }
+  return false;
+}
+
+void Engine::cancel_pending() {
+  std::vector<Task> cancelled;
+  {
+    std::lock_guard l(impl_->m);
+    auto& e = *impl_;
+    for (auto id : e.pending) {
+      auto t = e.tasks.find(id);
+      if (t == e.tasks.end()) continue;
+      cancelled.push_back(std::move(t->second));
+      e.tasks.erase(t);
+    }
+    e.pending.clear();
+  }
+  impl_->wake();
+  for (auto& t : cancelled) t.job->task_cancelled(t.index);
+}
+
+std::exception_ptr Engine::broken() const {
+  std::lock_guard l(impl_->m);
+  return impl_->broken;
 }
 
 void Engine::join() {

@@ -58,6 +58,12 @@ class Full : public std::runtime_error {
   Full() : std::runtime_error("Full") {}
 };
 
+/// A Future was cancelled before it ran (concurrent.futures.CancelledError).
+class CancelledError : public std::runtime_error {
+ public:
+  CancelledError() : std::runtime_error("CancelledError") {}
+};
+
 /// A named thing that is not there (Python's FileNotFoundError): a std::system_error with
 /// ENOENT whose what() is CPython's "[Errno 2] No such file or directory: 'name'", then why.
 class FileNotFoundError : public std::system_error {

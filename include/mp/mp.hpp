@@ -4,6 +4,7 @@
 #include "mp/connection.hpp"
 #include "mp/context.hpp"
 #include "mp/errors.hpp"
+#include "mp/executor.hpp"
 #include "mp/listener.hpp"
 #include "mp/pool.hpp"
 #include "mp/process.hpp"

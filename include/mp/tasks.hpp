@@ -63,8 +63,8 @@ Wire<std::invoke_result_t<F&, Args&&...>> invoke_task(F& f, Args&&... args) {
 }
 
 template <class F, class R, class... Args>
-inline constexpr bool task_ok =
-    reduction::Callable<F> && (reduction::Value<Args> && ...) && reduction::Value<Wire<R>>;
+inline constexpr bool task_ok = reduction::Callable<F> &&
+                                (reduction::Value<Args> && ...) && reduction::Value<Wire<R>>;
 
 // The compile-time checks every task passes: a callable a worker can rebuild, and arguments
 // and a result that can cross.
@@ -138,6 +138,13 @@ class Job {
   virtual ~Job() = default;
   virtual void task_done(std::size_t task, std::string_view result) = 0;
   virtual void task_failed(std::size_t task, std::exception_ptr error) = 0;
+  // Taken off the queue before it was sent (shutdown(cancel_futures)).
+  virtual void task_cancelled(std::size_t task) {
+    task_failed(task, std::make_exception_ptr(CancelledError()));
+  }
+  // Sent to a worker (a Future is running from then on, as in CPython). Under the engine's
+  // lock: it must only record it.
+  virtual void task_sent(std::size_t) {}
 };
 
 struct Task {
@@ -155,6 +162,8 @@ struct EngineOptions {
   std::optional<Duration> task_timeout;
   int max_startup_failures = 0;  // 0: max(5, 2 * processes)
   std::string initializer;       // an Initializer's payload (empty: none)
+  bool on_demand = false;        // start workers as tasks need them (the executor), not at once
+  bool finish_at_exit = false;   // at exit: let queued tasks finish (the executor), not terminate
 };
 
 struct SubmitResult {
@@ -174,8 +183,14 @@ class Engine {
   /// No more tasks; workers end once the queued ones are done.
   void close();
   /// Fails every queued and running task with BrokenProcessPool("pool terminated"), ends the
-  /// workers (SIGTERM), and returns once they are gone.
-  void terminate();
+  /// workers (SIGTERM, or SIGKILL with `kill`), and returns once they are gone.
+  void terminate(bool kill = false);
+  /// Takes `job`'s task `task` off the queue if it has not been sent; true if it was.
+  bool cancel(const Job* job, std::size_t task);
+  /// Takes every queued task off the queue (each job is told: task_cancelled).
+  void cancel_pending();
+  /// Why the pool is broken (null: it is not).
+  std::exception_ptr broken() const;
   /// Waits for the workers to end (after close() or terminate()).
   void join();
   bool running() const;
