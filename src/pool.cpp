@@ -60,11 +60,12 @@ struct Frame {
   std::string_view payload;
 };
 
-// Bytes as they arrive, cut into frames.
+// Bytes as they arrive, cut into frames. The buffer only grows: a frame's bytes are received
+// into place, never zero-filled or moved more than once.
 class FrameReader {
  public:
   std::optional<Frame> next() {
-    const std::size_t left = buf_.size() - start_;
+    const std::size_t left = end_ - start_;
     if (left < kHeader) return std::nullopt;
     std::uint64_t len, id;
     std::memcpy(&len, buf_.data() + start_, 8);
@@ -78,23 +79,30 @@ class FrameReader {
   }
   // Room for what comes next (the frames handed out before are invalid after this).
   std::span<std::byte> space() {
-    if (start_ == buf_.size()) {
-      buf_.clear();
-      start_ = 0;
-    } else if (start_ > buf_.size() / 2) {
-      buf_.erase(0, start_);
+    if (start_ == end_) {
+      start_ = end_ = 0;
+    } else if (start_ > 0 && start_ >= buf_.size() / 2) {
+      std::memmove(buf_.data(), buf_.data() + start_, end_ - start_);
+      end_ -= start_;
       start_ = 0;
     }
-    used_ = buf_.size();
-    buf_.resize(used_ + std::max<std::size_t>(64 * 1024, used_ / 2));
-    return std::as_writable_bytes(std::span(buf_)).subspan(used_);
+    // A frame whose length has arrived gets its whole size at once.
+    std::size_t want = 64 * 1024;
+    if (end_ - start_ >= 8) {
+      std::uint64_t len;
+      std::memcpy(&len, buf_.data() + start_, 8);
+      if (len <= kMaxFrame && start_ + 8 + len > end_)
+        want = std::max<std::size_t>(want, start_ + 8 + len - end_);
+    }
+    if (buf_.size() < end_ + want) buf_.resize(end_ + want);
+    return std::as_writable_bytes(std::span(buf_)).subspan(end_);
   }
-  void commit(std::size_t n) { buf_.resize(used_ + n); }
+  void commit(std::size_t n) { end_ += n; }
 
  private:
   std::string buf_;
   std::size_t start_ = 0;
-  std::size_t used_ = 0;
+  std::size_t end_ = 0;
 };
 
 std::string exception_type() {

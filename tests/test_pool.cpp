@@ -92,6 +92,52 @@ Unsendable make_unsendable() {
   return {};
 }
 
+// CPython's crash matrix (test_deadlock.py): a value whose serializer fails where `mode` says.
+int g_test_pid = 0;  // set in the test process; 0 in a spawned worker, another pid in a fork one
+bool in_test_process() {
+  return g_test_pid == ::getpid();
+}
+enum HostileMode : int {
+  kFine,
+  kKillOnLoad,         // the worker dies reading the task
+  kExitOnLoad,         // mp::exit while the worker reads the task
+  kThrowOnLoad,        // an error while the worker reads the task
+  kKillOnSave,         // the worker dies writing the result
+  kThrowOnParentLoad,  // an error while the parent reads the result
+  kThrowOnParentSave,  // an error while the parent writes the task
+};
+struct Hostile {
+  int mode = kFine;
+  template <class A>
+  void save(A& ar) const {
+    if (mode == kThrowOnParentSave && in_test_process())
+      throw std::runtime_error("cannot write this argument");
+    if (mode == kKillOnSave && !in_test_process()) ::raise(SIGKILL);
+    ar(mode);
+  }
+  template <class A>
+  void load(A& ar) {
+    ar(mode);
+    if (in_test_process()) {
+      if (mode == kThrowOnParentLoad) throw std::runtime_error("cannot read this result");
+      return;
+    }
+    if (mode == kKillOnLoad) ::raise(SIGKILL);
+    if (mode == kExitOnLoad) mp::exit(5);
+    if (mode == kThrowOnLoad) throw std::runtime_error("cannot read this argument");
+  }
+};
+int take(Hostile h) {
+  return h.mode;
+}
+Hostile give(int mode) {
+  return Hostile{mode};
+}
+int big_then_die(std::string big) {
+  if (big.size() > 1000) ::raise(SIGKILL);
+  return 0;
+}
+
 template <class E>
 std::string what_of(auto&& f) {
   try {
@@ -455,6 +501,44 @@ TEST_P(PoolAcross, KillsAtRandomMomentsLoseNoTask) {
   EXPECT_GT(ok, 900);
   pool.close();
   pool.join();
+}
+
+TEST_P(PoolAcross, CrashMatrixResolvesWithoutAHang) {
+  g_test_pid = ::getpid();
+  mp::Pool pool(opts(2));
+  auto lost = [&](auto&& call, int exitcode) {
+    try {
+      call();
+      ADD_FAILURE() << "no WorkerLost";
+    } catch (const mp::WorkerLost& e) {
+      EXPECT_EQ(e.exitcode(), exitcode) << e.what();
+    }
+    EXPECT_EQ(pool.apply(sqr, 3), 9);  // usable after each
+  };
+  lost([&] { pool.apply(take, Hostile{kKillOnLoad}); }, -SIGKILL);
+  lost([&] { pool.apply(take, Hostile{kExitOnLoad}); }, 5);
+  lost([&] { pool.apply(give, int(kKillOnSave)); }, -SIGKILL);
+  lost([&] { pool.apply(big_then_die, std::string(16 << 20, 'x')); }, -SIGKILL);  // gh-94777
+  try {
+    pool.apply(take, Hostile{kThrowOnLoad});
+    ADD_FAILURE() << "no error";
+  } catch (const mp::RemoteError& e) {
+    EXPECT_EQ(e.message(), "cannot read this argument");
+  }
+  // Errors on the parent's side: the error itself, on that result only.
+  EXPECT_EQ(what_of<std::runtime_error>([&] { pool.apply(give, int(kThrowOnParentLoad)); }),
+            "cannot read this result");
+  auto unsent = pool.apply_async(take, Hostile{kThrowOnParentSave});
+  EXPECT_EQ(what_of<std::runtime_error>([&] { unsent.get(kHang); }), "cannot write this argument");
+  EXPECT_EQ(what_of<std::runtime_error>([&] {
+              pool.map(take, std::vector<Hostile>{{kFine}, {kThrowOnParentSave}});
+            }),
+            "cannot write this argument");
+  EXPECT_EQ(pool.map(take, std::vector<Hostile>{{kFine}, {kFine}}), (std::vector<int>{0, 0}));
+  mp::ProcessPoolExecutor ex({.max_workers = 1, .mp_context = &ctx()});
+  auto f = ex.submit(take, Hostile{kThrowOnParentSave});
+  EXPECT_EQ(what_of<std::runtime_error>([&] { f.result(kHang); }), "cannot write this argument");
+  EXPECT_EQ(ex.submit(sqr, 4).result(kHang), 16);
 }
 
 int pool_in_a_child(int n) {

@@ -406,7 +406,13 @@ class ProcessPoolExecutor {
       std::vector<Tuple> one;
       one.emplace_back(std::forward<Args>(args)...);
       std::vector<detail::Task> task(1);
-      task[0] = {state, 0, 0, detail::task_payload<&detail::run_starmap<F, Tuple>>(f, one)};
+      try {
+        task[0] = {state, 0, 0, detail::task_payload<&detail::run_starmap<F, Tuple>>(f, one)};
+      } catch (const std::exception&) {
+        // An argument that fails to serialize: the future's error; the executor goes on.
+        state->task_failed(0, std::current_exception());
+        return Future<R>(std::move(state));
+      }
       submit_tasks(std::move(task));
     }
     return Future<R>(std::move(state));

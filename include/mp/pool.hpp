@@ -320,9 +320,14 @@ class Pool {
       std::vector<Tuple> one;
       one.emplace_back(std::forward<Args>(args)...);
       std::vector<std::string> payloads;
-      payloads.push_back(detail::task_payload<&detail::run_starmap<F, Tuple>>(f, one));
+      std::exception_ptr encoding;  // an argument that failed to serialize: the result's error
+      try {
+        payloads.push_back(detail::task_payload<&detail::run_starmap<F, Tuple>>(f, one));
+      } catch (const std::exception&) {
+        encoding = std::current_exception();
+      }
       return launch<R, R>(std::move(payloads), {0}, 1, std::move(callback),
-                          std::move(error_callback));
+                          std::move(error_callback), encoding);
     }
   }
 
@@ -424,11 +429,15 @@ class Pool {
   template <class V, class R>
   AsyncResult<V> launch(std::vector<std::string> payloads, std::vector<std::size_t> offsets,
                         std::size_t n, detail::CallbackFor<V> callback,
-                        detail::ErrorCallback error_callback) {
+                        detail::ErrorCallback error_callback, std::exception_ptr encoding) {
     check_running();
     auto state = std::make_shared<detail::ResultState<V, R>>(n, offsets, std::move(callback),
                                                              std::move(error_callback));
-    detail::submit_tasks(*engine_, state, 0, std::move(payloads), offsets);
+    if (encoding) {
+      for (std::size_t k = 0; k < offsets.size(); ++k) state->task_failed(k, encoding);
+    } else {
+      detail::submit_tasks(*engine_, state, 0, std::move(payloads), offsets);
+    }
     return AsyncResult<V>(std::move(state));
   }
 
@@ -447,15 +456,21 @@ class Pool {
     std::vector<std::string> payloads;
     std::vector<std::size_t> offsets;
     std::vector<Item> chunk;
+    std::exception_ptr encoding;
     for (std::size_t first = 0; first < n; first += size) {
       const std::size_t last = std::min(n, first + size);
       chunk.assign(std::make_move_iterator(all.begin() + static_cast<std::ptrdiff_t>(first)),
                    std::make_move_iterator(all.begin() + static_cast<std::ptrdiff_t>(last)));
-      payloads.push_back(detail::task_payload<Runner>(f, chunk));
       offsets.push_back(first);
+      try {
+        payloads.push_back(detail::task_payload<Runner>(f, chunk));
+      } catch (const std::exception&) {
+        encoding = std::current_exception();  // the whole call fails with it (CPython #19425)
+        payloads.emplace_back();
+      }
     }
     return launch<detail::MapValue<R>, R>(std::move(payloads), std::move(offsets), n,
-                                          std::move(callback), std::move(error_callback));
+                                          std::move(callback), std::move(error_callback), encoding);
   }
 
   // imap and imap_unordered: the input is read by the iterating thread, a bounded look-ahead
@@ -563,7 +578,13 @@ class LazyMap final : public Job,
         finished_ = true;
         break;
       }
-      payloads.push_back(task_payload<Runner>(f_, chunk));
+      try {
+        payloads.push_back(task_payload<Runner>(f_, chunk));
+      } catch (const std::exception&) {
+        input_error_ = std::current_exception();  // an item that cannot be sent: as the input
+        finished_ = true;
+        break;
+      }
       offsets.push_back(items_read_);
       items_read_ += chunk.size();
       if (chunk.size() < chunksize_) finished_ = true;
