@@ -196,8 +196,11 @@ void PoolWorker::run() {
   std::string out, frame;
   auto send = [&](std::uint64_t id, Status status) {
     frame.clear();
-    append_frame(frame, id, status, out);
-    const std::span<const std::byte> parts[] = {std::as_bytes(std::span(frame))};
+    append_frame(frame, id, status, {});  // the header; the result's bytes go as they are
+    const std::uint64_t len = 9 + out.size();
+    std::memcpy(frame.data(), &len, 8);
+    const std::span<const std::byte> parts[] = {std::as_bytes(std::span(frame)),
+                                                std::as_bytes(std::span(out))};
     posix::write_all(fd, parts, true);
   };
   try {
@@ -702,6 +705,17 @@ SubmitResult Engine::submit(std::vector<Task> tasks) {
       impl_->pending.push_back(id);
       impl_->tasks.emplace(id, std::move(t));
     }
+    // Sent from here when a worker has room: the engine's thread is woken only for what is
+    // left (no worker free, one to start, a send that would block, a timeout to watch).
+    auto& e = *impl_;
+    e.dispatch();
+    bool left = !e.pending.empty() || e.o.task_timeout.has_value();
+    for (auto& w : e.workers) {
+      if (!w || w->outbox.empty() || w->conn.closed()) continue;
+      e.flush(*w);
+      left = left || !w->outbox.empty();
+    }
+    if (!left) return {true, nullptr};
   }
   impl_->wake();
   return {true, nullptr};

@@ -41,7 +41,7 @@ struct PoolOptions {
   Initializer initializer = {};                        ///< run once in each worker before any task
   std::optional<int> maxtasksperchild = std::nullopt;  ///< a worker is replaced after this many
   const Context* context = nullptr;  ///< start method (default: the default context)
-  int window = 2;                    ///< tasks sent to a worker ahead of its results (1-16)
+  int window = 4;                    ///< tasks sent to a worker ahead of its results (1-16)
   std::optional<Duration> task_timeout =
       std::nullopt;              ///< a task past it fails with mp::TimeoutError and
                                  ///< its worker is killed and replaced

@@ -158,7 +158,7 @@ struct EngineOptions {
   int processes = 1;
   std::optional<int> maxtasksperchild;
   const Context* context = nullptr;  // nullptr: the default context
-  int window = 2;                    // tasks sent to a worker before its first result is back
+  int window = 4;                    // tasks sent to a worker before its first result is back
   std::optional<Duration> task_timeout;
   int max_startup_failures = 0;  // 0: max(5, 2 * processes)
   std::string initializer;       // an Initializer's payload (empty: none)
