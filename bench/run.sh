@@ -8,9 +8,12 @@
 #   sync: Lock/RLock/Semaphore acquire+release, a two-process hand-off, Value<int64_t> locked
 #     increments and SharedMemory create/attach/unlink cycles against sem_t, std::atomic and
 #     raw shm_open floors. About 40 s on 2 cores.
+#   pool: mp::Pool(2) apply round trip against a blocking and a 20 us busy-poll socketpair round
+#     trip, apply_async and map throughput, SIGKILL-to-WorkerLost latency, an idle pool's CPU;
+#     then CPython's Pool(2) and ProcessPoolExecutor(2). About 40 s on 2 cores.
 #   bench/run.sh [Google Benchmark flags, e.g. --benchmark_filter=spawn]
 # Environment: BUILD (build dir, default build/bench), PYTHON (default Debian's /usr/bin/python3),
-# ONLY (process_start, connection or sync: run that part alone; the flags go to whichever part
+# ONLY (process_start, connection, sync or pool: run that part alone; the flags go to whichever part
 # runs).
 set -eu
 root=$(cd "$(dirname "$0")/.." && pwd)
@@ -19,20 +22,20 @@ python=${PYTHON:-/usr/bin/python3}
 [ -x "$python" ] || python=python3
 only=${ONLY:-}
 case "$only" in
-  "" | process_start | connection | sync) ;;
-  *) echo "ONLY must be process_start, connection or sync, not '$only'" >&2; exit 2 ;;
+  "" | process_start | connection | sync | pool) ;;
+  *) echo "ONLY must be process_start, connection, sync or pool, not '$only'" >&2; exit 2 ;;
 esac
 
 cmake -S "$root" -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=Release -DMP_BUILD_BENCH=ON \
   -DMP_BUILD_TESTS=OFF >/dev/null
 # Only what will run: the others need not be (re)built.
 case "$only" in
-  "") targets="process_start mp_bench_noop connection sync" ;;
+  "") targets="process_start mp_bench_noop connection sync pool" ;;
   process_start) targets="process_start mp_bench_noop" ;;
   *) targets=$only ;;
 esac
 # shellcheck disable=SC2086 # the list is meant to split
-ninja -C "$build" $targets
+ninja -C "$build" -j "$(nproc)" $targets
 
 if [ -z "$only" ] || [ "$only" = process_start ]; then
   echo
@@ -64,4 +67,14 @@ if [ -z "$only" ] || [ "$only" = sync ]; then
   echo
   echo "== CPython multiprocessing, same measurements"
   "$python" "$root/bench/python_sync.py" --mp-json "$build/sync.json"
+fi
+
+if [ -z "$only" ] || [ "$only" = pool ]; then
+  echo
+  echo "== mp: Pool(2) against socketpair round-trip floors ($(nproc) cores)"
+  "$build/bench/pool" --benchmark_out="$build/pool.json" --benchmark_out_format=json "$@"
+
+  echo
+  echo "== CPython multiprocessing.Pool(2) and concurrent.futures.ProcessPoolExecutor(2)"
+  "$python" "$root/bench/python_pool.py" --mp-json "$build/pool.json"
 fi
