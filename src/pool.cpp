@@ -476,7 +476,9 @@ struct Engine::Impl {
     // Sent and never begun: first in line again, in their order.
     for (auto it = w.inflight.rbegin(); it != w.inflight.rend(); ++it)
       if (tasks.count(*it)) pending.push_front(*it);
-    if (w.completed == 0 && !w.init_failed && !w.retiring && state != kTerminate) {
+    // A crash at start-up: it never began a task (its slot is still 0). One killed while
+    // running its first task is not counted: a storm of kills must never break the pool.
+    if (running == 0 && w.completed == 0 && !w.init_failed && !w.retiring && state != kTerminate) {
       const int limit =
           o.max_startup_failures > 0 ? o.max_startup_failures : std::max(5, 2 * o.processes);
       if (++startup_failures >= limit && !broken)
@@ -524,6 +526,14 @@ void Engine::Impl::loop() {
   std::vector<std::uint32_t> owner;  // fds[i] belongs to workers[owner[i]] (wake: none)
   std::unique_lock l(m);
   for (;;) {
+    if (!outcomes.empty()) {
+      // Delivered before anything else (a replacement worker's start takes milliseconds):
+      // a dead worker's task fails at once.
+      batch.swap(outcomes);
+      l.unlock();
+      deliver(batch);
+      l.lock();
+    }
     if (state == kTerminate) {
       fail_all(std::make_exception_ptr(BrokenProcessPool("pool terminated")));
       break;

@@ -331,6 +331,13 @@ TEST_P(PoolAcross, ADeadWorkerFailsOnlyItsTaskAndIsReplaced) {
   pool.join();
 }
 
+TEST_P(PoolAcross, WorkersKilledInTheirFirstTaskNeverBreakThePool) {
+  // Each replacement dies in the first task it begins: not a crash at start-up.
+  mp::Pool pool({.processes = 1, .context = &ctx(), .max_startup_failures = 2});
+  for (int i = 0; i < 6; ++i) EXPECT_THROW(pool.apply(die_by, SIGKILL), mp::WorkerLost) << i;
+  EXPECT_EQ(pool.apply(sqr, 5), 25);
+}
+
 TEST_P(PoolAcross, TasksSentToADeadWorkerAndNotBegunRunElsewhere) {
   // One worker, two tasks in its window: the first kills it, the second was sent but never
   // begun, so it runs on the replacement instead of failing.
