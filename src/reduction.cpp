@@ -98,18 +98,51 @@ const void* load_code(InArchive& ar) {
   return resolve(ref);
 }
 
+namespace {
+// The last few code addresses looked up, per thread: a pool sends the same few functions with
+// every task, and walking the loaded modules costs about a microsecond each time.
+struct CodeCache {
+  static constexpr std::size_t kSize = 8;
+  struct Entry {
+    const void* address = nullptr;
+    CodeRef ref;
+  };
+  Entry entries[kSize];
+  std::size_t next = 0;
+  Entry* find_address(const void* a) {
+    for (auto& e : entries)
+      if (e.address == a && a) return &e;
+    return nullptr;
+  }
+  Entry* find_ref(const CodeRef& r) {
+    for (auto& e : entries)
+      if (e.address && e.ref.offset == r.offset && e.ref.module == r.module) return &e;
+    return nullptr;
+  }
+  void add(const void* a, const CodeRef& r) {
+    entries[next] = {a, r};
+    next = (next + 1) % kSize;
+  }
+};
+thread_local CodeCache t_code_cache;
+}  // namespace
+
 CodeRef code_ref(const void* address) {
+  if (auto* e = t_code_cache.find_address(address)) return e->ref;
   CodeRef ref;
   if (!posix::code_address_module(address, ref.module, ref.offset))
     throw PicklingError("Can't pickle a code address outside every loaded module");
+  t_code_cache.add(address, ref);
   return ref;
 }
 
 const void* resolve(const CodeRef& ref) {
+  if (auto* e = t_code_cache.find_ref(ref)) return e->address;
   const void* p = posix::code_address_resolve(ref.module, ref.offset);
   if (!p)
     throw PicklingError("Can't unpickle a code reference into '" + ref.module +
                         "': that module is not loaded in this process");
+  t_code_cache.add(p, ref);
   return p;
 }
 
