@@ -10,11 +10,16 @@ namespace mp::detail {
 
 // The steps a fault hook is called at (the process is then inside that step).
 enum class QueueStep {
-  put_half_written,   // holding the lock, half of an inline record written, not published
-  get_copied,         // holding the lock, an inline item copied out, not yet taken
-  put_large_copying,  // not holding the lock, half of a large item copied to its pages
-  get_large_copying,  // not holding the lock, half of a large item copied out
+  put_claimed,            // a record claimed, nothing written yet (lost)
+  put_half_written,       // half of an inline record written, not published (lost)
+  put_published,          // published, not yet counted (delivered)
+  put_large_copying,      // half of a large item copied to its pages, no record yet (lost)
+  put_large_handed_over,  // a large item's pages handed to its record, not published (lost)
+  get_taken,              // a record taken, nothing copied out (lost)
+  get_copied,             // half of an inline item copied out, not freed (lost)
+  get_large_copying,      // half of a large item copied out (lost)
 };
+inline constexpr int kQueueSteps = 8;
 // Called at each step when set (a test sets it in a child that then kills itself).
 extern void (*g_queue_fault)(QueueStep step);
 
@@ -25,7 +30,7 @@ struct QueueAccess {
     return reinterpret_cast<std::byte*>(const_cast<QueueState*>(q.core_.s_));
   }
 };
-extern const std::size_t kQueueRingOffset;
+extern const std::size_t kQueueStampsOffset, kQueueRingOffset;
 // Offsets in the state header of the ring's head and tail (std::uint64_t byte positions).
 extern const std::size_t kQueueHeadOffset, kQueueTailOffset;
 

@@ -31,7 +31,7 @@ namespace mp {
 namespace detail {
 struct QueueState;
 struct QueueAccess;
-struct Extent;
+struct QueueAccessImpl;
 // get() hands an item's bytes to a sink: called once with the length, it returns where to write.
 using ItemSink = void* (*)(void* ctx, std::size_t len);
 
@@ -65,12 +65,13 @@ class QueueCore {
 
  private:
   void adopt(const BlockRef& ref);
-  bool put_record(const void* data, std::size_t len, std::uint32_t kind, const Extent& extent,
-                  const std::optional<std::chrono::steady_clock::time_point>& deadline);
+  bool put_large(const void* data, std::size_t len,
+                 const std::optional<std::chrono::steady_clock::time_point>& deadline);
   std::shared_ptr<SharedBlock> block_;
   QueueState* s_ = nullptr;
-  mutable Lock lock_;  // the ring's: held for short copies only, never across a wait
+  mutable Lock lock_;  // large items' pages, bounded puts: short steps only, never a wait
   friend struct QueueAccess;
+  friend struct QueueAccessImpl;
 };
 
 // An item as bytes: trivially copyable types as themselves, the rest through cereal.
