@@ -62,7 +62,10 @@ constexpr std::size_t kSlots = 64;
 constexpr std::uint32_t kNoSlot = UINT32_MAX;
 constexpr auto kRecheck = 200ms;  // a sleeper looks again this often (a peer may have died)
 constexpr auto kLockGrace = 1s;   // the longest a try waits for the ring's lock
-constexpr int kSpin = 200;        // looks before sleeping
+// How long a waiter looks before it sleeps: longer than a put or get takes, so that a steady
+// stream never puts its consumer to sleep (each put would then make a futex call, and the
+// consumer fall behind again), far shorter than a scheduler's tick.
+constexpr auto kSpin = 30us;
 
 enum Op : std::uint32_t { kNone, kReserve, kPublish, kFinish };
 
@@ -99,6 +102,14 @@ struct Journal {
   bool counted = false;
 };
 
+// Who sleeps on one side's counter, and whether a wake-up is on its way: while one is, more
+// puts (or gets) make no futex call, however long the woken thread takes to run; the woken one
+// passes the wake-up on if it sees more than it takes.
+struct Waiters {
+  std::atomic<std::uint32_t> sleeping{0};
+  std::atomic<std::uint32_t> pending{0};
+};
+
 // One registered thread: tid | low 32 bits of its start time << 32 (0: a free entry).
 struct Owner {
   std::atomic<std::uint64_t> id{0};
@@ -118,8 +129,8 @@ struct QueueState {
   std::atomic<std::uint32_t> put_items{0};         // published (consumers sleep on it)
   alignas(64) std::atomic<std::uint64_t> head{0};  // every record before it is freed
   std::atomic<std::uint32_t> got_items{0};  // freed after being taken (producers sleep on it)
-  alignas(64) std::atomic<std::uint32_t> get_waiters{0};
-  alignas(64) std::atomic<std::uint32_t> put_waiters{0};
+  alignas(64) Waiters get_waiters;          // consumers, asleep on put_items
+  alignas(64) Waiters put_waiters;          // producers, asleep on got_items
   alignas(64) std::atomic<std::int64_t> unfinished{0};
   std::atomic<std::uint32_t> done_seq{0};  // +1 when unfinished reaches 0
   std::atomic<std::uint64_t> lost{0};
@@ -139,15 +150,18 @@ const std::size_t kQueueTailOffset = offsetof(QueueState, tail);
 
 namespace {
 
+// The name's whole buffer (cut at its NUL only when an error is made of it: no strnlen on
+// the fast path).
 std::string_view name_view(const QueueState& s) {
-  return {s.name, strnlen(s.name, sizeof s.name)};
+  return {s.name, sizeof s.name};
 }
 
 std::string name_of(const QueueState& s) {
-  return std::string(name_view(s));
+  return std::string(s.name, strnlen(s.name, sizeof s.name));
 }
 
 [[noreturn]] void corrupted_named(std::string_view queue, const std::string& what) {
+  queue = queue.substr(0, queue.find('\0'));
   throw ProcessError("mp::Queue '" + std::string(queue) + "': corrupted shared state: " + what);
 }
 
@@ -205,10 +219,15 @@ std::uint64_t lap_of(std::uint64_t pos) {
   return (pos / kUnits) & kLapMask;
 }
 
+// Consecutive positions' stamps lie on different cache lines (8 stamps a line, spread a
+// line apart): a consumer freeing the stamp just behind a producer's does not take the
+// producer's line away from it.
 std::atomic<std::uint64_t>& stamp_at(QueueState& s, std::uint64_t pos) {
   auto* stamps = reinterpret_cast<std::atomic<std::uint64_t>*>(reinterpret_cast<std::byte*>(&s) +
                                                                kStampsOffset);
-  return stamps[pos & (kUnits - 1)];
+  constexpr std::uint64_t kPerLine = 8, kLines = kUnits / kPerLine;
+  const std::uint64_t i = pos & (kUnits - 1);
+  return stamps[(i % kLines) * kPerLine + i / kLines];
 }
 
 std::byte* ring(QueueState& s) {
@@ -279,8 +298,11 @@ bool sleep_on(const std::atomic<std::uint32_t>& word, std::uint32_t seen, const 
   return woken || !capped;
 }
 
-void wake_one(std::atomic<std::uint32_t>& word, const std::atomic<std::uint32_t>& waiters) {
-  if (waiters.load(std::memory_order_seq_cst) != 0) posix::futex_wake(word, 1);
+void wake_one(std::atomic<std::uint32_t>& word, Waiters& w) {
+  if (w.sleeping.load(std::memory_order_seq_cst) != 0 &&
+      w.pending.load(std::memory_order_seq_cst) == 0 &&
+      w.pending.exchange(1, std::memory_order_seq_cst) == 0)
+    posix::futex_wake(word, 1);
 }
 
 void wake_all(QueueState& s) {
@@ -602,6 +624,8 @@ struct QueueAccessImpl {
       if (st.lap == lap && st.state == Unit::free) {
         if (first.compare_exchange_strong(w, pack({Unit::claimed, large, me.index, bytes, lap}),
                                           std::memory_order_acq_rel)) {
+          // A hint, moved by CAS only: a store could take it back (a producer preempted here
+          // for a lap of the ring would leave it pointing at a stamp of another lap).
           std::uint64_t expect = t;
           s.tail.compare_exchange_strong(expect, t + n, std::memory_order_release,
                                          std::memory_order_relaxed);
@@ -619,32 +643,60 @@ struct QueueAccessImpl {
     std::uint64_t pos;
     std::uint64_t word;
     Record rec;
+    bool at_head;  // every record before it was freed
   };
 
   // Takes the oldest ready record: none when nothing is ready now.
+  //
+  // Records still claimed are skipped (a slow producer must not hide another's items), but
+  // FIFO per producer needs care: a claimed record read just before its producer published it
+  // and claimed its next one would be passed for that next one. So once a ready record is
+  // found, the claimed ones passed on the way are read again (after the ready one: its
+  // producer's earlier records are visible as published by then), and the earliest of them
+  // that is ready now is taken instead.
   static std::optional<Taken> try_take(QueueState& s, std::uint32_t me) {
+    constexpr int kPassed = 64;
     int stale = 0;
     for (;;) {
       const std::uint64_t h = s.head.load(std::memory_order_acquire);
       bool at_head = true;
+      std::uint64_t passed[kPassed];
+      int n_passed = 0;
+      bool overflow = false;
       std::uint64_t pos = h;
       for (; pos - h < kUnits;) {
-        auto& a = stamp_at(s, pos);
-        std::uint64_t w = a.load(std::memory_order_acquire);
-        const Stamp st = unpack(w);
+        std::uint64_t w = stamp_at(s, pos).load(std::memory_order_acquire);
+        Stamp st = unpack(w);
         if (st.lap == lap_of(pos)) {
           if (st.state == Unit::free) return std::nullopt;  // nothing published from here on
-          const Record rec = check_record(name_view(s), w);
+          Record rec = check_record(name_view(s), w);
           if (st.state == Unit::ready) {
+            if (overflow) break;  // too many passed to read again: walk again from the head
+            std::uint64_t at = pos;
+            for (int i = 0; i < n_passed; ++i) {
+              const std::uint64_t pw = stamp_at(s, passed[i]).load(std::memory_order_acquire);
+              const Stamp ps = unpack(pw);
+              if (ps.state == Unit::ready && ps.lap == lap_of(passed[i])) {
+                at = passed[i], w = pw, st = ps, rec = check_record(name_view(s), pw);
+                break;
+              }
+            }
             Stamp t = st;
             t.state = Unit::taken;
             t.owner = me;
             const std::uint64_t tw = pack(t);
-            if (a.compare_exchange_strong(w, tw, std::memory_order_acq_rel))
-              return Taken{pos, tw, rec};
-            continue;  // look at it again
+            if (stamp_at(s, at).compare_exchange_strong(w, tw, std::memory_order_acq_rel))
+              return Taken{at, tw, rec, at_head && at == pos};
+            break;  // taken first by another: walk again
           }
-          pos += rec.units;  // claimed or taken by someone: skip it, keep it before the head
+          // Claimed or taken by someone: skip it, keep it before the head.
+          if (st.state == Unit::claimed) {
+            if (n_passed < kPassed)
+              passed[n_passed++] = pos;
+            else
+              overflow = true;
+          }
+          pos += rec.units;
           at_head = false;
           continue;
         }
@@ -658,13 +710,13 @@ struct QueueAccessImpl {
           pos += len;
           continue;
         }
-        break;  // the head read is stale (the ring went round since), or the segment is corrupt
+        // The head read is stale (the ring went round since), or the segment is corrupt.
+        if (s.head.load(std::memory_order_acquire) == h && ++stale > 3)
+          corrupted(s, "the head " + std::to_string(h) + " meets a stamp of lap " +
+                           std::to_string(st.lap) + " at " + std::to_string(pos));
+        break;
       }
       if (pos - h >= kUnits) return std::nullopt;
-      if (s.head.load(std::memory_order_acquire) == h && ++stale > 3)
-        corrupted(s, "the head " + std::to_string(h) + " meets a stamp of lap " +
-                         std::to_string(unpack(stamp_at(s, pos).load()).lap) + " at " +
-                         std::to_string(pos));
     }
   }
 
@@ -678,10 +730,14 @@ struct QueueAccessImpl {
 
   static void put_inline(QueueState& s, std::uint32_t me, std::uint64_t pos, const void* data,
                          std::uint32_t len) {
-    fault(QueueStep::put_claimed);
-    ring_write(s, pos, 0, data, len / 2);
-    fault(QueueStep::put_half_written);
-    ring_write(s, pos, len / 2, static_cast<const std::byte*>(data) + len / 2, len - len / 2);
+    if (g_queue_fault) [[unlikely]] {  // a test's kill points: in two halves
+      fault(QueueStep::put_claimed);
+      ring_write(s, pos, 0, data, len / 2);
+      fault(QueueStep::put_half_written);
+      ring_write(s, pos, len / 2, static_cast<const std::byte*>(data) + len / 2, len - len / 2);
+    } else {
+      ring_write(s, pos, 0, data, len);
+    }
     publish(s, pos, pack({Unit::ready, false, me, len, lap_of(pos)}));
   }
 
@@ -689,25 +745,36 @@ struct QueueAccessImpl {
   // something (counter got_items, waiters put_waiters), consumers for an item (put_items,
   // get_waiters). `attempt` is tried after `counter` is read, and the counter read again after
   // the registration, so that a change between the failed try and the sleep is never missed.
-  template <class Attempt>
-  static bool wait_for(QueueCore& q, std::atomic<std::uint32_t>& counter,
-                       std::atomic<std::uint32_t>& waiters, const Deadline& deadline,
-                       bool reap_when_idle, Attempt&& attempt) {
+  template <class Attempt, class More>
+  static bool wait_for(QueueCore& q, std::atomic<std::uint32_t>& counter, Waiters& waiters,
+                       const Deadline& deadline, bool reap_when_idle, Attempt&& attempt,
+                       More&& more) {
+    bool slept = false;
     for (;;) {
       const std::uint32_t seen = counter.load(std::memory_order_seq_cst);
-      if (attempt()) return true;
+      if (attempt()) {
+        // Woken for one and more are there: the next sleeper's turn (nobody else wakes it
+        // while the wake-up this one cleared was pending).
+        if (slept && more()) wake_one(counter, waiters);
+        return true;
+      }
       if (past(deadline)) return false;
       bool moved = false;
-      for (int i = 0; i < kSpin && !moved; ++i) {
+      const auto spin_until = Clock::now() + kSpin;
+      for (int i = 0; !moved; ++i) {
         pause();
         moved = counter.load(std::memory_order_relaxed) != seen;
+        if ((i & 63) == 63 && Clock::now() >= spin_until) break;
       }
       if (moved) continue;
-      waiters.fetch_add(1, std::memory_order_seq_cst);
+      waiters.sleeping.fetch_add(1, std::memory_order_seq_cst);
       bool woken = true;
-      if (counter.load(std::memory_order_seq_cst) == seen)
+      if (counter.load(std::memory_order_seq_cst) == seen) {
         woken = sleep_on(counter, seen, deadline);
-      waiters.fetch_sub(1, std::memory_order_seq_cst);
+        slept = true;
+      }
+      waiters.sleeping.fetch_sub(1, std::memory_order_seq_cst);
+      waiters.pending.store(0, std::memory_order_seq_cst);
       // Nothing for kRecheck: a dead peer may hold the ring.
       if (!woken && reap_when_idle) reap_ring(q);
     }
@@ -715,12 +782,16 @@ struct QueueAccessImpl {
 
   template <class Attempt>
   static bool wait_room(QueueCore& q, const Deadline& deadline, Attempt&& attempt) {
-    return wait_for(q, q.s_->got_items, q.s_->put_waiters, deadline, true, attempt);
+    QueueState& s = *q.s_;
+    return wait_for(q, s.got_items, s.put_waiters, deadline, true, attempt,
+                    [&] { return s.maxsize <= 0 || q.qsize() < s.maxsize; });
   }
 
   template <class Attempt>
   static bool wait_item(QueueCore& q, const Deadline& deadline, Attempt&& attempt) {
-    return wait_for(q, q.s_->put_items, q.s_->get_waiters, deadline, false, attempt);
+    // More than the one this consumer took (not yet counted as got).
+    return wait_for(q, q.s_->put_items, q.s_->get_waiters, deadline, false, attempt,
+                    [&] { return q.qsize() > 1; });
   }
 };
 
@@ -934,10 +1005,21 @@ bool QueueCore::get(ItemSink sink, void* ctx, bool block, std::optional<Duration
       wake_one(s.got_items, s.put_waiters);
       throw;
     }
-    ring_read(s, pos, 0, dst, n / 2);
-    fault(QueueStep::get_copied);
-    ring_read(s, pos, n / 2, static_cast<std::byte*>(dst) + n / 2, n - n / 2);
+    if (g_queue_fault) [[unlikely]] {
+      ring_read(s, pos, 0, dst, n / 2);
+      fault(QueueStep::get_copied);
+      ring_read(s, pos, n / 2, static_cast<std::byte*>(dst) + n / 2, n - n / 2);
+    } else {
+      ring_read(s, pos, 0, dst, n);
+    }
     free_units(s, pos, n);
+    // The head passes it at once when it was the oldest. By CAS: producers reuse the units the
+    // head has passed, so it must never go back.
+    if (taken->at_head) {
+      std::uint64_t expect = pos;
+      s.head.compare_exchange_strong(expect, pos + units_of(n), std::memory_order_release,
+                                     std::memory_order_relaxed);
+    }
   } else {
     const int fd = block_descriptor(block_);
     std::byte payload[sizeof(Extent)];

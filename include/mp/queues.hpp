@@ -78,6 +78,10 @@ class QueueCore {
 template <class T>
 inline constexpr bool kQueueMemcpy = std::is_trivially_copyable_v<T> && !std::is_pointer_v<T>;
 
+// std::string goes as its bytes: no archive, and a large one is copied once each way.
+template <class T>
+inline constexpr bool kQueueBytes = std::is_same_v<T, std::string>;
+
 template <class T>
 void check_queue_item() {
   static_assert(kQueueMemcpy<T> || reduction::Value<T>,
@@ -204,6 +208,8 @@ void Queue<T>::put(const T& item, bool block, std::optional<Duration> timeout) {
   bool done;
   if constexpr (detail::kQueueMemcpy<T>) {
     done = core_.put(&item, sizeof(T), block, timeout);
+  } else if constexpr (detail::kQueueBytes<T>) {
+    done = core_.put(item.data(), item.size(), block, timeout);
   } else {
     std::string bytes;
     {
@@ -228,6 +234,15 @@ T Queue<T>::get(bool block, std::optional<Duration> timeout) {
     };
     if (!core_.get(sink, slot.bytes, block, timeout)) throw Empty();
     return std::bit_cast<T>(slot);
+  } else if constexpr (detail::kQueueBytes<T>) {
+    T item;
+    detail::ItemSink sink = [](void* ctx, std::size_t len) -> void* {
+      auto& b = *static_cast<T*>(ctx);
+      b.resize(len);
+      return b.data();
+    };
+    if (!core_.get(sink, &item, block, timeout)) throw Empty();
+    return item;
   } else {
     std::string bytes;
     detail::ItemSink sink = [](void* ctx, std::size_t len) -> void* {
