@@ -2,7 +2,9 @@
 // mid-step, and where it reaches the shared segment to corrupt it. Not part of the API.
 #pragma once
 
+#include <atomic>
 #include <cstddef>
+#include <cstdint>
 
 #include "mp/queues.hpp"
 
@@ -23,11 +25,20 @@ inline constexpr int kQueueSteps = 8;
 // Called at each step when set (a test sets it in a child that then kills itself).
 extern void (*g_queue_fault)(QueueStep step);
 
+// Futex wake-ups of one waiter made by puts and gets (every process counts its own).
+extern std::atomic<std::uint64_t> g_queue_wakes;
+// Consumers registered as sleeping on the queue's items.
+std::uint32_t queue_sleepers(const QueueCore& q);
+
 struct QueueAccess {
   // The shared segment: its state header and, kQueueRingOffset bytes in, the ring.
   template <class Q>
   static std::byte* segment(const Q& q) {
     return reinterpret_cast<std::byte*>(const_cast<QueueState*>(q.core_.s_));
+  }
+  template <class Q>
+  static std::uint32_t sleepers(const Q& q) {
+    return queue_sleepers(q.core_);
   }
 };
 extern const std::size_t kQueueStampsOffset, kQueueRingOffset;

@@ -49,6 +49,7 @@ using Deadline = std::optional<Clock::time_point>;
 using namespace std::chrono_literals;
 
 void (*g_queue_fault)(QueueStep step) = nullptr;
+std::atomic<std::uint64_t> g_queue_wakes{0};
 
 namespace {
 
@@ -301,8 +302,10 @@ bool sleep_on(const std::atomic<std::uint32_t>& word, std::uint32_t seen, const 
 void wake_one(std::atomic<std::uint32_t>& word, Waiters& w) {
   if (w.sleeping.load(std::memory_order_seq_cst) != 0 &&
       w.pending.load(std::memory_order_seq_cst) == 0 &&
-      w.pending.exchange(1, std::memory_order_seq_cst) == 0)
+      w.pending.exchange(1, std::memory_order_seq_cst) == 0) {
+    g_queue_wakes.fetch_add(1, std::memory_order_relaxed);
     posix::futex_wake(word, 1);
+  }
 }
 
 void wake_all(QueueState& s) {
@@ -819,6 +822,10 @@ void QueueCore::adopt(const BlockRef& ref) {
   if (s_->magic != kMagic || s_->version != kVersion || s_->units != kUnits ||
       s_->heap_base != kHeapBase)
     throw ProcessError("mp::Queue: the shared segment handed over is not a queue's");
+}
+
+std::uint32_t queue_sleepers(const QueueCore& q) {
+  return q.state()->get_waiters.sleeping.load();
 }
 
 std::string QueueCore::name() const {
