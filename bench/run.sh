@@ -8,9 +8,13 @@
 #   sync: Lock/RLock/Semaphore acquire+release, a two-process hand-off, Value<int64_t> locked
 #     increments and SharedMemory create/attach/unlink cycles against sem_t, std::atomic and
 #     raw shm_open floors. About 40 s on 2 cores.
+#   queue: mp::Queue throughput (1x1 8-byte and 100-byte items, 1 MiB items, 2x2), ping-pong
+#     and put+get in one thread against a plain SPSC ring, Boost.Interprocess message_queue
+#     (when libboost-dev is installed), futex ping-pong and memcpy floors; then CPython's Queue
+#     and SimpleQueue. About 2 minutes on 2 cores.
 #   bench/run.sh [Google Benchmark flags, e.g. --benchmark_filter=spawn]
 # Environment: BUILD (build dir, default build/bench), PYTHON (default Debian's /usr/bin/python3),
-# ONLY (process_start, connection or sync: run that part alone; the flags go to whichever part
+# ONLY (process_start, connection, sync or queue: run that part alone; the flags go to whichever part
 # runs).
 set -eu
 root=$(cd "$(dirname "$0")/.." && pwd)
@@ -19,15 +23,15 @@ python=${PYTHON:-/usr/bin/python3}
 [ -x "$python" ] || python=python3
 only=${ONLY:-}
 case "$only" in
-  "" | process_start | connection | sync) ;;
-  *) echo "ONLY must be process_start, connection or sync, not '$only'" >&2; exit 2 ;;
+  "" | process_start | connection | sync | queue) ;;
+  *) echo "ONLY must be process_start, connection, sync or queue, not '$only'" >&2; exit 2 ;;
 esac
 
 cmake -S "$root" -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=Release -DMP_BUILD_BENCH=ON \
   -DMP_BUILD_TESTS=OFF >/dev/null
 # Only what will run: the others need not be (re)built.
 case "$only" in
-  "") targets="process_start mp_bench_noop connection sync" ;;
+  "") targets="process_start mp_bench_noop connection sync queue" ;;
   process_start) targets="process_start mp_bench_noop" ;;
   *) targets=$only ;;
 esac
@@ -64,4 +68,14 @@ if [ -z "$only" ] || [ "$only" = sync ]; then
   echo
   echo "== CPython multiprocessing, same measurements"
   "$python" "$root/bench/python_sync.py" --mp-json "$build/sync.json"
+fi
+
+if [ -z "$only" ] || [ "$only" = queue ]; then
+  echo
+  echo "== mp: Queue throughput and latency against an SPSC ring, Boost, futex and memcpy floors ($(nproc) cores)"
+  "$build/bench/queue" --benchmark_out="$build/queue.json" --benchmark_out_format=json "$@"
+
+  echo
+  echo "== CPython multiprocessing Queue and SimpleQueue, same measurements"
+  "$python" "$root/bench/python_queue.py" --mp-json "$build/queue.json"
 fi

@@ -1,17 +1,20 @@
 // Queues between processes (Python's multiprocessing.queues): Queue, SimpleQueue,
-// JoinableQueue. An item goes straight into a ring in shared memory (a memfd) under a short
-// lock; there is no feeder thread and no pipe. A queue is a handle: copies, and the copy a child
-// gets as a Process argument (fork, spawn, forkserver, and on to grandchildren), are the same
-// queue. Sending one through a Connection throws std::runtime_error("Queue objects should only
-// be shared between processes through inheritance"), as CPython.
+// JoinableQueue. An item goes straight into a ring in shared memory (a memfd); there is no
+// feeder thread and no pipe. Small items (up to 32 KiB) take no lock: a put claims its record
+// and a get takes one by a compare-and-swap that names the thread. A queue is a handle: copies,
+// and the copy a child gets as a Process argument (fork, spawn, forkserver, and on to
+// grandchildren), are the same queue. Sending one through a Connection, or putting one in a
+// queue, throws std::runtime_error("Queue objects should only be shared between processes
+// through inheritance"), as CPython.
 //
 // Unlike CPython: once put() returns, the item is in the queue (empty() is false, get_nowait()
 // finds it); a child that exits with items queued exits at once and they stay readable; a
-// process killed in the middle of a put or get (even holding the ring's lock) holds the others
-// up for at most ~50 ms, loses at most the item it was moving, and that loss is counted by
-// lost(). Items of any serializable type (cereal), trivially copyable ones by memcpy; items of
-// up to 32 KiB are copied inline, larger ones whole through pages of the same memfd, given back
-// once read.
+// process SIGKILLed at any instant of a put or get loses at most the item it was moving, counted
+// by lost(), and holds the others up for at most ~200 ms (its records name it: a survivor sees
+// it gone and frees them). Items of any serializable type (cereal), trivially copyable ones by
+// memcpy, std::string as its bytes; items over 32 KiB are copied whole through pages of the same
+// memfd, given back once read. A blocked put or get spins 30 us, then sleeps on a futex; one put
+// wakes at most one getter. Bounded queues (maxsize > 0) count exactly, under a lock.
 #pragma once
 
 #include <bit>
@@ -90,8 +93,8 @@ void check_queue_item() {
 }
 }  // namespace detail
 
-/// A FIFO queue between processes and threads (multiprocessing.Queue). maxsize <= 0: bounded
-/// only by the ring's memory (put blocks, never fails, while it is full).
+/// A FIFO queue between processes and threads (multiprocessing.Queue), FIFO per producer.
+/// maxsize <= 0: bounded only by the ring's 1 MiB (put blocks, never fails, while it is full).
 template <class T>
 class Queue {
  public:
@@ -110,12 +113,14 @@ class Queue {
   T get(bool block, std::optional<Duration> timeout = std::nullopt);
   T get_nowait() { return get(false); }
 
-  /// Items put and not yet got, exact at the moment it is read.
+  /// Items put and not yet got: exact while nobody is in the middle of a put or get (one being
+  /// got counts until it is copied out).
   long qsize() const { return core_.qsize(); }
   bool empty() const { return qsize() == 0; }
   bool full() const { return core_.full(); }
-  /// Items lost because a process died while moving them (mid-put or mid-get); a large item's
-  /// pages that a dead process held are given back here.
+  /// Items lost because a process died while moving them (mid-put or mid-get), or that could
+  /// not be delivered (a get whose item could not be allocated). Looks for dead movers first:
+  /// their records and a large item's pages are given back here.
   std::uint64_t lost() const { return core_.lost(); }
 
   /// This handle will put and get no more: both then throw std::logic_error("Queue <...> is
