@@ -36,6 +36,7 @@
 #include <cstdio>
 #include <cstring>
 #include <new>
+#include <thread>
 
 #include "posix/futex.hpp"
 #include "posix/memfd.hpp"
@@ -767,7 +768,11 @@ struct QueueAccessImpl {
       for (int i = 0; !moved; ++i) {
         pause();
         moved = counter.load(std::memory_order_relaxed) != seen;
-        if ((i & 63) == 63 && Clock::now() >= spin_until) break;
+        if ((i & 63) == 63) {
+          if (Clock::now() >= spin_until) break;
+          // The peer may be waiting for this CPU (more runnable threads than CPUs): let it run.
+          std::this_thread::yield();
+        }
       }
       if (moved) continue;
       waiters.sleeping.fetch_add(1, std::memory_order_seq_cst);
