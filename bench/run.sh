@@ -11,9 +11,13 @@
 #   pool: mp::Pool(2) apply round trip against a blocking and a 20 us busy-poll socketpair round
 #     trip, apply_async and map throughput, SIGKILL-to-WorkerLost latency, an idle pool's CPU;
 #     then CPython's Pool(2) and ProcessPoolExecutor(2). About 40 s on 2 cores.
+#   queue: mp::Queue throughput (1x1 8-byte and 100-byte items, 1 MiB items, 2x2), ping-pong
+#     and put+get in one thread against a plain SPSC ring, Boost.Interprocess message_queue
+#     (when libboost-dev is installed), futex ping-pong and memcpy floors; then CPython's Queue
+#     and SimpleQueue. About 2 minutes on 2 cores.
 #   bench/run.sh [Google Benchmark flags, e.g. --benchmark_filter=spawn]
 # Environment: BUILD (build dir, default build/bench), PYTHON (default Debian's /usr/bin/python3),
-# ONLY (process_start, connection, sync or pool: run that part alone; the flags go to whichever part
+# ONLY (process_start, connection, sync, pool or queue: run that part alone; the flags go to whichever part
 # runs).
 set -eu
 root=$(cd "$(dirname "$0")/.." && pwd)
@@ -22,15 +26,15 @@ python=${PYTHON:-/usr/bin/python3}
 [ -x "$python" ] || python=python3
 only=${ONLY:-}
 case "$only" in
-  "" | process_start | connection | sync | pool) ;;
-  *) echo "ONLY must be process_start, connection, sync or pool, not '$only'" >&2; exit 2 ;;
+  "" | process_start | connection | sync | pool | queue) ;;
+  *) echo "ONLY must be process_start, connection, sync, pool or queue, not '$only'" >&2; exit 2 ;;
 esac
 
 cmake -S "$root" -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=Release -DMP_BUILD_BENCH=ON \
   -DMP_BUILD_TESTS=OFF >/dev/null
 # Only what will run: the others need not be (re)built.
 case "$only" in
-  "") targets="process_start mp_bench_noop connection sync pool" ;;
+  "") targets="process_start mp_bench_noop connection sync pool queue" ;;
   process_start) targets="process_start mp_bench_noop" ;;
   *) targets=$only ;;
 esac
@@ -77,4 +81,14 @@ if [ -z "$only" ] || [ "$only" = pool ]; then
   echo
   echo "== CPython multiprocessing.Pool(2) and concurrent.futures.ProcessPoolExecutor(2)"
   "$python" "$root/bench/python_pool.py" --mp-json "$build/pool.json"
+fi
+
+if [ -z "$only" ] || [ "$only" = queue ]; then
+  echo
+  echo "== mp: Queue throughput and latency against an SPSC ring, Boost, futex and memcpy floors ($(nproc) cores)"
+  "$build/bench/queue" --benchmark_out="$build/queue.json" --benchmark_out_format=json "$@"
+
+  echo
+  echo "== CPython multiprocessing Queue and SimpleQueue, same measurements"
+  "$python" "$root/bench/python_queue.py" --mp-json "$build/queue.json"
 fi

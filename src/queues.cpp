@@ -1,19 +1,32 @@
 // The queues' shared ring (CPython queues.py, which has a pipe, a feeder thread and two locks).
 //
-// One memfd per queue: a page of state, then a 1 MiB ring of records (16-byte header: magic,
-// kind, length; payload padded to 16), then, beyond, the pages of large items (> 32 KiB), each
-// reserved whole, mapped only while copied and punched out once read. One mp::Lock (taken over
-// from a dead holder) guards the state; it is held for short copies only, never across a wait.
+// One memfd per queue: a state area (counters, a journal, a registry of the threads that use the
+// queue), an array of 64-bit stamps, a 1 MiB ring of 16-byte units (one stamp each), then the
+// pages of large items (> 32 KiB), each reserved whole, mapped only while copied and punched out
+// once read. src/queue_record.hpp says what a stamp holds.
 //
-// Every step under the lock first writes a journal (what it is about to do, and the counters as
-// they were), then publishes with one store (tail for a put, head for a get). Whoever takes the
-// lock over from a dead holder reads the journal: a step not yet published is undone, one
-// published is finished, and an item that died with its mover is counted in `lost`. Large items
-// are copied outside the lock; who is copying one is written in an in-flight slot, so that a
-// survivor finds a dead copier's pages and gives them back. Waiters sleep on futex words that
-// change with every put (put_seq) or get (get_seq); bit 0 says someone sleeps, so a wake-up is
-// one futex call, and none when nobody waits. A sleeper looks again every kRecheck anyway: a
-// peer killed between publishing and waking must not leave it asleep.
+// Small items take no lock (a bounded MPMC ring after Vyukov's, with ownership in the stamps):
+//   put: claim the record's first unit by a CAS on its stamp (free for this lap -> claimed by me),
+//        help the tail hint past it, copy the payload, store "ready", count it.
+//   get: walk from the head hint to the first ready record (skipping ones still claimed or taken,
+//        so a slow producer never hides another's item), take it by a CAS (ready -> taken by me),
+//        copy it out, free its units for the next lap, count it.
+// The claim and the take name their owner, so a process killed at any instant leaves a stamp
+// that says whose it was: a survivor that finds a claimed or taken record of a dead thread (an
+// owner whose tid and start time no longer run) steals it by a CAS and frees it, counting the
+// item in `lost`. Waiting producers look for such records every kRecheck, lost() at once.
+//
+// Large items and bounded queues use the ring's mp::Lock (taken over from a dead holder), under
+// a journal replayed on takeover: the pages are reserved under it (owned by an in-flight slot
+// naming the copier), copied outside it, then handed to a claimed record under it; a consumer
+// copies them out and gives them back under it. Bounded queues (maxsize > 0) put under the lock
+// so that maxsize is exact.
+//
+// Waiting is an eventcount on the counters: a consumer with nothing to take reads put_items,
+// registers in get_waiters, looks once more, then sleeps on put_items; a producer, after
+// counting its item, wakes one consumer only when get_waiters says one sleeps (and producers
+// likewise on got_items). Every step is seq_cst where the two sides must see each other (no
+// fences: ThreadSanitizer does not model them). A sleeper looks again every kRecheck anyway.
 #include "mp/queues.hpp"
 
 #include <algorithm>
@@ -23,10 +36,12 @@
 #include <cstdio>
 #include <cstring>
 #include <new>
+#include <thread>
 
 #include "posix/futex.hpp"
 #include "posix/memfd.hpp"
 #include "queue_faults.hpp"
+#include "queue_record.hpp"
 
 namespace mp::detail {
 
@@ -35,43 +50,41 @@ using Deadline = std::optional<Clock::time_point>;
 using namespace std::chrono_literals;
 
 void (*g_queue_fault)(QueueStep step) = nullptr;
+std::atomic<std::uint64_t> g_queue_wakes{0};
 
 namespace {
 
 constexpr std::uint64_t kMagic = 0x6575657571706d00;  // "\0mpqueue"
-constexpr std::uint32_t kVersion = 1;
-constexpr std::size_t kStateBytes = 4096;
-constexpr std::uint64_t kRingBytes = 1 << 20;  // a power of two
-constexpr std::size_t kInlineMax = 32 * 1024;
-constexpr std::uint32_t kRecordMagic = 0x7265636d;  // "mcer"
-constexpr std::uint32_t kInline = 1, kExtent = 2;
+constexpr std::uint32_t kVersion = 2;
+constexpr std::size_t kStateBytes = 64 * 1024;
+constexpr std::size_t kStampsOffset = kStateBytes;
+constexpr std::size_t kRingOffset = kStampsOffset + kUnits * sizeof(std::uint64_t);
+constexpr std::uint64_t kHeapBase = kRingOffset + kRingBytes;
 constexpr std::size_t kSlots = 64;
 constexpr std::uint32_t kNoSlot = UINT32_MAX;
 constexpr auto kRecheck = 200ms;  // a sleeper looks again this often (a peer may have died)
 constexpr auto kLockGrace = 1s;   // the longest a try waits for the ring's lock
-constexpr int kSpin = 100;        // looks at the futex word before sleeping on it
+// How long a waiter looks before it sleeps: longer than a put or get takes, so that a steady
+// stream never puts its consumer to sleep (each put would then make a futex call, and the
+// consumer fall behind again), far shorter than a scheduler's tick.
+constexpr auto kSpin = 30us;
 
-enum Op : std::uint32_t { kNone, kPut, kGet, kReserve, kFinish };
+enum Op : std::uint32_t { kNone, kReserve, kPublish, kFinish };
 
 void fault(QueueStep step) {
-  if (g_queue_fault) g_queue_fault(step);
+  if (g_queue_fault) [[unlikely]]
+    g_queue_fault(step);
+}
+
+void pause() {
+#if defined(__x86_64__) || defined(__i386__)
+  __builtin_ia32_pause();
+#endif
 }
 
 }  // namespace
 
-struct RecordHeader {
-  std::uint32_t magic;
-  std::uint32_t kind;
-  std::uint64_t len;  // payload bytes
-};
-static_assert(sizeof(RecordHeader) == 16);
-
-struct Extent {
-  std::uint64_t off;  // in the memfd, page-aligned, at or beyond heap_base
-  std::uint64_t len;  // the item's bytes (its pages: len rounded up to a page)
-};
-
-// A large item being copied outside the lock, and the thread copying it (tid 0: free).
+// A large item being copied in, and the thread copying it (tid 0: free).
 struct InFlight {
   std::atomic<std::uint32_t> tid{0};
   std::int32_t pid = 0;
@@ -81,37 +94,110 @@ struct InFlight {
 
 struct Journal {
   std::atomic<std::uint32_t> op{kNone};
-  std::uint64_t head = 0, tail = 0, heap_top = 0;
-  std::int64_t count = 0, unfinished = 0, live = 0;
-  Extent extent{};  // the large item the step moves (off 0: none)
+  std::uint64_t heap_top = 0;
+  std::int64_t live = 0;
+  Extent extent{};
+  std::uint32_t slot = kNoSlot;
+  std::uint64_t pos = 0;
+  std::uint64_t word = 0;   // kPublish: the stamp the step stores; kFinish: the one it frees
+  bool count_lost = false;  // kFinish: the item is lost (its mover died, or it could not be had)
+  bool counted = false;
+};
+
+// Who sleeps on one side's counter, and whether a wake-up is on its way: while one is, more
+// puts (or gets) make no futex call, however long the woken thread takes to run; the woken one
+// passes the wake-up on if it sees more than it takes.
+struct Waiters {
+  std::atomic<std::uint32_t> sleeping{0};
+  std::atomic<std::uint32_t> pending{0};
+};
+
+// One registered thread: tid | low 32 bits of its start time << 32 (0: a free entry).
+struct Owner {
+  std::atomic<std::uint64_t> id{0};
 };
 
 struct QueueState {
   std::uint64_t magic = kMagic;
   std::uint32_t version = kVersion;
   std::uint32_t joinable = 0;
-  std::uint64_t capacity = kRingBytes;
+  std::uint64_t units = kUnits;
   std::int64_t maxsize = 0;
-  std::uint64_t heap_base = kStateBytes + kRingBytes;
+  std::uint64_t heap_base = kHeapBase;
+  std::uint64_t uid = 0;  // tells this queue from another in a thread's cache of registrations
   char name[40] = {};
-  alignas(64) std::atomic<std::uint64_t> head{0};  // byte positions; the ring holds [head, tail)
-  std::atomic<std::uint64_t> tail{0};
-  std::atomic<std::int64_t> count{0};  // records in the ring
-  std::atomic<std::int64_t> unfinished{0};
+  // Producers' line, consumers' line: neither side writes the other's on its fast path.
+  alignas(64) std::atomic<std::uint64_t> tail{0};  // a hint: the next record's position
+  std::atomic<std::uint32_t> put_items{0};         // published (consumers sleep on it)
+  alignas(64) std::atomic<std::uint64_t> head{0};  // every record before it is freed
+  std::atomic<std::uint32_t> got_items{0};  // freed after being taken (producers sleep on it)
+  alignas(64) Waiters get_waiters;          // consumers, asleep on put_items
+  alignas(64) Waiters put_waiters;          // producers, asleep on got_items
+  alignas(64) std::atomic<std::int64_t> unfinished{0};
+  std::atomic<std::uint32_t> done_seq{0};  // +1 when unfinished reaches 0
   std::atomic<std::uint64_t> lost{0};
-  std::uint64_t heap_top = kStateBytes + kRingBytes;  // large items' pages lie below
-  std::int64_t live = 0;                              // large items not yet read
+  // Under the lock:
+  alignas(64) std::uint64_t heap_top = kHeapBase;  // large items' pages lie below
+  std::int64_t live = 0;                           // large items' extents not yet given back
   Journal journal;
   InFlight slots[kSlots];
-  alignas(64) std::atomic<std::uint32_t> put_seq{0};   // +2 every put; bit 0: a getter sleeps
-  alignas(64) std::atomic<std::uint32_t> get_seq{0};   // +2 every get; bit 0: a putter sleeps
-  alignas(64) std::atomic<std::uint32_t> done_seq{0};  // +1 when unfinished reaches 0
+  alignas(64) Owner owners[kOwners];
 };
 static_assert(sizeof(QueueState) <= kStateBytes);
 
-const std::size_t kQueueRingOffset = kStateBytes;
+const std::size_t kQueueStampsOffset = kStampsOffset;
+const std::size_t kQueueRingOffset = kRingOffset;
 const std::size_t kQueueHeadOffset = offsetof(QueueState, head);
 const std::size_t kQueueTailOffset = offsetof(QueueState, tail);
+
+namespace {
+
+// The name's whole buffer (cut at its NUL only when an error is made of it: no strnlen on
+// the fast path).
+std::string_view name_view(const QueueState& s) {
+  return {s.name, sizeof s.name};
+}
+
+std::string name_of(const QueueState& s) {
+  return std::string(s.name, strnlen(s.name, sizeof s.name));
+}
+
+[[noreturn]] void corrupted_named(std::string_view queue, const std::string& what) {
+  queue = queue.substr(0, queue.find('\0'));
+  throw ProcessError("mp::Queue '" + std::string(queue) + "': corrupted shared state: " + what);
+}
+
+[[noreturn]] void corrupted(const QueueState& s, const std::string& what) {
+  corrupted_named(name_of(s), what);
+}
+
+}  // namespace
+
+Record check_record(std::string_view queue, std::uint64_t word) {
+  const Stamp st = unpack(word);
+  if (st.large) {
+    if (st.bytes != 0 && st.bytes != sizeof(Extent))
+      corrupted_named(queue, "a large item's record of " + std::to_string(st.bytes) + " bytes");
+    if (st.bytes == 0 && st.state != Unit::claimed && st.state != Unit::free)
+      corrupted_named(queue, "a large item published without its pages");
+  } else if (st.bytes > kInlineMax) {
+    corrupted_named(queue, "a record of " + std::to_string(st.bytes) + " bytes (at most " +
+                               std::to_string(kInlineMax) + " inline)");
+  }
+  return {st.large, st.bytes, units_of(st.bytes)};
+}
+
+Extent check_extent(std::string_view queue, const void* payload, std::uint64_t heap_base,
+                    std::uint64_t heap_top, std::uint64_t page) {
+  Extent e;
+  std::memcpy(&e, payload, sizeof e);
+  if (e.off < heap_base || e.off >= heap_top || e.len <= kInlineMax || e.len > heap_top - e.off ||
+      (e.off & (page - 1)) != 0)
+    corrupted_named(queue, "a large item of " + std::to_string(e.len) + " bytes at " +
+                               std::to_string(e.off) + ", outside the queue's pages [" +
+                               std::to_string(heap_base) + ", " + std::to_string(heap_top) + ")");
+  return e;
+}
 
 namespace {
 
@@ -126,50 +212,123 @@ bool past(const Deadline& d) {
   return d && Clock::now() >= *d;
 }
 
-std::uint64_t record_bytes(std::uint64_t len) {
-  return sizeof(RecordHeader) + (len + 15) / 16 * 16;
-}
-
 std::uint64_t pages(std::uint64_t len) {
   const std::uint64_t p = posix::page_size();
   return std::max<std::uint64_t>((len + p - 1) / p * p, p);
 }
 
-std::string name_of(const QueueState& s) {
-  return std::string(s.name, strnlen(s.name, sizeof s.name));
+std::uint64_t lap_of(std::uint64_t pos) {
+  return (pos / kUnits) & kLapMask;
 }
 
-[[noreturn]] void corrupted(const QueueState& s, const std::string& what) {
-  throw ProcessError("mp::Queue '" + name_of(s) + "': corrupted shared state: " + what);
+// Consecutive positions' stamps lie on different cache lines (8 stamps a line, spread a
+// line apart): a consumer freeing the stamp just behind a producer's does not take the
+// producer's line away from it.
+std::atomic<std::uint64_t>& stamp_at(QueueState& s, std::uint64_t pos) {
+  auto* stamps = reinterpret_cast<std::atomic<std::uint64_t>*>(reinterpret_cast<std::byte*>(&s) +
+                                                               kStampsOffset);
+  constexpr std::uint64_t kPerLine = 8, kLines = kUnits / kPerLine;
+  const std::uint64_t i = pos & (kUnits - 1);
+  return stamps[(i % kLines) * kPerLine + i / kLines];
 }
 
 std::byte* ring(QueueState& s) {
-  return reinterpret_cast<std::byte*>(&s) + kStateBytes;
+  return reinterpret_cast<std::byte*>(&s) + kRingOffset;
 }
 
-void ring_write(QueueState& s, std::uint64_t pos, const void* src, std::size_t n) {
-  const std::size_t i = pos & (kRingBytes - 1);
+void ring_write(QueueState& s, std::uint64_t pos, std::size_t at, const void* src, std::size_t n) {
+  const std::size_t i = ((pos & (kUnits - 1)) * kUnitBytes + at) & (kRingBytes - 1);
   const std::size_t first = std::min<std::size_t>(n, kRingBytes - i);
   std::memcpy(ring(s) + i, src, first);
   std::memcpy(ring(s), static_cast<const std::byte*>(src) + first, n - first);
 }
 
-void ring_read(QueueState& s, std::uint64_t pos, void* dst, std::size_t n) {
-  const std::size_t i = pos & (kRingBytes - 1);
+void ring_read(QueueState& s, std::uint64_t pos, std::size_t at, void* dst, std::size_t n) {
+  const std::size_t i = ((pos & (kUnits - 1)) * kUnitBytes + at) & (kRingBytes - 1);
   const std::size_t first = std::min<std::size_t>(n, kRingBytes - i);
   std::memcpy(dst, ring(s) + i, first);
   std::memcpy(static_cast<std::byte*>(dst) + first, ring(s), n - first);
 }
 
-// Head and tail as a reader may trust them.
-void check_positions(const QueueState& s, std::uint64_t h, std::uint64_t t) {
-  if (t < h || t - h > kRingBytes || ((h | t) & 15) != 0)
-    corrupted(s, "head " + std::to_string(h) + ", tail " + std::to_string(t));
+std::uint64_t free_word(std::uint64_t pos, std::uint32_t bytes) {
+  return pack({Unit::free, false, 0, bytes, lap_of(pos) + 1});
 }
 
-// The journal is written before a step changes anything, and cleared after it: the exchange
-// keeps the step's stores after the journal, the release store keeps them before its end (what
-// a survivor relies on). No fences: ThreadSanitizer does not model them.
+// The record's units become free for the next lap: the others first, its first unit last (a
+// producer of the next lap looks at that one; until then nobody else touches the others).
+void free_units(QueueState& s, std::uint64_t pos, std::uint32_t bytes) {
+  const std::uint64_t n = units_of(bytes);
+  for (std::uint64_t i = 1; i < n; ++i)
+    stamp_at(s, pos + i).store(free_word(pos + i, 0), std::memory_order_release);
+  stamp_at(s, pos).store(free_word(pos, bytes), std::memory_order_release);
+}
+
+// ---- the registry of threads ----
+
+std::uint64_t identity_word(const posix::ThreadIdentity& me) {
+  return me.tid | (static_cast<std::uint64_t>(static_cast<std::uint32_t>(me.start)) << 32);
+}
+
+bool owner_alive(const QueueState& s, std::uint32_t i) {
+  const std::uint64_t id = s.owners[i].id.load(std::memory_order_acquire);
+  if (id == 0) return false;
+  return posix::thread_alive_low32(static_cast<std::uint32_t>(id),
+                                   static_cast<std::uint32_t>(id >> 32));
+}
+
+// This thread's registration in a queue, and the head as it last read it: a producer may
+// claim a unit only once the head has passed the unit's last lap (so the stamp it overwrites
+// is no longer needed to find the next record), and reads the consumers' head only when its
+// copy does not say so.
+struct OwnerCache {
+  std::uint64_t uid = 0;
+  std::uint32_t tid = 0;
+  std::uint32_t index = 0;
+  std::uint64_t head = 0;
+};
+constexpr int kCached = 4;
+thread_local OwnerCache t_owners[kCached] __attribute__((tls_model("initial-exec")));
+thread_local unsigned t_next_owner __attribute__((tls_model("initial-exec"))) = 0;
+
+// Sleeps on `word` while it reads `seen`, at most until the deadline or kRecheck. False when
+// it returned because kRecheck passed (the caller may look for dead peers then).
+bool sleep_on(const std::atomic<std::uint32_t>& word, std::uint32_t seen, const Deadline& d) {
+  auto until = Clock::now() + kRecheck;
+  const bool capped = !d || *d > until;
+  if (!capped) until = *d;
+  const bool woken = posix::futex_wait(word, seen, until);
+  return woken || !capped;
+}
+
+void wake_one(std::atomic<std::uint32_t>& word, Waiters& w) {
+  if (w.sleeping.load(std::memory_order_seq_cst) != 0 &&
+      w.pending.load(std::memory_order_seq_cst) == 0 &&
+      w.pending.exchange(1, std::memory_order_seq_cst) == 0) {
+    g_queue_wakes.fetch_add(1, std::memory_order_relaxed);
+    posix::futex_wake(word, 1);
+  }
+}
+
+void wake_all(QueueState& s) {
+  posix::futex_wake(s.put_items, INT_MAX);
+  posix::futex_wake(s.got_items, INT_MAX);
+  s.done_seq.fetch_add(1);
+  posix::futex_wake(s.done_seq, INT_MAX);
+}
+
+void item_done(QueueState& s) {  // an item the queue will never deliver again: task_done for it
+  if (!s.joinable) return;
+  std::int64_t u = s.unfinished.load();
+  while (u > 0 && !s.unfinished.compare_exchange_weak(u, u - 1)) {
+  }
+  if (u == 1) {
+    s.done_seq.fetch_add(1);
+    posix::futex_wake(s.done_seq, INT_MAX);
+  }
+}
+
+// ---- large items' pages, under the lock ----
+
 void begin(Journal& j, Op op) {
   j.op.exchange(op, std::memory_order_acq_rel);
 }
@@ -181,16 +340,6 @@ void free_slot(QueueState& s, std::uint32_t i) {
   if (i < kSlots) s.slots[i].tid.store(0, std::memory_order_release);
 }
 
-// Frees the slots of the large item at `off`, whoever claimed them (a survivor finishing a
-// dead holder's step: it may have claimed one without having said so yet).
-void free_slots_of(QueueState& s, std::uint64_t off) {
-  if (off == 0) return;
-  for (auto& slot : s.slots)
-    if (slot.tid.load(std::memory_order_relaxed) != 0 && slot.extent.off == off)
-      slot.tid.store(0, std::memory_order_release);
-}
-
-// A large item's pages are given back; when none is left the heap starts again at its base.
 void drop_extent(QueueState& s, int fd, const Extent& e) {
   posix::memfd_release(fd, e.off, pages(e.len));
   if (--s.live <= 0) {
@@ -199,25 +348,16 @@ void drop_extent(QueueState& s, int fd, const Extent& e) {
   }
 }
 
-// Under the lock: large items whose copier died are given back and counted lost.
-void reap_dead(QueueState& s, int fd) {
+// Large items whose copier died before handing them to the ring: given back, counted lost.
+void reap_slots(QueueState& s, int fd) {
   const auto my_pid = posix::this_thread_identity().pid;
   for (auto& slot : s.slots) {
     const std::uint32_t tid = slot.tid.load(std::memory_order_acquire);
     if (tid == 0 || slot.pid == my_pid || posix::thread_alive(tid, slot.start)) continue;
     drop_extent(s, fd, slot.extent);
-    s.lost.fetch_add(1, std::memory_order_relaxed);
+    s.lost.fetch_add(1);
     slot.tid.store(0, std::memory_order_release);
   }
-}
-
-bool has_free_slot(QueueState& s, int fd) {
-  for (int round = 0; round < 2; ++round) {
-    for (auto& slot : s.slots)
-      if (slot.tid.load(std::memory_order_relaxed) == 0) return true;
-    reap_dead(s, fd);
-  }
-  return false;
 }
 
 std::uint32_t claim_slot(QueueState& s, int fd, const Extent& e) {
@@ -232,69 +372,62 @@ std::uint32_t claim_slot(QueueState& s, int fd, const Extent& e) {
       slot.tid.store(me.tid, std::memory_order_release);
       return i;
     }
-    reap_dead(s, fd);
+    reap_slots(s, fd);
   }
-  throw ProcessError("mp::Queue '" + name_of(s) + "': more than 64 large items in flight");
+  throw ProcessError("mp::Queue '" + name_of(s) + "': more than 64 large items being put");
 }
 
-void wake_seq(std::atomic<std::uint32_t>& seq, std::uint32_t old) {
-  if (old & 1) {
-    seq.fetch_and(~1u, std::memory_order_relaxed);
-    posix::futex_wake(seq, INT_MAX);
+// A large record's pages go back and its unit is freed (lost: its mover died, or the item
+// could not be delivered). Under the lock.
+void finish_large(QueueState& s, int fd, std::uint64_t pos, std::uint64_t word, const Extent& e,
+                  bool lost) {
+  Journal& j = s.journal;
+  j.pos = pos;
+  j.word = word;
+  j.extent = e;
+  j.live = s.live;
+  j.heap_top = s.heap_top;
+  j.count_lost = lost;
+  j.counted = false;
+  begin(j, kFinish);
+  drop_extent(s, fd, e);
+  if (lost) {
+    s.lost.fetch_add(1);
+    j.counted = true;
   }
+  std::uint64_t w = word;
+  stamp_at(s, pos).compare_exchange_strong(w, free_word(pos, sizeof(Extent)));
+  end(j);
 }
 
-void wake_all(QueueState& s) {
-  wake_seq(s.put_seq, s.put_seq.fetch_add(2) | 1);
-  wake_seq(s.get_seq, s.get_seq.fetch_add(2) | 1);
-  s.done_seq.fetch_add(1);
-  posix::futex_wake(s.done_seq, INT_MAX);
-}
-
-// The previous holder of the lock died inside a step: undo it or finish it (its journal says
-// which and how), then give back what dead copiers held.
+// The previous holder of the lock died inside a step: finish it (its journal says how), then
+// give back what dead copiers held.
 void recover(QueueState& s, int fd) {
   Journal& j = s.journal;
   switch (j.op.load(std::memory_order_acquire)) {
-    case kPut:
-      if (s.tail.load() == j.tail) {  // never published: the item died with its producer
-        s.count = j.count;
-        s.unfinished = j.unfinished;
-        s.lost.fetch_add(1);
-        if (j.extent.off) drop_extent(s, fd, j.extent);
-      } else {
-        s.count = j.count + 1;
-        s.unfinished = j.unfinished + (s.joinable ? 1 : 0);
-      }
-      free_slots_of(s, j.extent.off);
-      break;
-    case kGet:
-      if (s.head.load() == j.head) {  // not taken: the item is still there
-        s.count = j.count;
-      } else {  // taken and never delivered
-        s.count = j.count - 1;
-        s.lost.fetch_add(1);
-        if (j.extent.off) drop_extent(s, fd, j.extent);
-      }
-      free_slots_of(s, j.extent.off);
-      break;
     case kReserve:  // a large put that had only begun
       s.heap_top = j.heap_top;
       s.live = j.live;
       s.lost.fetch_add(1);
-      free_slots_of(s, j.extent.off);
+      free_slot(s, j.slot);
       break;
-    case kFinish:  // a large get giving its pages back
+    case kPublish:  // pages handed from a slot to a record: done when the stamp says so
+      if (stamp_at(s, j.pos).load() == j.word) free_slot(s, j.slot);
+      break;
+    case kFinish: {
       posix::memfd_release(fd, j.extent.off, pages(j.extent.len));
       s.live = std::max<std::int64_t>(j.live - 1, 0);
       if (s.live == 0) s.heap_top = s.heap_base;
-      free_slots_of(s, j.extent.off);
+      if (j.count_lost && !j.counted) s.lost.fetch_add(1);
+      std::uint64_t w = j.word;
+      stamp_at(s, j.pos).compare_exchange_strong(w, free_word(j.pos, sizeof(Extent)));
       break;
+    }
     default:
       break;
   }
   end(j);
-  reap_dead(s, fd);
+  reap_slots(s, fd);
   wake_all(s);
 }
 
@@ -320,52 +453,384 @@ class RingLock {
   bool held_ = false;
 };
 
-// Sleeps while `seq` still reads `seen` (briefly spinning first), at most until the deadline
-// or kRecheck. Spurious returns are the caller's to handle.
-void sleep_on(std::atomic<std::uint32_t>& seq, std::uint32_t seen, const Deadline& deadline) {
-  for (int i = 0; i < kSpin; ++i) {
-    if (seq.load(std::memory_order_relaxed) != seen) return;
-#if defined(__x86_64__) || defined(__i386__)
-    __builtin_ia32_pause();
-#endif
-  }
-  std::uint32_t v = seen;
-  if (!(v & 1)) {
-    if (!seq.compare_exchange_strong(v, v | 1)) return;
-    v |= 1;
-  }
-  auto until = Clock::now() + kRecheck;
-  if (deadline && *deadline < until) until = *deadline;
-  posix::futex_wait(seq, v, until);
-}
-
-bool has_room(const QueueState& s, std::uint64_t need) {
-  if (s.maxsize > 0 && s.count.load(std::memory_order_relaxed) >= s.maxsize) return false;
-  return kRingBytes -
-             (s.tail.load(std::memory_order_relaxed) - s.head.load(std::memory_order_relaxed)) >=
-         need;
-}
-
 }  // namespace
+
+// ---- the ring, without a lock ----
+
+struct QueueAccessImpl {
+  // This thread's index in the registry (registered on first use).
+  static OwnerCache& owner(QueueCore& q) {
+    QueueState& s = *q.s_;
+    const auto& me = posix::this_thread_identity();
+    for (auto& c : t_owners)
+      if (c.uid == s.uid && c.tid == me.tid) [[likely]]
+        return c;
+    const std::uint32_t i = register_owner(q, me);
+    OwnerCache& c = t_owners[t_next_owner++ % kCached];
+    c = {s.uid, me.tid, i, s.head.load(std::memory_order_acquire)};
+    return c;
+  }
+
+  static std::uint32_t register_owner(QueueCore& q, const posix::ThreadIdentity& me) {
+    QueueState& s = *q.s_;
+    const std::uint64_t id = identity_word(me);
+    for (std::uint32_t i = 0; i < kOwners; ++i)
+      if (s.owners[i].id.load(std::memory_order_relaxed) == id) return i;
+    for (std::uint32_t i = 0; i < kOwners; ++i) {
+      std::uint64_t z = 0;
+      if (s.owners[i].id.load(std::memory_order_relaxed) == 0 &&
+          s.owners[i].id.compare_exchange_strong(z, id))
+        return i;
+    }
+    // Full: an entry of a thread that has ended is taken over, once what it held is freed.
+    for (std::uint32_t i = 0; i < kOwners; ++i) {
+      std::uint64_t old = s.owners[i].id.load();
+      if (owner_alive(s, i) || !s.owners[i].id.compare_exchange_strong(old, id)) continue;
+      for (std::uint64_t u = 0; u < kUnits; ++u) {
+        const std::uint64_t w = stamp_at(s, u).load(std::memory_order_acquire);
+        const Stamp st = unpack(w);
+        if (st.owner == i && (st.state == Unit::claimed || st.state == Unit::taken))
+          reclaim(q, i, st.lap * kUnits + u, w);
+      }
+      return i;
+    }
+    throw ProcessError("mp::Queue '" + name_of(s) + "': more than " + std::to_string(kOwners) +
+                       " live threads use it");
+  }
+
+  // The record at `pos` (stamp `word`) belongs to a thread that died: `me` steals it and frees
+  // it. False when someone changed it first.
+  static bool reclaim(QueueCore& q, std::uint32_t me, std::uint64_t pos, std::uint64_t word) {
+    QueueState& s = *q.s_;
+    Stamp st = unpack(word);
+    if (st.lap != lap_of(pos)) return false;
+    st.owner = me;
+    const std::uint64_t mine = pack(st);
+    if (st.large && st.bytes != 0) {  // pages owned by the record: under the lock
+      const int fd = block_descriptor(q.block_);
+      RingLock g(q.lock_, s, fd, std::nullopt);
+      std::uint64_t w = word;
+      if (!stamp_at(s, pos).compare_exchange_strong(w, mine)) return false;
+      std::byte payload[sizeof(Extent)];
+      ring_read(s, pos, 0, payload, sizeof payload);
+      Extent e{};
+      try {
+        e = check_extent(name_view(s), payload, s.heap_base, s.heap_top, posix::page_size());
+      } catch (const ProcessError&) {
+        e = {};  // scribbled over: nothing to give back but the unit
+      }
+      if (e.len != 0) {
+        finish_large(s, fd, pos, mine, e, true);
+      } else {
+        s.lost.fetch_add(1);
+        free_units(s, pos, sizeof(Extent));
+      }
+    } else {
+      std::uint64_t w = word;
+      if (!stamp_at(s, pos).compare_exchange_strong(w, mine)) return false;
+      free_units(s, pos, st.bytes);
+      // A large record claimed before its pages were handed over: its in-flight slot counts it.
+      if (!st.large) s.lost.fetch_add(1);
+    }
+    if (st.state == Unit::taken) {
+      item_done(s);
+      s.got_items.fetch_add(1, std::memory_order_seq_cst);
+    }
+    wake_one(s.got_items, s.put_waiters);
+    return true;
+  }
+
+  // Records of dead threads, from the head on, are reclaimed.
+  static void reap_ring(QueueCore& q) {
+    QueueState& s = *q.s_;
+    const std::uint32_t me = owner(q).index;
+    std::uint32_t checked[8];
+    bool alive[8];
+    int n_checked = 0;
+    auto is_alive = [&](std::uint32_t i) {
+      if (i == me) return true;
+      for (int k = 0; k < n_checked; ++k)
+        if (checked[k] == i) return alive[k];
+      const bool a = owner_alive(s, i);
+      if (n_checked < 8) checked[n_checked] = i, alive[n_checked++] = a;
+      return a;
+    };
+    const std::uint64_t h = s.head.load(std::memory_order_acquire);
+    for (std::uint64_t pos = h; pos - h < kUnits;) {
+      const std::uint64_t w = stamp_at(s, pos).load(std::memory_order_acquire);
+      const Stamp st = unpack(w);
+      if (st.lap == lap_of(pos)) {
+        if (st.state == Unit::free) return;
+        if ((st.state == Unit::claimed || st.state == Unit::taken) && !is_alive(st.owner))
+          reclaim(q, me, pos, w);
+        pos += units_of(st.bytes);
+      } else if (st.lap == lap_of(pos + kUnits) && st.state == Unit::free) {
+        pos += units_of(st.bytes);
+      } else {
+        return;
+      }
+    }
+  }
+
+  // Moves the head past records already freed (their consumers move it, but one may have
+  // died, or freed out of order).
+  static std::uint64_t advance_head(QueueState& s) {
+    std::uint64_t h = s.head.load(std::memory_order_acquire);
+    for (int i = 0; i < 1 << 16; ++i) {
+      const Stamp st = unpack(stamp_at(s, h).load(std::memory_order_acquire));
+      if (st.lap != lap_of(h + kUnits) || st.state != Unit::free) break;
+      std::uint64_t expect = h;
+      const std::uint64_t next = h + units_of(st.bytes);
+      if (!s.head.compare_exchange_strong(expect, next, std::memory_order_acq_rel)) {
+        h = expect;
+        continue;
+      }
+      h = next;
+    }
+    return h;
+  }
+
+  // Claims a record of `bytes` at the tail: its position, or none when the ring has no room.
+  static std::optional<std::uint64_t> try_claim(QueueState& s, OwnerCache& me, std::uint32_t bytes,
+                                                bool large) {
+    const std::uint64_t n = units_of(bytes);
+    int stale = 0;
+    for (;;) {
+      const std::uint64_t t = s.tail.load(std::memory_order_acquire);
+      auto& first = stamp_at(s, t);
+      std::uint64_t w = first.load(std::memory_order_acquire);
+      const Stamp st = unpack(w);
+      const std::uint64_t lap = lap_of(t);
+      if ((st.lap == lap && st.state != Unit::free) ||
+          (st.lap == lap_of(t + kUnits) && st.state == Unit::free)) {
+        // Someone's record (or one already read): help the tail past it.
+        if (!st.large && st.bytes > kInlineMax)
+          corrupted(s,
+                    "a record of " + std::to_string(st.bytes) + " bytes at " + std::to_string(t));
+        std::uint64_t expect = t;
+        s.tail.compare_exchange_strong(expect, t + units_of(st.bytes), std::memory_order_release,
+                                       std::memory_order_relaxed);
+        continue;
+      }
+      // Room: the head has passed these units' last lap.
+      if (t + n > me.head + kUnits) {
+        me.head = s.head.load(std::memory_order_acquire);
+        if (t + n > me.head + kUnits) me.head = advance_head(s);
+        if (t + n > me.head + kUnits) {
+          if (s.tail.load(std::memory_order_acquire) != t) continue;
+          // The tail never runs more than the ring ahead of the head.
+          if (t > me.head + kUnits || t < me.head)
+            corrupted(s, "the tail " + std::to_string(t) + " is far from the head " +
+                             std::to_string(me.head));
+          return std::nullopt;
+        }
+      }
+      if (st.lap == lap && st.state == Unit::free) {
+        if (first.compare_exchange_strong(w, pack({Unit::claimed, large, me.index, bytes, lap}),
+                                          std::memory_order_acq_rel)) {
+          // A hint, moved by CAS only: a store could take it back (a producer preempted here
+          // for a lap of the ring would leave it pointing at a stamp of another lap).
+          std::uint64_t expect = t;
+          s.tail.compare_exchange_strong(expect, t + n, std::memory_order_release,
+                                         std::memory_order_relaxed);
+          return t;
+        }
+        continue;
+      }
+      if (s.tail.load(std::memory_order_acquire) == t && ++stale > 3)
+        corrupted(
+            s, "the tail " + std::to_string(t) + " meets a stamp of lap " + std::to_string(st.lap));
+    }
+  }
+
+  struct Taken {
+    std::uint64_t pos;
+    std::uint64_t word;
+    Record rec;
+    bool at_head;  // every record before it was freed
+  };
+
+  // Takes the oldest ready record: none when nothing is ready now.
+  //
+  // Records still claimed are skipped (a slow producer must not hide another's items), but
+  // FIFO per producer needs care: a claimed record read just before its producer published it
+  // and claimed its next one would be passed for that next one. So once a ready record is
+  // found, the claimed ones passed on the way are read again (after the ready one: its
+  // producer's earlier records are visible as published by then), and the earliest of them
+  // that is ready now is taken instead.
+  static std::optional<Taken> try_take(QueueState& s, std::uint32_t me) {
+    constexpr int kPassed = 64;
+    int stale = 0;
+    for (;;) {
+      const std::uint64_t h = s.head.load(std::memory_order_acquire);
+      bool at_head = true;
+      std::uint64_t passed[kPassed];
+      int n_passed = 0;
+      bool overflow = false;
+      std::uint64_t pos = h;
+      for (; pos - h < kUnits;) {
+        std::uint64_t w = stamp_at(s, pos).load(std::memory_order_acquire);
+        Stamp st = unpack(w);
+        if (st.lap == lap_of(pos)) {
+          if (st.state == Unit::free) return std::nullopt;  // nothing published from here on
+          Record rec = check_record(name_view(s), w);
+          if (st.state == Unit::ready) {
+            if (overflow) break;  // too many passed to read again: walk again from the head
+            std::uint64_t at = pos;
+            for (int i = 0; i < n_passed; ++i) {
+              const std::uint64_t pw = stamp_at(s, passed[i]).load(std::memory_order_acquire);
+              const Stamp ps = unpack(pw);
+              if (ps.state == Unit::ready && ps.lap == lap_of(passed[i])) {
+                at = passed[i], w = pw, st = ps, rec = check_record(name_view(s), pw);
+                break;
+              }
+            }
+            Stamp t = st;
+            t.state = Unit::taken;
+            t.owner = me;
+            const std::uint64_t tw = pack(t);
+            if (stamp_at(s, at).compare_exchange_strong(w, tw, std::memory_order_acq_rel))
+              return Taken{at, tw, rec, at_head && at == pos};
+            break;  // taken first by another: walk again
+          }
+          // Claimed or taken by someone: skip it, keep it before the head.
+          if (st.state == Unit::claimed) {
+            if (n_passed < kPassed)
+              passed[n_passed++] = pos;
+            else
+              overflow = true;
+          }
+          pos += rec.units;
+          at_head = false;
+          continue;
+        }
+        if (st.lap == lap_of(pos + kUnits) && st.state == Unit::free) {  // freed already
+          const std::uint64_t len = units_of(st.bytes);
+          if (at_head) {
+            std::uint64_t expect = pos;
+            s.head.compare_exchange_strong(expect, pos + len, std::memory_order_release,
+                                           std::memory_order_relaxed);
+          }
+          pos += len;
+          continue;
+        }
+        // The head read is stale (the ring went round since), or the segment is corrupt.
+        if (s.head.load(std::memory_order_acquire) == h && ++stale > 3)
+          corrupted(s, "the head " + std::to_string(h) + " meets a stamp of lap " +
+                           std::to_string(st.lap) + " at " + std::to_string(pos));
+        break;
+      }
+      if (pos - h >= kUnits) return std::nullopt;
+    }
+  }
+
+  static void publish(QueueState& s, std::uint64_t pos, std::uint64_t ready) {
+    if (s.joinable) s.unfinished.fetch_add(1);
+    stamp_at(s, pos).store(ready, std::memory_order_release);
+    fault(QueueStep::put_published);
+    s.put_items.fetch_add(1, std::memory_order_seq_cst);
+    wake_one(s.put_items, s.get_waiters);
+  }
+
+  static void put_inline(QueueState& s, std::uint32_t me, std::uint64_t pos, const void* data,
+                         std::uint32_t len) {
+    if (g_queue_fault) [[unlikely]] {  // a test's kill points: in two halves
+      fault(QueueStep::put_claimed);
+      ring_write(s, pos, 0, data, len / 2);
+      fault(QueueStep::put_half_written);
+      ring_write(s, pos, len / 2, static_cast<const std::byte*>(data) + len / 2, len - len / 2);
+    } else {
+      ring_write(s, pos, 0, data, len);
+    }
+    publish(s, pos, pack({Unit::ready, false, me, len, lap_of(pos)}));
+  }
+
+  // Waits until `attempt` succeeds (or the deadline: false): producers for a consumer to free
+  // something (counter got_items, waiters put_waiters), consumers for an item (put_items,
+  // get_waiters). `attempt` is tried after `counter` is read, and the counter read again after
+  // the registration, so that a change between the failed try and the sleep is never missed.
+  template <class Attempt, class More>
+  static bool wait_for(QueueCore& q, std::atomic<std::uint32_t>& counter, Waiters& waiters,
+                       const Deadline& deadline, bool reap_when_idle, Attempt&& attempt,
+                       More&& more) {
+    bool slept = false;
+    for (;;) {
+      const std::uint32_t seen = counter.load(std::memory_order_seq_cst);
+      if (attempt()) {
+        // Woken for one and more are there: the next sleeper's turn (nobody else wakes it
+        // while the wake-up this one cleared was pending).
+        if (slept && more()) wake_one(counter, waiters);
+        return true;
+      }
+      if (past(deadline)) return false;
+      bool moved = false;
+      const auto spin_until = Clock::now() + kSpin;
+      for (int i = 0; !moved; ++i) {
+        pause();
+        moved = counter.load(std::memory_order_relaxed) != seen;
+        if ((i & 63) == 63) {
+          if (Clock::now() >= spin_until) break;
+          // The peer may be waiting for this CPU (more runnable threads than CPUs): let it run.
+          std::this_thread::yield();
+        }
+      }
+      if (moved) continue;
+      waiters.sleeping.fetch_add(1, std::memory_order_seq_cst);
+      bool woken = true;
+      if (counter.load(std::memory_order_seq_cst) == seen) {
+        woken = sleep_on(counter, seen, deadline);
+        slept = true;
+      }
+      waiters.sleeping.fetch_sub(1, std::memory_order_seq_cst);
+      waiters.pending.store(0, std::memory_order_seq_cst);
+      // Nothing for kRecheck: a dead peer may hold the ring.
+      if (!woken && reap_when_idle) reap_ring(q);
+    }
+  }
+
+  template <class Attempt>
+  static bool wait_room(QueueCore& q, const Deadline& deadline, Attempt&& attempt) {
+    QueueState& s = *q.s_;
+    return wait_for(q, s.got_items, s.put_waiters, deadline, true, attempt,
+                    [&] { return s.maxsize <= 0 || q.qsize() < s.maxsize; });
+  }
+
+  template <class Attempt>
+  static bool wait_item(QueueCore& q, const Deadline& deadline, Attempt&& attempt) {
+    // More than the one this consumer took (not yet counted as got).
+    return wait_for(q, q.s_->put_items, q.s_->get_waiters, deadline, false, attempt,
+                    [&] { return q.qsize() > 1; });
+  }
+};
+
+// ---- QueueCore ----
 
 QueueCore::QueueCore(long maxsize, bool joinable) {
   void* p = nullptr;
-  block_ = make_data_block(kStateBytes + kRingBytes, "mp-queue", p);
+  block_ = make_data_block(kHeapBase, "mp-queue", p);
   s_ = new (p) QueueState();
   s_->maxsize = maxsize;
   s_->joinable = joinable;
   static std::atomic<unsigned> counter{0};
-  std::snprintf(s_->name, sizeof s_->name, "mp-queue-%d-%u", posix::this_thread_identity().pid,
-                ++counter);
+  const auto& me = posix::this_thread_identity();
+  const unsigned n = ++counter;
+  s_->uid = (static_cast<std::uint64_t>(me.pid) << 32) ^ (me.start << 20) ^ n ^
+            static_cast<std::uint64_t>(Clock::now().time_since_epoch().count());
+  if (s_->uid == 0) s_->uid = 1;
+  std::snprintf(s_->name, sizeof s_->name, "mp-queue-%d-%u", me.pid, n);
 }
 
 void QueueCore::adopt(const BlockRef& ref) {
   void* p = nullptr;
   block_ = load_block(ref, p);
   s_ = static_cast<QueueState*>(p);
-  if (s_->magic != kMagic || s_->version != kVersion || s_->capacity != kRingBytes ||
-      s_->heap_base != kStateBytes + kRingBytes)
+  if (s_->magic != kMagic || s_->version != kVersion || s_->units != kUnits ||
+      s_->heap_base != kHeapBase)
     throw ProcessError("mp::Queue: the shared segment handed over is not a queue's");
+}
+
+std::uint32_t queue_sleepers(const QueueCore& q) {
+  return q.state()->get_waiters.sleeping.load();
 }
 
 std::string QueueCore::name() const {
@@ -373,15 +838,18 @@ std::string QueueCore::name() const {
 }
 
 long QueueCore::qsize() const {
-  return static_cast<long>(std::max<std::int64_t>(s_->count.load(), 0));
+  const auto put = s_->put_items.load(std::memory_order_seq_cst);
+  const auto got = s_->got_items.load(std::memory_order_seq_cst);
+  return std::max<long>(static_cast<std::int32_t>(put - got), 0);
 }
 
 bool QueueCore::full() const {
-  return s_->maxsize > 0 && s_->count.load() >= s_->maxsize;
+  return s_->maxsize > 0 && qsize() >= s_->maxsize;
 }
 
 std::uint64_t QueueCore::lost() const {
-  // A large item's copier that died outside the lock is found here (or by the next large put).
+  auto& self = const_cast<QueueCore&>(*this);
+  QueueAccessImpl::reap_ring(self);
   QueueState& s = *s_;
   const bool in_flight = std::any_of(std::begin(s.slots), std::end(s.slots), [](const auto& slot) {
     return slot.tid.load(std::memory_order_relaxed) != 0;
@@ -389,7 +857,7 @@ std::uint64_t QueueCore::lost() const {
   if (in_flight) {
     const int fd = block_descriptor(block_);
     RingLock g(lock_, s, fd, std::nullopt);
-    reap_dead(s, fd);
+    reap_slots(s, fd);
   }
   return s.lost.load();
 }
@@ -397,209 +865,219 @@ std::uint64_t QueueCore::lost() const {
 bool QueueCore::put(const void* data, std::size_t len, bool block,
                     std::optional<Duration> timeout) {
   QueueState& s = *s_;
-  const int fd = block_descriptor(block_);
+  using A = QueueAccessImpl;
+  OwnerCache& me = A::owner(*this);
   // Not blocking: at once, whatever the timeout (CPython ignores it then).
   const Deadline deadline = block ? deadline_after(timeout) : Deadline(Clock::now());
-  const bool large = len > kInlineMax;
-  if (large && !block && s.maxsize > 0 && s.count.load() >= s.maxsize) return false;
-
-  // A large item first gets pages of its own and is copied there without the lock.
-  std::uint32_t slot = kNoSlot;
-  Extent extent{};
-  if (large) {
-    {
-      RingLock g(lock_, s, fd, deadline);
-      if (!g) return false;
-      Journal& j = s.journal;
-      j.heap_top = s.heap_top;
-      j.live = s.live;
-      extent = {s.live == 0 ? s.heap_base : s.heap_top, len};
-      j.extent = extent;
-      begin(j, kReserve);
-      s.heap_top = extent.off;
-      slot = claim_slot(s, fd, extent);
-      s.heap_top += pages(len);
-      ++s.live;
-      end(j);
-    }
-    auto give_back = [&] {
-      RingLock g(lock_, s, fd, std::nullopt);
-      drop_extent(s, fd, extent);
-      free_slot(s, slot);
-    };
-    try {
-      posix::memfd_reserve(fd, extent.off, pages(len));
-      void* dst = posix::memfd_map_range(fd, extent.off, pages(len));
-      std::memcpy(dst, data, len / 2);
-      fault(QueueStep::put_large_copying);
-      std::memcpy(static_cast<std::byte*>(dst) + len / 2,
-                  static_cast<const std::byte*>(data) + len / 2, len - len / 2);
-      posix::memfd_unmap_range(dst, pages(len));
-    } catch (...) {
-      give_back();
-      throw;
-    }
-    data = &extent;
-    len = sizeof extent;
-    // Not published in time: its pages go back.
-    struct GiveBack {
-      decltype(give_back)& f;
-      bool armed = true;
-      ~GiveBack() {
-        if (armed) f();
-      }
-    } guard{give_back};
-    const bool done = put_record(data, len, kExtent, extent, deadline);
-    guard.armed = !done;
-    return done;
-  }
-  return put_record(data, len, kInline, extent, deadline);
-}
-
-bool QueueCore::put_record(const void* data, std::size_t len, std::uint32_t kind,
-                           const Extent& extent, const Deadline& deadline) {
-  QueueState& s = *s_;
-  const int fd = block_descriptor(block_);
-  const std::uint64_t need = record_bytes(len);
-  for (;;) {
-    std::uint32_t seen = 0;
-    std::uint32_t old_seq = 0;
-    bool done = false;
-    {
-      RingLock g(lock_, s, fd, deadline);
-      if (!g) return false;
-      const std::uint64_t h = s.head.load(std::memory_order_relaxed);
-      const std::uint64_t t = s.tail.load(std::memory_order_relaxed);
-      check_positions(s, h, t);
-      if (has_room(s, need)) {
-        Journal& j = s.journal;
-        j.tail = t;
-        j.count = s.count.load(std::memory_order_relaxed);
-        j.unfinished = s.unfinished.load(std::memory_order_relaxed);
-        j.extent = extent;
-        begin(j, kPut);
-        const RecordHeader rh{kRecordMagic, kind, len};
-        ring_write(s, t, &rh, sizeof rh);
-        ring_write(s, t + sizeof rh, data, len / 2);
-        fault(QueueStep::put_half_written);
-        ring_write(s, t + sizeof rh + len / 2, static_cast<const std::byte*>(data) + len / 2,
-                   len - len / 2);
-        s.tail.store(t + need, std::memory_order_release);  // published
-        s.count.store(j.count + 1, std::memory_order_relaxed);
-        if (s.joinable) s.unfinished.store(j.unfinished + 1, std::memory_order_relaxed);
-        free_slots_of(s, extent.off);  // the ring owns the large item's pages now
-        end(j);
-        old_seq = s.put_seq.fetch_add(2, std::memory_order_release);
-        done = true;
-      } else {
-        seen = s.get_seq.load(std::memory_order_acquire);
-      }
-    }
-    if (done) {
-      wake_seq(s.put_seq, old_seq);
+  if (len > kInlineMax) return put_large(data, len, deadline);
+  const auto bytes = static_cast<std::uint32_t>(len);
+  if (s.maxsize <= 0) {
+    if (auto pos = A::try_claim(s, me, bytes, false)) [[likely]] {
+      A::put_inline(s, me.index, *pos, data, bytes);
       return true;
     }
-    if (past(deadline)) return false;
-    sleep_on(s.get_seq, seen, deadline);
+    return A::wait_room(*this, deadline, [&] {
+      auto pos = A::try_claim(s, me, bytes, false);
+      if (pos) A::put_inline(s, me.index, *pos, data, bytes);
+      return pos.has_value();
+    });
   }
+  const int fd = block_descriptor(block_);
+  bool timed_out = false;
+  const bool done = A::wait_room(*this, deadline, [&] {
+    RingLock g(lock_, s, fd, deadline);
+    if (!g) return timed_out = true;
+    if (qsize() >= s.maxsize) return false;
+    auto pos = A::try_claim(s, me, bytes, false);
+    if (pos) A::put_inline(s, me.index, *pos, data, bytes);
+    return pos.has_value();
+  });
+  return done && !timed_out;
+}
+
+bool QueueCore::put_large(const void* data, std::size_t len, const Deadline& deadline) {
+  QueueState& s = *s_;
+  using A = QueueAccessImpl;
+  OwnerCache& me = A::owner(*this);
+  const int fd = block_descriptor(block_);
+  if (deadline && Clock::now() >= *deadline && full()) return false;
+
+  // The item first gets pages of its own and is copied there without the lock.
+  std::uint32_t slot = kNoSlot;
+  Extent extent{};
+  {
+    RingLock g(lock_, s, fd, deadline);
+    if (!g) return false;
+    Journal& j = s.journal;
+    j.heap_top = s.heap_top;
+    j.live = s.live;
+    extent = {s.live == 0 ? s.heap_base : s.heap_top, len};
+    j.extent = extent;
+    j.slot = kNoSlot;
+    begin(j, kReserve);
+    s.heap_top = extent.off;
+    slot = claim_slot(s, fd, extent);
+    j.slot = slot;
+    s.heap_top += pages(len);
+    ++s.live;
+    end(j);
+  }
+  auto give_back = [&] {
+    RingLock g(lock_, s, fd, std::nullopt);
+    drop_extent(s, fd, extent);
+    free_slot(s, slot);
+  };
+  try {
+    posix::memfd_reserve(fd, extent.off, pages(len));
+    void* dst = posix::memfd_map_range(fd, extent.off, pages(len));
+    std::memcpy(dst, data, len / 2);
+    fault(QueueStep::put_large_copying);
+    std::memcpy(static_cast<std::byte*>(dst) + len / 2,
+                static_cast<const std::byte*>(data) + len / 2, len - len / 2);
+    posix::memfd_unmap_range(dst, pages(len));
+  } catch (const std::system_error& e) {
+    give_back();
+    throw ProcessError("mp::Queue '" + name_of(s) + "': no room for an item of " +
+                       std::to_string(len) + " bytes in its memfd (" + e.what() + ")");
+  } catch (...) {
+    give_back();
+    throw;
+  }
+
+  // Then a record of the ring takes the pages over from the slot, under the lock.
+  auto hand_over = [&](std::uint64_t pos) {
+    const std::uint64_t claimed16 =
+        pack({Unit::claimed, true, me.index, sizeof(Extent), lap_of(pos)});
+    Journal& j = s.journal;
+    j.slot = slot;
+    j.pos = pos;
+    j.word = claimed16;
+    begin(j, kPublish);
+    ring_write(s, pos, 0, &extent, sizeof extent);
+    stamp_at(s, pos).store(claimed16, std::memory_order_release);
+    free_slot(s, slot);
+    end(j);
+    fault(QueueStep::put_large_handed_over);
+  };
+  auto publish = [&](std::uint64_t pos) {
+    A::publish(s, pos, pack({Unit::ready, true, me.index, sizeof(Extent), lap_of(pos)}));
+  };
+  bool timed_out = false;
+  const bool bounded = s.maxsize > 0;
+  const bool done = A::wait_room(*this, deadline, [&] {
+    if (bounded) {  // the count checked and the item published under one hold of the lock
+      RingLock g(lock_, s, fd, deadline);
+      if (!g) return timed_out = true;
+      if (qsize() >= s.maxsize) return false;
+      auto pos = A::try_claim(s, me, 0, true);
+      if (!pos) return false;
+      hand_over(*pos);
+      publish(*pos);
+      return true;
+    }
+    auto pos = A::try_claim(s, me, 0, true);
+    if (!pos) return false;
+    {
+      RingLock g(lock_, s, fd, std::nullopt);
+      hand_over(*pos);
+    }
+    publish(*pos);
+    return true;
+  });
+  if (!done || timed_out) {
+    give_back();
+    return false;
+  }
+  return true;
 }
 
 bool QueueCore::get(ItemSink sink, void* ctx, bool block, std::optional<Duration> timeout) {
   QueueState& s = *s_;
-  const int fd = block_descriptor(block_);
+  using A = QueueAccessImpl;
+  const std::uint32_t me = A::owner(*this).index;
   const Deadline deadline = block ? deadline_after(timeout) : Deadline(Clock::now());
-  for (;;) {
-    std::uint32_t seen = 0;
-    std::uint32_t old_seq = 0;
-    std::uint32_t slot = kNoSlot;
-    Extent extent{};
+  std::optional<A::Taken> taken = A::try_take(s, me);
+  if (!taken && !A::wait_item(*this, deadline, [&] {
+        taken = A::try_take(s, me);
+        return taken.has_value();
+      }))
+    return false;
+  const std::uint64_t pos = taken->pos;
+  fault(QueueStep::get_taken);
+  if (!taken->rec.large) [[likely]] {
+    const std::uint32_t n = taken->rec.bytes;
     void* dst = nullptr;
-    bool done = false;
-    {
-      RingLock g(lock_, s, fd, deadline);
-      if (!g) return false;
-      const std::uint64_t h = s.head.load(std::memory_order_relaxed);
-      const std::uint64_t t = s.tail.load(std::memory_order_acquire);
-      check_positions(s, h, t);
-      if (s.count.load(std::memory_order_relaxed) > 0) {
-        if (t == h) corrupted(s, "items counted in an empty ring");
-        RecordHeader rh;
-        ring_read(s, h, &rh, sizeof rh);
-        if (rh.magic != kRecordMagic || (rh.kind != kInline && rh.kind != kExtent))
-          corrupted(s, "a bad record header at " + std::to_string(h));
-        if (rh.len > t - h || record_bytes(rh.len) > t - h)
-          corrupted(s, "a record of " + std::to_string(rh.len) + " bytes at " + std::to_string(h) +
-                           " overruns the ring's " + std::to_string(t - h));
-        Journal& j = s.journal;
-        j.head = h;
-        j.count = s.count.load(std::memory_order_relaxed);
-        j.extent = {};
-        if (rh.kind == kInline) {
-          dst = sink(ctx, rh.len);
-          ring_read(s, h + sizeof rh, dst, rh.len);
-          fault(QueueStep::get_copied);
-        } else {
-          if (rh.len != sizeof extent) corrupted(s, "a large item's record of the wrong size");
-          ring_read(s, h + sizeof rh, &extent, sizeof extent);
-          if (extent.off < s.heap_base || extent.off >= s.heap_top ||
-              extent.len > s.heap_top - extent.off || (extent.off & (posix::page_size() - 1)))
-            corrupted(s, "a large item outside the queue's pages");
-          if (!has_free_slot(s, fd))
-            throw ProcessError("mp::Queue '" + name_of(s) +
-                               "': more than 64 large items in flight");
-          dst = sink(ctx, extent.len);
-          j.extent = extent;
-        }
-        begin(j, kGet);
-        s.head.store(h + record_bytes(rh.len), std::memory_order_release);  // taken
-        s.count.store(j.count - 1, std::memory_order_relaxed);
-        // The slot after the publication: the journal covers a death in between.
-        if (rh.kind == kExtent) slot = claim_slot(s, fd, extent);
-        end(j);
-        old_seq = s.get_seq.fetch_add(2, std::memory_order_release);
-        done = true;
+    try {
+      dst = sink(ctx, n);
+    } catch (...) {
+      free_units(s, pos, n);
+      s.lost.fetch_add(1);
+      item_done(s);
+      s.got_items.fetch_add(1, std::memory_order_seq_cst);
+      wake_one(s.got_items, s.put_waiters);
+      throw;
+    }
+    if (g_queue_fault) [[unlikely]] {
+      ring_read(s, pos, 0, dst, n / 2);
+      fault(QueueStep::get_copied);
+      ring_read(s, pos, n / 2, static_cast<std::byte*>(dst) + n / 2, n - n / 2);
+    } else {
+      ring_read(s, pos, 0, dst, n);
+    }
+    free_units(s, pos, n);
+    // The head passes it at once when it was the oldest. By CAS: producers reuse the units the
+    // head has passed, so it must never go back.
+    if (taken->at_head) {
+      std::uint64_t expect = pos;
+      s.head.compare_exchange_strong(expect, pos + units_of(n), std::memory_order_release,
+                                     std::memory_order_relaxed);
+    }
+  } else {
+    const int fd = block_descriptor(block_);
+    std::byte payload[sizeof(Extent)];
+    ring_read(s, pos, 0, payload, sizeof payload);
+    Extent extent{};
+    bool delivered = false;
+    try {
+      extent = check_extent(name_view(s), payload, s.heap_base, s.heap_top, posix::page_size());
+      void* dst = sink(ctx, extent.len);
+      const std::uint64_t n = pages(extent.len);
+      void* src = posix::memfd_map_range(fd, extent.off, n);
+      std::memcpy(dst, src, extent.len / 2);
+      fault(QueueStep::get_large_copying);
+      std::memcpy(static_cast<std::byte*>(dst) + extent.len / 2,
+                  static_cast<const std::byte*>(src) + extent.len / 2, extent.len - extent.len / 2);
+      posix::memfd_unmap_range(src, n);
+      delivered = true;
+    } catch (...) {
+      RingLock g(lock_, s, fd, std::nullopt);
+      if (extent.len != 0) {
+        finish_large(s, fd, pos, taken->word, extent, true);
       } else {
-        seen = s.put_seq.load(std::memory_order_acquire);
+        s.lost.fetch_add(1);
+        free_units(s, pos, sizeof(Extent));
       }
+      item_done(s);
+      s.got_items.fetch_add(1, std::memory_order_seq_cst);
+      wake_one(s.got_items, s.put_waiters);
+      throw;
     }
-    if (done) {
-      wake_seq(s.get_seq, old_seq);
-      if (slot != kNoSlot) {
-        // The large item is ours (the slot says so): copy it out, then give its pages back.
-        const std::uint64_t n = pages(extent.len);
-        void* src = posix::memfd_map_range(fd, extent.off, n);
-        std::memcpy(dst, src, extent.len / 2);
-        fault(QueueStep::get_large_copying);
-        std::memcpy(static_cast<std::byte*>(dst) + extent.len / 2,
-                    static_cast<const std::byte*>(src) + extent.len / 2,
-                    extent.len - extent.len / 2);
-        posix::memfd_unmap_range(src, n);
-        RingLock g(lock_, s, fd, std::nullopt);
-        Journal& j = s.journal;
-        j.extent = extent;
-        j.live = s.live;
-        begin(j, kFinish);
-        drop_extent(s, fd, extent);
-        free_slot(s, slot);
-        end(j);
-      }
-      return true;
-    }
-    if (past(deadline)) return false;
-    sleep_on(s.put_seq, seen, deadline);
+    RingLock g(lock_, s, fd, std::nullopt);
+    finish_large(s, fd, pos, taken->word, extent, !delivered);
   }
+  s.got_items.fetch_add(1, std::memory_order_seq_cst);
+  wake_one(s.got_items, s.put_waiters);
+  return true;
 }
 
 void QueueCore::task_done() {
   QueueState& s = *s_;
-  {
-    RingLock g(lock_, s, block_descriptor(block_), std::nullopt);
-    const std::int64_t u = s.unfinished.load(std::memory_order_relaxed);
+  std::int64_t u = s.unfinished.load();
+  do {
     if (u <= 0) throw std::logic_error("task_done() called too many times");
-    s.unfinished.store(u - 1);
-    if (u > 1) return;
-    s.done_seq.fetch_add(1);
-  }
+  } while (!s.unfinished.compare_exchange_weak(u, u - 1));
+  if (u > 1) return;
+  s.done_seq.fetch_add(1);
   posix::futex_wake(s.done_seq, INT_MAX);
 }
 

@@ -16,11 +16,12 @@ cmake --preset asan >/dev/null
 cmake --build --preset asan
 ctest --preset asan
 
-echo "== the synchronisation suite under ThreadSanitizer (threads inside processes)"
+# (The 1 GiB queue item is left to the other runs: ThreadSanitizer makes its copies crawl.)
+echo "== the synchronisation and queue suites under ThreadSanitizer (threads inside processes)"
 cmake --preset tsan >/dev/null
 cmake --build --preset tsan
 TSAN_OPTIONS=halt_on_error=1 ./build/tsan/tests/mp_tests \
-  --gtest_filter='Lock.*:RLock.*:Semaphore.*:Condition.*:Event.*:Barrier.*:Sync.*:*SyncAcross*'
+  --gtest_filter='Lock.*:RLock.*:Semaphore.*:Condition.*:Event.*:Barrier.*:Sync.*:*SyncAcross*:Queue.*:*QueueAcross*:QueueProcesses.*:-QueueProcesses.AGibibyte*'
 
 echo "== install, then build a consumer project against the installed package"
 prefix=$(pwd)/build/install
@@ -33,6 +34,6 @@ PKG_CONFIG_PATH="$prefix/lib/pkgconfig" \
   g++ tests/consumer/main.cpp $(PKG_CONFIG_PATH="$prefix/lib/pkgconfig" pkg-config --cflags --libs multiprocess) \
   -o build/consumer/consumer_pc
 ./build/consumer/consumer_pc
-echo "== fuzz the fork server's request decoder and the handshake (bounded)"
+echo "== fuzz the fork server's request decoder, the handshake, connection frames and queue records (bounded)"
 sh tools/fuzz.sh 30
 echo "== all tests passed"

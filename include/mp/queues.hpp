@@ -1,17 +1,20 @@
 // Queues between processes (Python's multiprocessing.queues): Queue, SimpleQueue,
-// JoinableQueue. An item goes straight into a ring in shared memory (a memfd) under a short
-// lock; there is no feeder thread and no pipe. A queue is a handle: copies, and the copy a child
-// gets as a Process argument (fork, spawn, forkserver, and on to grandchildren), are the same
-// queue. Sending one through a Connection throws std::runtime_error("Queue objects should only
-// be shared between processes through inheritance"), as CPython.
+// JoinableQueue. An item goes straight into a ring in shared memory (a memfd); there is no
+// feeder thread and no pipe. Small items (up to 32 KiB) take no lock: a put claims its record
+// and a get takes one by a compare-and-swap that names the thread. A queue is a handle: copies,
+// and the copy a child gets as a Process argument (fork, spawn, forkserver, and on to
+// grandchildren), are the same queue. Sending one through a Connection, or putting one in a
+// queue, throws std::runtime_error("Queue objects should only be shared between processes
+// through inheritance"), as CPython.
 //
 // Unlike CPython: once put() returns, the item is in the queue (empty() is false, get_nowait()
 // finds it); a child that exits with items queued exits at once and they stay readable; a
-// process killed in the middle of a put or get (even holding the ring's lock) holds the others
-// up for at most ~50 ms, loses at most the item it was moving, and that loss is counted by
-// lost(). Items of any serializable type (cereal), trivially copyable ones by memcpy; items of
-// up to 32 KiB are copied inline, larger ones whole through pages of the same memfd, given back
-// once read.
+// process SIGKILLed at any instant of a put or get loses at most the item it was moving, counted
+// by lost(), and holds the others up for at most ~200 ms (its records name it: a survivor sees
+// it gone and frees them). Items of any serializable type (cereal), trivially copyable ones by
+// memcpy, std::string as its bytes; items over 32 KiB are copied whole through pages of the same
+// memfd, given back once read. A blocked put or get spins 30 us, then sleeps on a futex; one put
+// wakes at most one getter. Bounded queues (maxsize > 0) count exactly, under a lock.
 #pragma once
 
 #include <bit>
@@ -31,7 +34,7 @@ namespace mp {
 namespace detail {
 struct QueueState;
 struct QueueAccess;
-struct Extent;
+struct QueueAccessImpl;
 // get() hands an item's bytes to a sink: called once with the length, it returns where to write.
 using ItemSink = void* (*)(void* ctx, std::size_t len);
 
@@ -65,17 +68,22 @@ class QueueCore {
 
  private:
   void adopt(const BlockRef& ref);
-  bool put_record(const void* data, std::size_t len, std::uint32_t kind, const Extent& extent,
-                  const std::optional<std::chrono::steady_clock::time_point>& deadline);
+  bool put_large(const void* data, std::size_t len,
+                 const std::optional<std::chrono::steady_clock::time_point>& deadline);
   std::shared_ptr<SharedBlock> block_;
   QueueState* s_ = nullptr;
-  mutable Lock lock_;  // the ring's: held for short copies only, never across a wait
+  mutable Lock lock_;  // large items' pages, bounded puts: short steps only, never a wait
   friend struct QueueAccess;
+  friend struct QueueAccessImpl;
 };
 
 // An item as bytes: trivially copyable types as themselves, the rest through cereal.
 template <class T>
 inline constexpr bool kQueueMemcpy = std::is_trivially_copyable_v<T> && !std::is_pointer_v<T>;
+
+// std::string goes as its bytes: no archive, and a large one is copied once each way.
+template <class T>
+inline constexpr bool kQueueBytes = std::is_same_v<T, std::string>;
 
 template <class T>
 void check_queue_item() {
@@ -85,8 +93,8 @@ void check_queue_item() {
 }
 }  // namespace detail
 
-/// A FIFO queue between processes and threads (multiprocessing.Queue). maxsize <= 0: bounded
-/// only by the ring's memory (put blocks, never fails, while it is full).
+/// A FIFO queue between processes and threads (multiprocessing.Queue), FIFO per producer.
+/// maxsize <= 0: bounded only by the ring's 1 MiB (put blocks, never fails, while it is full).
 template <class T>
 class Queue {
  public:
@@ -105,12 +113,14 @@ class Queue {
   T get(bool block, std::optional<Duration> timeout = std::nullopt);
   T get_nowait() { return get(false); }
 
-  /// Items put and not yet got, exact at the moment it is read.
+  /// Items put and not yet got: exact while nobody is in the middle of a put or get (one being
+  /// got counts until it is copied out).
   long qsize() const { return core_.qsize(); }
   bool empty() const { return qsize() == 0; }
   bool full() const { return core_.full(); }
-  /// Items lost because a process died while moving them (mid-put or mid-get); a large item's
-  /// pages that a dead process held are given back here.
+  /// Items lost because a process died while moving them (mid-put or mid-get), or that could
+  /// not be delivered (a get whose item could not be allocated). Looks for dead movers first:
+  /// their records and a large item's pages are given back here.
   std::uint64_t lost() const { return core_.lost(); }
 
   /// This handle will put and get no more: both then throw std::logic_error("Queue <...> is
@@ -203,6 +213,8 @@ void Queue<T>::put(const T& item, bool block, std::optional<Duration> timeout) {
   bool done;
   if constexpr (detail::kQueueMemcpy<T>) {
     done = core_.put(&item, sizeof(T), block, timeout);
+  } else if constexpr (detail::kQueueBytes<T>) {
+    done = core_.put(item.data(), item.size(), block, timeout);
   } else {
     std::string bytes;
     {
@@ -227,6 +239,15 @@ T Queue<T>::get(bool block, std::optional<Duration> timeout) {
     };
     if (!core_.get(sink, slot.bytes, block, timeout)) throw Empty();
     return std::bit_cast<T>(slot);
+  } else if constexpr (detail::kQueueBytes<T>) {
+    T item;
+    detail::ItemSink sink = [](void* ctx, std::size_t len) -> void* {
+      auto& b = *static_cast<T*>(ctx);
+      b.resize(len);
+      return b.data();
+    };
+    if (!core_.get(sink, &item, block, timeout)) throw Empty();
+    return item;
   } else {
     std::string bytes;
     detail::ItemSink sink = [](void* ctx, std::size_t len) -> void* {

@@ -147,8 +147,12 @@ void forget_thread_identity() noexcept {
   t_identity = {};
 }
 
-bool thread_alive(std::uint32_t tid, std::uint64_t start) {
-  if (tid == 0) return false;
+namespace {
+
+// Whether `tid` runs (the start time it has then in *started), is gone, or cannot be told.
+enum class Seen { running, gone, unknown };
+Seen look_at_thread(std::uint32_t tid, std::uint64_t& started) {
+  if (tid == 0) return Seen::gone;
   // /proc/<tid> names any thread, not only a process's first. Only a positive "no such
   // thread" counts as dead: without /proc (a container, a chroot) or without the right to look
   // (EACCES), the holder is presumed alive, never robbed.
@@ -157,14 +161,32 @@ bool thread_alive(std::uint32_t tid, std::uint64_t start) {
   errno = 0;
   const std::string stat = read_proc(path);
   if (stat.empty()) {
-    if (errno != 0 && errno != ENOENT && errno != ESRCH) return true;  // EACCES, ...
-    return ::access("/proc/self/stat", R_OK) != 0;  // gone, unless /proc itself is missing
+    if (errno != 0 && errno != ENOENT && errno != ESRCH) return Seen::unknown;  // EACCES, ...
+    // Gone, unless /proc itself is missing.
+    return ::access("/proc/self/stat", R_OK) != 0 ? Seen::unknown : Seen::gone;
   }
   char state = 0;
+  if (!parse_stat(stat, state, started)) return Seen::unknown;
+  if (state == 'Z' || state == 'X' || state == 'x') return Seen::gone;
+  return Seen::running;
+}
+
+}  // namespace
+
+template <class Matches>
+bool alive_if(std::uint32_t tid, Matches matches) {
   std::uint64_t started = 0;
-  if (!parse_stat(stat, state, started)) return true;
-  if (state == 'Z' || state == 'X' || state == 'x') return false;
-  return start == 0 || started == start;
+  const Seen seen = look_at_thread(tid, started);
+  return seen == Seen::unknown || (seen == Seen::running && matches(started));
+}
+
+bool thread_alive(std::uint32_t tid, std::uint64_t start) {
+  return alive_if(tid, [&](std::uint64_t s) { return start == 0 || s == start; });
+}
+
+bool thread_alive_low32(std::uint32_t tid, std::uint32_t start_low32) {
+  return alive_if(tid,
+                  [&](std::uint64_t s) { return static_cast<std::uint32_t>(s) == start_low32; });
 }
 
 bool is_own_thread(std::uint32_t tid) {

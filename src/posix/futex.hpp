@@ -52,6 +52,9 @@ void forget_thread_identity() noexcept;
 /// Whether thread `tid`, started at `start` (0: not known), still runs: not ended, not a
 /// zombie, its id not reused. Without /proc, or not allowed to look, true.
 bool thread_alive(std::uint32_t tid, std::uint64_t start);
+/// The same, given only the low 32 bits of the start time (where one 64-bit word must hold
+/// both, as a queue's registry of threads).
+bool thread_alive_low32(std::uint32_t tid, std::uint32_t start_low32);
 /// Whether `tid` is a thread of this process.
 bool is_own_thread(std::uint32_t tid);
 }  // namespace mp::posix

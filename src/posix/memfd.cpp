@@ -35,8 +35,10 @@ void memfd_truncate(int fd, std::uint64_t size) {
 }
 
 void* memfd_map_range(int fd, std::uint64_t offset, std::size_t len) {
-  void* p =
-      ::mmap(nullptr, len, PROT_READ | PROT_WRITE, MAP_SHARED, fd, static_cast<off_t>(offset));
+  // Populated: the range is copied whole at once, and one call maps its (reserved) pages
+  // faster than a fault each.
+  void* p = ::mmap(nullptr, len, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_POPULATE, fd,
+                   static_cast<off_t>(offset));
   if (p == MAP_FAILED) throw std::system_error(errno, std::system_category(), "mmap");
   return p;
 }
