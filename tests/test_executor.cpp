@@ -42,16 +42,6 @@ void failing_init() {
   throw std::runtime_error("init failed here");
 }
 
-template <class E>
-std::string what_of(auto&& f) {
-  try {
-    f();
-  } catch (const E& e) {
-    return e.what();
-  }
-  return "(nothing thrown)";
-}
-
 class ExecutorAcross : public ::testing::TestWithParam<std::string> {
  protected:
   const mp::Context& ctx() const { return mp::get_context(GetParam()); }
@@ -70,9 +60,9 @@ TEST_P(ExecutorAcross, SubmitAndMapEqualTheSerialResults) {
     for (int v : ex.map(square, in, kHang, chunksize)) got.push_back(v);
     EXPECT_EQ(got, expect) << "chunksize " << chunksize;
   }
-  EXPECT_EQ(what_of<std::invalid_argument>([&] { ex.map(square, in, std::nullopt, 0); }),
+  EXPECT_EQ(error_text<std::invalid_argument>([&] { ex.map(square, in, std::nullopt, 0); }),
             "chunksize must be >= 1.");
-  EXPECT_EQ(what_of<std::invalid_argument>([&] { ex.map(square, in, std::nullopt, 1, 0); }),
+  EXPECT_EQ(error_text<std::invalid_argument>([&] { ex.map(square, in, std::nullopt, 1, 0); }),
             "buffersize must be None or > 0");
 }
 
@@ -164,7 +154,7 @@ TEST_P(ExecutorAcross, AFailingInitializerBreaksTheExecutor) {
   mp::ProcessPoolExecutor ex(
       {.max_workers = 2, .mp_context = &ctx(), .initializer = mp::Initializer(failing_init)});
   auto f = ex.submit(square, 2);
-  const std::string text = what_of<mp::BrokenProcessPool>([&] { f.result(kHang); });
+  const std::string text = error_text<mp::BrokenProcessPool>([&] { f.result(kHang); });
   EXPECT_NE(text.find("std::runtime_error: init failed here"), std::string::npos) << text;
   EXPECT_THROW(ex.submit(square, 3), mp::BrokenProcessPool);
 }
@@ -196,7 +186,7 @@ TEST_P(ExecutorAcross, ShutdownRefusesCancelsAndWaits) {
   }
   EXPECT_GT(cancelled, 20);
   ex.shutdown();  // idempotent
-  EXPECT_EQ(what_of<std::runtime_error>([&] { ex.submit(square, 1); }),
+  EXPECT_EQ(error_text<std::runtime_error>([&] { ex.submit(square, 1); }),
             "cannot schedule new futures after shutdown");
   mp::ProcessPoolExecutor nowait(opts(1));
   auto f = nowait.submit(pause_ms, 100);
@@ -235,7 +225,7 @@ TEST_P(ExecutorAcross, WaitAndAsCompleted) {
   std::vector<mp::Future<int>> slow = {ex.submit(pause_ms, 3000), ex.submit(square, 2)};
   auto it = mp::as_completed(slow, 0.5s);
   int n = 0;
-  const std::string text = what_of<mp::TimeoutError>([&] {
+  const std::string text = error_text<mp::TimeoutError>([&] {
     while (it.next()) ++n;
   });
   EXPECT_EQ(text, "1 (of 2) futures unfinished");
@@ -248,13 +238,14 @@ INSTANTIATE_TEST_SUITE_P(StartMethods, ExecutorAcross,
                          [](const auto& info) { return info.param; });
 
 TEST(Executor, ConstructorChecksUseCPythonsTexts) {
-  EXPECT_EQ(what_of<std::invalid_argument>([] { mp::ProcessPoolExecutor e({.max_workers = 0}); }),
-            "max_workers must be greater than 0");
-  EXPECT_EQ(what_of<std::invalid_argument>(
+  EXPECT_EQ(
+      error_text<std::invalid_argument>([] { mp::ProcessPoolExecutor e({.max_workers = 0}); }),
+      "max_workers must be greater than 0");
+  EXPECT_EQ(error_text<std::invalid_argument>(
                 [] { mp::ProcessPoolExecutor e({.max_workers = 1, .max_tasks_per_child = 0}); }),
             "max_tasks_per_child must be >= 1");
   EXPECT_EQ(
-      what_of<std::invalid_argument>([] {
+      error_text<std::invalid_argument>([] {
         mp::ProcessPoolExecutor e(
             {.max_workers = 1, .mp_context = &mp::get_context("fork"), .max_tasks_per_child = 2});
       }),
@@ -269,7 +260,7 @@ TEST(Executor, TerminateWorkersFailsWhatWasOutstanding) {
   ex.terminate_workers();
   for (auto& f : fs) {
     ASSERT_TRUE(f.done());
-    EXPECT_EQ(what_of<mp::BrokenProcessPool>([&] { f.result(); }), "pool terminated");
+    EXPECT_EQ(error_text<mp::BrokenProcessPool>([&] { f.result(); }), "pool terminated");
   }
   EXPECT_TRUE(ex.worker_pids().empty());
 }

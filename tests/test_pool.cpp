@@ -138,16 +138,6 @@ int big_then_die(std::string big) {
   return 0;
 }
 
-template <class E>
-std::string what_of(auto&& f) {
-  try {
-    f();
-  } catch (const E& e) {
-    return e.what();
-  }
-  return "(nothing thrown)";
-}
-
 class PoolAcross : public ::testing::TestWithParam<std::string> {
  protected:
   const mp::Context& ctx() const { return mp::get_context(GetParam()); }
@@ -241,7 +231,7 @@ TEST_P(PoolAcross, TaskErrorsCarryTypeTextPidAndIndex) {
 TEST_P(PoolAcross, AsyncResultWaitsTimesOutAndReports) {
   mp::Pool pool(opts(2));
   auto r = pool.apply_async(pause_then, 300);
-  const std::string not_ready = what_of<std::logic_error>([&] { r.successful(); });
+  const std::string not_ready = error_text<std::logic_error>([&] { r.successful(); });
   EXPECT_TRUE(not_ready.starts_with("<mp.AsyncResult object at 0x")) << not_ready;
   EXPECT_TRUE(not_ready.ends_with("> not ready")) << not_ready;
   EXPECT_FALSE(r.ready());
@@ -377,7 +367,7 @@ TEST_P(PoolAcross, AThrowingInitializerBreaksThePoolWithItsError) {
                  .initializer = mp::Initializer(init_throws, std::string("no database")),
                  .context = &ctx()});
   auto r = pool.apply_async(sqr, 2);
-  const std::string text = what_of<mp::BrokenProcessPool>([&] { r.get(kHang); });
+  const std::string text = error_text<mp::BrokenProcessPool>([&] { r.get(kHang); });
   EXPECT_NE(text.find("initializer failed"), std::string::npos) << text;
   EXPECT_NE(text.find("std::runtime_error: no database"), std::string::npos) << text;
   // Later tasks: the same error, at once; no worker is started again.
@@ -392,7 +382,7 @@ TEST_P(PoolAcross, WorkersDyingAtStartUpBreakThePoolAfterTheLimit) {
                  .initializer = mp::Initializer(init_dies),
                  .context = &ctx(),
                  .max_startup_failures = 3});
-  const std::string text = what_of<mp::BrokenProcessPool>([&] { pool.apply(sqr, 2); });
+  const std::string text = error_text<mp::BrokenProcessPool>([&] { pool.apply(sqr, 2); });
   EXPECT_NE(text.find("3 workers in a row died before finishing a task"), std::string::npos)
       << text;
   EXPECT_NE(text.find("exit code -9"), std::string::npos) << text;
@@ -412,10 +402,10 @@ TEST_P(PoolAcross, TerminateFailsEveryOutstandingResultPromptly) {
   pool.terminate();
   for (auto& r : results) {
     ASSERT_TRUE(r.ready());
-    EXPECT_EQ(what_of<mp::BrokenProcessPool>([&] { r.get(); }), "pool terminated");
+    EXPECT_EQ(error_text<mp::BrokenProcessPool>([&] { r.get(); }), "pool terminated");
   }
   pool.join();
-  EXPECT_EQ(what_of<std::logic_error>([&] { pool.apply_async(sqr, 1); }), "Pool not running");
+  EXPECT_EQ(error_text<std::logic_error>([&] { pool.apply_async(sqr, 1); }), "Pool not running");
 }
 
 TEST_P(PoolAcross, MaxTasksPerChildReplacesWorkers) {
@@ -457,7 +447,8 @@ TEST_P(PoolAcross, AnUnsendableResultIsMaybeEncodingError) {
   mp::Pool pool(opts(2));
   const auto before = pool.worker_pids();
   for (int i = 0; i < 20; ++i) {
-    const std::string text = what_of<mp::MaybeEncodingError>([&] { pool.apply(make_unsendable); });
+    const std::string text =
+        error_text<mp::MaybeEncodingError>([&] { pool.apply(make_unsendable); });
     EXPECT_NE(text.find("Error sending result: '"), std::string::npos) << text;
     EXPECT_NE(text.find("Unsendable"), std::string::npos) << text;
     EXPECT_NE(text.find("Reason: 'std::runtime_error: cannot send this'"), std::string::npos)
@@ -471,7 +462,7 @@ TEST_P(PoolAcross, ATaskPastItsTimeoutFailsAndItsWorkerIsReplaced) {
   const auto before = pool.worker_pids();
   auto slow = pool.apply_async(sleep_forever);
   auto next = pool.apply_async(sqr, 5);  // sent behind it, never begun: runs on the next worker
-  const std::string text = what_of<mp::TimeoutError>([&] { slow.get(kHang); });
+  const std::string text = error_text<mp::TimeoutError>([&] { slow.get(kHang); });
   EXPECT_NE(text.find("timeout"), std::string::npos) << text;
   EXPECT_EQ(next.get(kHang), 25);
   EXPECT_NE(pool.worker_pids(), before);
@@ -533,18 +524,19 @@ TEST_P(PoolAcross, CrashMatrixResolvesWithoutAHang) {
     EXPECT_EQ(e.message(), "cannot read this argument");
   }
   // Errors on the parent's side: the error itself, on that result only.
-  EXPECT_EQ(what_of<std::runtime_error>([&] { pool.apply(give, int(kThrowOnParentLoad)); }),
+  EXPECT_EQ(error_text<std::runtime_error>([&] { pool.apply(give, int(kThrowOnParentLoad)); }),
             "cannot read this result");
   auto unsent = pool.apply_async(take, Hostile{kThrowOnParentSave});
-  EXPECT_EQ(what_of<std::runtime_error>([&] { unsent.get(kHang); }), "cannot write this argument");
-  EXPECT_EQ(what_of<std::runtime_error>([&] {
+  EXPECT_EQ(error_text<std::runtime_error>([&] { unsent.get(kHang); }),
+            "cannot write this argument");
+  EXPECT_EQ(error_text<std::runtime_error>([&] {
               pool.map(take, std::vector<Hostile>{{kFine}, {kThrowOnParentSave}});
             }),
             "cannot write this argument");
   EXPECT_EQ(pool.map(take, std::vector<Hostile>{{kFine}, {kFine}}), (std::vector<int>{0, 0}));
   mp::ProcessPoolExecutor ex({.max_workers = 1, .mp_context = &ctx()});
   auto f = ex.submit(take, Hostile{kThrowOnParentSave});
-  EXPECT_EQ(what_of<std::runtime_error>([&] { f.result(kHang); }), "cannot write this argument");
+  EXPECT_EQ(error_text<std::runtime_error>([&] { f.result(kHang); }), "cannot write this argument");
   EXPECT_EQ(ex.submit(sqr, 4).result(kHang), 16);
 }
 
@@ -571,12 +563,12 @@ INSTANTIATE_TEST_SUITE_P(StartMethods, PoolAcross, ::testing::Values("fork", "sp
 // ---- argument checks and misuse (one method is enough) ----
 
 TEST(Pool, ConstructorChecksUseCPythonsTexts) {
-  EXPECT_EQ(what_of<std::invalid_argument>([] { mp::Pool p(0); }),
+  EXPECT_EQ(error_text<std::invalid_argument>([] { mp::Pool p(0); }),
             "Number of processes must be at least 1");
-  EXPECT_EQ(what_of<std::invalid_argument>([] { mp::Pool p(-1); }),
+  EXPECT_EQ(error_text<std::invalid_argument>([] { mp::Pool p(-1); }),
             "Number of processes must be at least 1");
   for (int bad : {0, -1})
-    EXPECT_EQ(what_of<std::invalid_argument>(
+    EXPECT_EQ(error_text<std::invalid_argument>(
                   [&] { mp::Pool p({.processes = 1, .maxtasksperchild = bad}); }),
               "maxtasksperchild must be a positive int or None");
 }
@@ -586,22 +578,22 @@ TEST(Pool, ChunksizeZeroIsAnErrorEverywhere) {
   const std::vector<int> in = {1, 2};
   const std::vector<std::tuple<int, int>> pairs = {{1, 2}};
   const std::string text = "Chunksize must be 1+, not 0";
-  EXPECT_EQ(what_of<std::invalid_argument>([&] { pool.map(sqr, in, 0); }), text);
-  EXPECT_EQ(what_of<std::invalid_argument>([&] { pool.map_async(sqr, in, 0); }), text);
-  EXPECT_EQ(what_of<std::invalid_argument>([&] { pool.starmap(mul, pairs, 0); }), text);
-  EXPECT_EQ(what_of<std::invalid_argument>([&] { pool.imap(sqr, in, 0); }), text);
-  EXPECT_EQ(what_of<std::invalid_argument>([&] { pool.imap_unordered(sqr, in, 0); }), text);
+  EXPECT_EQ(error_text<std::invalid_argument>([&] { pool.map(sqr, in, 0); }), text);
+  EXPECT_EQ(error_text<std::invalid_argument>([&] { pool.map_async(sqr, in, 0); }), text);
+  EXPECT_EQ(error_text<std::invalid_argument>([&] { pool.starmap(mul, pairs, 0); }), text);
+  EXPECT_EQ(error_text<std::invalid_argument>([&] { pool.imap(sqr, in, 0); }), text);
+  EXPECT_EQ(error_text<std::invalid_argument>([&] { pool.imap_unordered(sqr, in, 0); }), text);
 }
 
 TEST(Pool, CloseJoinAndStateErrors) {
   mp::Pool pool(2);
   EXPECT_EQ(pool.repr(), "<mp.Pool state=RUN pool_size=2>");
-  EXPECT_EQ(what_of<std::logic_error>([&] { pool.join(); }), "Pool is still running");
+  EXPECT_EQ(error_text<std::logic_error>([&] { pool.join(); }), "Pool is still running");
   auto r = pool.apply_async(sqr, 8);
   pool.close();
   EXPECT_EQ(pool.repr(), "<mp.Pool state=CLOSE pool_size=2>");
-  EXPECT_EQ(what_of<std::logic_error>([&] { pool.apply_async(sqr, 1); }), "Pool not running");
-  EXPECT_EQ(what_of<std::logic_error>([&] { pool.map(sqr, std::vector<int>{1}); }),
+  EXPECT_EQ(error_text<std::logic_error>([&] { pool.apply_async(sqr, 1); }), "Pool not running");
+  EXPECT_EQ(error_text<std::logic_error>([&] { pool.map(sqr, std::vector<int>{1}); }),
             "Pool not running");
   pool.join();  // the queued task finishes first
   EXPECT_EQ(r.get(), 64);
@@ -630,7 +622,8 @@ struct InputFails {  // an input that throws at item 7
 
 TEST(Pool, AnInputThatThrowsWhileReadBehavesAsCPython) {
   mp::Pool pool(2);
-  EXPECT_EQ(what_of<std::out_of_range>([&] { pool.map(sqr, InputFails{}); }), "input failed at 7");
+  EXPECT_EQ(error_text<std::out_of_range>([&] { pool.map(sqr, InputFails{}); }),
+            "input failed at 7");
   EXPECT_EQ(pool.apply(sqr, 2), 4);  // still usable
   for (auto [chunksize, expect] : {std::pair{2, 6}, std::pair{4, 4}, std::pair{1, 7}}) {
     auto it = pool.imap(sqr, InputFails{}, std::size_t(chunksize));

@@ -305,27 +305,9 @@ class AsCompleted {
     return futures_[i];
   }
 
-  struct sentinel {};
-  class iterator {
-   public:
-    using value_type = Future<R>;
-    using difference_type = std::ptrdiff_t;
-    iterator() = default;
-    explicit iterator(AsCompleted* owner) : owner_(owner) { ++*this; }
-    const Future<R>& operator*() const { return *current_; }
-    iterator& operator++() {
-      current_ = owner_->next();
-      return *this;
-    }
-    void operator++(int) { ++*this; }
-    bool operator==(sentinel) const { return !current_; }
-
-   private:
-    AsCompleted* owner_ = nullptr;
-    std::optional<Future<R>> current_;
-  };
+  using iterator = detail::PullIterator<AsCompleted, Future<R>>;
   iterator begin() { return iterator(this); }
-  sentinel end() { return {}; }
+  std::default_sentinel_t end() { return {}; }
 
  private:
   std::vector<Future<R>> futures_;
@@ -351,27 +333,9 @@ class ExecutorMap {
       left = std::max(Duration(*deadline_ - std::chrono::steady_clock::now()), Duration::zero());
     return s_->next(left);
   }
-  struct sentinel {};
-  class iter {
-   public:
-    using value_type = R;
-    using difference_type = std::ptrdiff_t;
-    iter() = default;
-    explicit iter(ExecutorMap* owner) : owner_(owner) { ++*this; }
-    const R& operator*() const { return *current_; }
-    iter& operator++() {
-      current_ = owner_->next();
-      return *this;
-    }
-    void operator++(int) { ++*this; }
-    bool operator==(sentinel) const { return !current_; }
-
-   private:
-    ExecutorMap* owner_ = nullptr;
-    std::optional<R> current_;
-  };
-  iter begin() { return iter(this); }
-  sentinel end() { return {}; }
+  using iterator = detail::PullIterator<ExecutorMap, R>;
+  iterator begin() { return iterator(this); }
+  std::default_sentinel_t end() { return {}; }
 
  private:
   friend class ProcessPoolExecutor;

@@ -216,6 +216,30 @@ void submit_tasks(Engine& engine, const std::shared_ptr<Job>& job, std::size_t f
                   std::vector<std::string> payloads, const std::vector<std::size_t>& offsets);
 }  // namespace detail
 
+namespace detail {
+// An input iterator over owner->next() until it gives nullopt (imap, the executor's map,
+// as_completed).
+template <class Owner, class T>
+class PullIterator {
+ public:
+  using value_type = T;
+  using difference_type = std::ptrdiff_t;
+  PullIterator() = default;
+  explicit PullIterator(Owner* owner) : owner_(owner) { ++*this; }
+  const T& operator*() const { return *current_; }
+  PullIterator& operator++() {
+    current_ = owner_->next();
+    return *this;
+  }
+  void operator++(int) { ++*this; }
+  bool operator==(std::default_sentinel_t) const { return !current_; }
+
+ private:
+  Owner* owner_ = nullptr;
+  std::optional<T> current_;
+};
+}  // namespace detail
+
 /// The result of an *_async call (multiprocessing.pool.AsyncResult). V is what get() returns.
 template <class V>
 class AsyncResult {
@@ -257,27 +281,9 @@ class IMapIterator {
     return s_->next(timeout);
   }
 
-  struct sentinel {};
-  class iterator {
-   public:
-    using value_type = R;
-    using difference_type = std::ptrdiff_t;
-    iterator() = default;
-    explicit iterator(IMapIterator* owner) : owner_(owner) { ++*this; }
-    const R& operator*() const { return *current_; }
-    iterator& operator++() {
-      current_ = owner_->next();
-      return *this;
-    }
-    void operator++(int) { ++*this; }
-    bool operator==(sentinel) const { return !current_; }
-
-   private:
-    IMapIterator* owner_ = nullptr;
-    std::optional<R> current_;
-  };
+  using iterator = detail::PullIterator<IMapIterator, R>;
   iterator begin() { return iterator(this); }
-  sentinel end() { return {}; }
+  std::default_sentinel_t end() { return {}; }
 
  private:
   friend class Pool;
