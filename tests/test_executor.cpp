@@ -4,6 +4,7 @@
 #include <unistd.h>
 
 #include <numeric>
+#include <random>
 #include <set>
 #include <thread>
 
@@ -148,6 +149,37 @@ TEST_P(ExecutorAcross, ADeadWorkerFailsOnlyItsFuture) {
     }
     EXPECT_EQ(ex.submit(square, 5).result(kHang), 25);  // the executor goes on
   }
+}
+
+// 1,000 submits, 50 SIGKILLs paced by progress: every future is its result or a WorkerLost.
+TEST_P(ExecutorAcross, KillsDuringASubmitStormLoseNoFuture) {
+  mp::ProcessPoolExecutor ex(opts(2));
+  std::vector<mp::Future<int>> fs;
+  for (int i = 0; i < 1000; ++i) fs.push_back(ex.submit(pause_ms, i % 3));
+  std::mt19937 rng(777);
+  int kills = 0;
+  for (std::size_t next = 0; kills < 50 && next < fs.size();) {
+    auto pids = ex.worker_pids();
+    if (!pids.empty()) {
+      ::kill(pids[rng() % pids.size()], SIGKILL);
+      ++kills;
+    }
+    fs[next].exception(kHang);  // paced by the executor's progress
+    next += 1 + rng() % 20;
+  }
+  int ok = 0, lost = 0;
+  for (std::size_t i = 0; i < fs.size(); ++i) {
+    try {
+      EXPECT_EQ(fs[i].result(kHang), int(i % 3));
+      ++ok;
+    } catch (const mp::WorkerLost&) {
+      ++lost;
+    }
+  }
+  EXPECT_EQ(ok + lost, 1000);
+  EXPECT_LE(lost, kills);
+  EXPECT_GT(ok, 900);
+  ex.shutdown();
 }
 
 TEST_P(ExecutorAcross, AFailingInitializerBreaksTheExecutor) {

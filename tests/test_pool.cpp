@@ -501,6 +501,61 @@ TEST_P(PoolAcross, KillsAtRandomMomentsLoseNoTask) {
   pool.join();
 }
 
+// The same storm under map (50 maps of 20 items, chunksize 1) and imap (1,000 items): each map
+// returns every result or fails with WorkerLost; each imap item is its result or a WorkerLost.
+TEST_P(PoolAcross, KillsDuringMapAndImapLoseNoTask) {
+  mp::Pool pool(opts(2));
+  std::mt19937 rng(54321);
+  int kills = 0;
+  auto kill_one = [&] {
+    auto pids = pool.worker_pids();
+    if (pids.empty()) return;
+    ::kill(pids[rng() % pids.size()], SIGKILL);
+    ++kills;
+  };
+  std::vector<int> expect(20);
+  for (int i = 0; i < 20; ++i) expect[i] = i % 3;
+  int maps_ok = 0, maps_lost = 0;
+  for (int round = 0; round < 50; ++round) {
+    auto r = pool.map_async(pause_then, expect, 1);
+    if (rng() % 2) kill_one();  // at once: a task running, or one sent and not yet begun
+    ASSERT_TRUE(r.wait(kHang)) << "map " << round << " hung";
+    try {
+      EXPECT_EQ(r.get(), expect);
+      ++maps_ok;
+    } catch (const mp::WorkerLost& e) {
+      EXPECT_LT(e.index(), 20u) << e.what();
+      ++maps_lost;
+    }
+  }
+  EXPECT_EQ(maps_ok + maps_lost, 50);
+  EXPECT_LE(maps_lost, kills);
+  EXPECT_GT(maps_ok, 0);
+  const int map_kills = kills;
+
+  std::vector<int> in(1000);
+  for (int i = 0; i < 1000; ++i) in[i] = i % 3;
+  auto it = pool.imap(pause_then, in, 1);
+  int ok = 0, lost = 0;
+  for (int i = 0; i < 1000; ++i) {
+    if (kills - map_kills < 50 && rng() % 20 == 0) kill_one();
+    try {
+      auto v = it.next(kHang);
+      ASSERT_TRUE(v) << "imap ended early at " << i;
+      EXPECT_EQ(*v, i % 3);
+      ++ok;
+    } catch (const mp::WorkerLost&) {
+      ++lost;
+    }
+  }
+  EXPECT_FALSE(it.next(kHang));
+  EXPECT_EQ(ok + lost, 1000);
+  EXPECT_LE(lost, kills - map_kills);
+  EXPECT_GT(ok, 900);
+  pool.close();
+  pool.join();
+}
+
 TEST_P(PoolAcross, CrashMatrixResolvesWithoutAHang) {
   g_test_pid = ::getpid();
   mp::Pool pool(opts(2));
