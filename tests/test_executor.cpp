@@ -142,6 +142,8 @@ TEST_P(ExecutorAcross, ADeadWorkerFailsOnlyItsFuture) {
       int expect = how == 0 ? 3 : -how;
 #if defined(__SANITIZE_ADDRESS__)
       if (how == SIGSEGV) expect = 1;  // AddressSanitizer catches the segfault and exits 1
+#elif defined(__SANITIZE_THREAD__)
+      if (how == SIGSEGV) expect = 66;  // ThreadSanitizer catches it and exits 66
 #endif
       EXPECT_EQ(w.exitcode(), expect) << w.what();
     } catch (const std::exception& other) {

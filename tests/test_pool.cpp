@@ -297,6 +297,8 @@ TEST_P(PoolAcross, ADeadWorkerFailsOnlyItsTaskAndIsReplaced) {
     {SIGKILL, -SIGKILL},
 #if defined(__SANITIZE_ADDRESS__)
     {SIGSEGV, 1},  // AddressSanitizer catches the segfault and exits 1
+#elif defined(__SANITIZE_THREAD__)
+    {SIGSEGV, 66},  // ThreadSanitizer catches it and exits 66
 #else
     {SIGSEGV, -SIGSEGV},
 #endif
