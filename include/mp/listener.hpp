@@ -62,6 +62,8 @@ class Listener {
   Connection accept();
   /// Idempotent.
   void close();
+  /// The listening socket (to wait for a connection with poll()).
+  int fileno() const { return fd_; }
   /// The bound address (("127.0.0.1", port) for ("localhost", 0)).
   const Address& address() const { return address_; }
   /// The peer of the last accept(): ("ip", port) for TCP, "" for a Unix socket.

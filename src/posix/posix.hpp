@@ -177,6 +177,8 @@ bool is_socket(int fd);
 bool has_reader(int write_fd);
 /// shutdown(SHUT_WR): the peer reads EOF after what was sent.
 void shutdown_write(int socket);
+/// shutdown(SHUT_RDWR): wakes this process's own threads blocked reading or writing it.
+void shutdown_both(int socket);
 /// send() of what fits now, without waiting (MSG_DONTWAIT | MSG_NOSIGNAL); the bytes queued
 /// (0 when the buffer is full or the peer has gone: the caller's next blocking send tells).
 std::size_t send_nowait(int socket, std::span<const std::byte> data);

@@ -166,6 +166,10 @@ void shutdown_write(int socket) {
   ::shutdown(socket, SHUT_WR);
 }
 
+void shutdown_both(int socket) {
+  ::shutdown(socket, SHUT_RDWR);
+}
+
 std::size_t send_nowait(int socket, std::span<const std::byte> data) {
   std::size_t queued = 0;
   while (queued < data.size()) {

@@ -1,0 +1,195 @@
+// Managers (CPython's _TestManagerRestart, _TestMyManager, the BaseManager items of SEMANTICS),
+// first step: registered types served by a server child under every start method.
+#include <signal.h>
+#include <unistd.h>
+#include <mp/managers.hpp>
+
+#include "support.hpp"
+
+using namespace mp_test;
+using namespace std::chrono_literals;
+
+namespace {
+
+struct Counter {
+  int n = 0;
+  Counter() = default;
+  explicit Counter(int start) : n(start) {}
+  int increment(int by) { return n += by; }
+  int get() const { return n; }
+  std::string describe(const std::string& prefix) const { return prefix + std::to_string(n); }
+  void fail() { throw std::out_of_range("no such thing"); }
+  int server_pid() const { return ::getpid(); }
+  MP_METHODS(Counter, increment, get, describe, fail, server_pid)
+};
+
+struct Other {
+  int value() const { return 1; }
+  MP_METHODS(Other, value)
+};
+
+class ManagerAcross : public ::testing::TestWithParam<std::string> {
+ protected:
+  const mp::Context& ctx() const { return mp::get_context(GetParam()); }
+};
+
+TEST_P(ManagerAcross, RegisteredTypesAreServedByAChild) {
+  mp::BaseManager m({.context = &ctx()});
+  m.register_type<Counter>("Counter");
+  m.start();
+  auto c = m.create<Counter>();
+  EXPECT_EQ(c.increment(5), 5);
+  EXPECT_EQ(c.increment(2), 7);
+  EXPECT_EQ(c.get(), 7);
+  EXPECT_EQ(c.describe("n="), "n=7");
+  EXPECT_NE(c.server_pid(), ::getpid());
+  auto d = m.create<Counter>(40);
+  EXPECT_EQ(d.increment(2), 42);
+  EXPECT_EQ(c.get(), 7) << "two objects";
+  auto copy = c;
+  EXPECT_EQ(copy.increment(1), 8) << "a copy is the same object";
+  EXPECT_EQ(c.get(), 8);
+}
+
+TEST_P(ManagerAcross, AMethodsErrorReachesTheCallerAndTheServerGoesOn) {
+  mp::BaseManager m({.context = &ctx()});
+  m.register_type<Counter>("Counter");
+  m.start();
+  auto c = m.create<Counter>();
+  try {
+    c.fail();
+    ADD_FAILURE() << "no error";
+  } catch (const mp::RemoteError& e) {
+    EXPECT_EQ(e.type_name(), "std::out_of_range");
+    EXPECT_EQ(e.message(), "no such thing");
+  }
+  EXPECT_EQ(c.increment(1), 1);
+}
+
+TEST_P(ManagerAcross, ADeadServerIsOneErrorForEveryLaterCall) {
+  mp::BaseManager m({.context = &ctx()});
+  m.register_type<Counter>("Counter");
+  m.start();
+  auto c = m.create<Counter>();
+  const int server = c.server_pid();
+  ASSERT_EQ(::kill(server, SIGKILL), 0);
+  const std::string text = error_text<mp::ManagerError>([&] { c.get(); });
+  EXPECT_NE(text.find("is gone"), std::string::npos) << text;
+  EXPECT_EQ(error_text<mp::ManagerError>([&] { c.get(); }), text);
+}
+
+INSTANTIATE_TEST_SUITE_P(StartMethods, ManagerAcross,
+                         ::testing::Values("fork", "spawn", "forkserver"),
+                         [](const auto& info) { return info.param; });
+
+TEST(Manager, UnregisteredAndMisuse) {
+  mp::BaseManager m;
+  m.register_type<Counter>("Counter");
+  EXPECT_EQ(error_text<std::logic_error>([&] { m.create<Counter>(); }),
+            "the manager is not started or connected");
+  m.start();
+  EXPECT_EQ(error_text<std::logic_error>([&] { m.create<Other>(); }),
+            "create<T>(): T is not registered with this manager (register_type<T>)");
+  EXPECT_EQ(error_text<std::logic_error>([&] { m.register_type<Other>("Other"); }),
+            "register_type() comes before start() or connect()");
+  EXPECT_EQ(error_text<mp::ProcessError>([&] { m.start(); }), "Already started server");
+}
+
+TEST(Manager, WrongAuthkeyIsRefusedAndNothingRuns) {
+  mp::BaseManager m({.authkey = mp::AuthenticationString("right key")});
+  m.register_type<Counter>("Counter");
+  m.start();
+  mp::BaseManager other({.address = m.address(), .authkey = mp::AuthenticationString("wrong")});
+  other.register_type<Counter>("Counter");
+  EXPECT_THROW(other.connect(), mp::AuthenticationError);
+  EXPECT_EQ(m.create<Counter>().increment(3), 3) << "the server goes on";
+}
+
+TEST(Manager, TcpNeedsAnAuthkeyAndWorksOnLoopback) {
+  EXPECT_THROW(mp::BaseManager({.address = mp::Address(std::pair<std::string, int>("127.0.0.1", 0)),
+                                .authkey = mp::AuthenticationString("")}),
+               std::invalid_argument);
+  mp::BaseManager m({.address = mp::Address(std::pair<std::string, int>("127.0.0.1", 0))});
+  m.register_type<Counter>("Counter");
+  m.start();
+  const auto& [host, port] = std::get<std::pair<std::string, int>>(m.address());
+  EXPECT_EQ(host, "127.0.0.1");
+  EXPECT_GT(port, 0);
+  mp::BaseManager client({.address = m.address()});
+  client.register_type<Counter>("Counter");
+  client.connect();
+  auto c = client.create<Counter>(1);
+  EXPECT_EQ(c.increment(1), 2);
+}
+
+}  // namespace
+
+namespace {
+
+void make_counters_then_wait(mp::Address address, int n, std::string ready_path) {
+  mp::BaseManager m({.address = address});
+  m.register_type<Counter>("Counter");
+  m.connect();
+  std::vector<mp::Proxy<Counter>> held;
+  for (int i = 0; i < n; ++i) held.push_back(m.create<Counter>(i));
+  Channel::send(ready_path, "made");
+  for (;;) ::pause();  // until killed
+}
+
+TEST(Manager, DroppedProxiesAndDeadClientsFreeTheirObjects) {
+  mp::BaseManager m;
+  m.register_type<Counter>("Counter");
+  m.start();
+  for (int i = 0; i < 1000; ++i) EXPECT_EQ(m.create<Counter>(i).get(), i);
+  EXPECT_EQ(m.number_of_objects(), 0u);
+  auto kept = m.create<Counter>();
+  EXPECT_EQ(m.number_of_objects(), 1u);
+
+  Channel ready;
+  auto p = mp::Process(make_counters_then_wait, m.address(), 10, ready.path());
+  p.start();
+  ASSERT_EQ(ready.recv(), "made");
+  EXPECT_EQ(m.number_of_objects(), 11u);
+  p.kill();
+  p.join(kHang);
+  // The server sees the connection close: the dead client's ten go (polled: no fixed delay).
+  const auto deadline = std::chrono::steady_clock::now() + kHang;
+  while (m.number_of_objects() != 1u && std::chrono::steady_clock::now() < deadline)
+    std::this_thread::yield();
+  EXPECT_EQ(m.number_of_objects(), 1u);
+  EXPECT_EQ(kept.increment(1), 1);
+}
+
+TEST(Manager, AStalledOrGarbledClientHoldsUpNobody) {
+  mp::BaseManager m;
+  m.register_type<Counter>("Counter");
+  m.start();
+  // Connected, never says a word (the handshake waits in that connection's thread).
+  auto silent = mp::Client(m.address());
+  (void)silent;
+  auto c = m.create<Counter>();
+  EXPECT_EQ(c.increment(2), 2);
+  // Authenticated, then garbage: a short frame, then a create of nothing known.
+  auto raw = mp::Client(m.address(), mp::ClientOptions{.authkey = mp::current_process().authkey()});
+  raw.send_bytes("xy");
+  EXPECT_THROW(raw.recv_bytes(), mp::EOFError) << "the server drops a malformed peer";
+  EXPECT_EQ(c.increment(2), 4);
+}
+
+TEST(Manager, ATypeRegisteredOtherwiseOnTheServerIsRefused) {
+  mp::BaseManager m;
+  m.register_type<Other>("Counter");  // the server's "Counter" is another type
+  m.start();
+  mp::BaseManager client({.address = m.address()});
+  client.register_type<Counter>("Counter");
+  client.connect();
+  const std::string text = error_text<mp::ManagerError>([&] { client.create<Counter>(); });
+  EXPECT_NE(text.find("registered here as another type"), std::string::npos) << text;
+  mp::BaseManager unknown({.address = m.address()});
+  unknown.register_type<Counter>("Nothing");
+  unknown.connect();
+  EXPECT_EQ(error_text<mp::ManagerError>([&] { unknown.create<Counter>(); }),
+            "no type is registered as 'Nothing'");
+}
+
+}  // namespace
