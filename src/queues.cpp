@@ -31,6 +31,7 @@
 
 #include <algorithm>
 #include <atomic>
+#include <bit>
 #include <climits>
 #include <cstddef>
 #include <cstdio>
@@ -61,6 +62,15 @@ constexpr std::size_t kStampsOffset = kStateBytes;
 constexpr std::size_t kRingOffset = kStampsOffset + kUnits * sizeof(std::uint64_t);
 constexpr std::uint64_t kHeapBase = kRingOffset + kRingBytes;
 constexpr std::size_t kSlots = 64;
+// Large items' pages in [kHeapBase, kHeapBase + kWindow) are reached through a mapping each
+// process keeps (QueueCore::window_); beyond it, each item is mapped while it is copied. Up to
+// kKeepExtents extents, kKeepBytes in all, are kept with their pages once read, for the next
+// large items of their size class: a page fault costs more than a copy of the page.
+constexpr std::uint64_t kWindow = std::uint64_t{256} << 20;
+constexpr std::uint32_t kKeepExtents = 16;
+constexpr std::uint64_t kKeepBytes = std::uint64_t{32} << 20;
+// A put of a large item waits a little for a kept extent when this many are in use.
+constexpr std::int64_t kPipeline = 4;
 constexpr std::uint32_t kNoSlot = UINT32_MAX;
 constexpr auto kRecheck = 200ms;  // a sleeper looks again this often (a peer may have died)
 constexpr auto kLockGrace = 1s;   // the longest a try waits for the ring's lock
@@ -92,10 +102,20 @@ struct InFlight {
   Extent extent{};
 };
 
+// An extent kept with its pages, for reuse (off: in the window; cap: its size class).
+struct KeptExtent {
+  std::uint64_t off = 0;
+  std::uint64_t cap = 0;
+};
+
+// What an interrupted step of the lock's holder changed, for the next holder to undo or finish.
 struct Journal {
   std::atomic<std::uint32_t> op{kNone};
   std::uint64_t heap_top = 0;
   std::int64_t live = 0;
+  std::uint32_t n_kept = 0;  // the kept extents before the step (kReserve, kFinish)
+  std::uint32_t kept_i = 0;  // kReserve: the entry reused (overwritten by the last one)
+  KeptExtent kept_was{};     // kReserve: that entry before
   Extent extent{};
   std::uint32_t slot = kNoSlot;
   std::uint64_t pos = 0;
@@ -138,7 +158,10 @@ struct QueueState {
   std::atomic<std::uint64_t> lost{0};
   // Under the lock:
   alignas(64) std::uint64_t heap_top = kHeapBase;  // large items' pages lie below
-  std::int64_t live = 0;                           // large items' extents not yet given back
+  std::int64_t live = 0;  // large items' extents not yet given back (kept ones included)
+  std::atomic<std::uint32_t> n_kept{0};  // read without the lock by a put waiting for one
+  std::uint64_t kept_bytes = 0;
+  KeptExtent kept[kKeepExtents];
   Journal journal;
   InFlight slots[kSlots];
   alignas(64) Owner owners[kOwners];
@@ -187,11 +210,28 @@ Record check_record(std::string_view queue, std::uint64_t word) {
   return {st.large, st.bytes, units_of(st.bytes)};
 }
 
+namespace {
+
+std::uint64_t pages(std::uint64_t len, std::uint64_t page) {
+  return std::max<std::uint64_t>((len + page - 1) / page * page, page);
+}
+
+// A large item's extent: its pages rounded up to a size class (eight a power of two apart), so
+// that a kept extent fits the next items of about its size.
+std::uint64_t capacity(std::uint64_t len, std::uint64_t page) {
+  const std::uint64_t p = pages(len, page);
+  const std::uint64_t step = std::max<std::uint64_t>(std::bit_floor(p) / 8, page);
+  return (p + step - 1) / step * step;
+}
+
+}  // namespace
+
 Extent check_extent(std::string_view queue, const void* payload, std::uint64_t heap_base,
                     std::uint64_t heap_top, std::uint64_t page) {
   Extent e;
   std::memcpy(&e, payload, sizeof e);
   if (e.off < heap_base || e.off >= heap_top || e.len <= kInlineMax || e.len > heap_top - e.off ||
+      e.len > (std::uint64_t{1} << 56) || capacity(e.len, page) > heap_top - e.off ||
       (e.off & (page - 1)) != 0)
     corrupted_named(queue, "a large item of " + std::to_string(e.len) + " bytes at " +
                                std::to_string(e.off) + ", outside the queue's pages [" +
@@ -212,9 +252,8 @@ bool past(const Deadline& d) {
   return d && Clock::now() >= *d;
 }
 
-std::uint64_t pages(std::uint64_t len) {
-  const std::uint64_t p = posix::page_size();
-  return std::max<std::uint64_t>((len + p - 1) / p * p, p);
+std::uint64_t capacity(std::uint64_t len) {
+  return capacity(len, posix::page_size());
 }
 
 std::uint64_t lap_of(std::uint64_t pos) {
@@ -340,12 +379,36 @@ void free_slot(QueueState& s, std::uint32_t i) {
   if (i < kSlots) s.slots[i].tid.store(0, std::memory_order_release);
 }
 
+// A large item's extent is given back: its pages returned to the system (the heap's top comes
+// down when the extent lay at it, back to the base when no extent is left).
 void drop_extent(QueueState& s, int fd, const Extent& e) {
-  posix::memfd_release(fd, e.off, pages(e.len));
+  const std::uint64_t cap = capacity(e.len);
+  posix::memfd_release(fd, e.off, cap);
+  if (e.off + cap == s.heap_top) s.heap_top = e.off;
   if (--s.live <= 0) {
     s.live = 0;
     s.heap_top = s.heap_base;
   }
+}
+
+// The same, but kept with its pages for the next large item of its size class while the window
+// holds it and the kept ones stay under their high-water mark. Only in a journaled step (a
+// recovery undoes it by restoring n_kept): kept twice, an extent would hold two items.
+void give_back_extent(QueueState& s, int fd, const Extent& e) {
+  const std::uint64_t cap = capacity(e.len);
+  if (s.n_kept < kKeepExtents && s.kept_bytes + cap <= kKeepBytes &&
+      e.off + cap <= s.heap_base + kWindow) {
+    s.kept[s.n_kept++] = {e.off, cap};
+    s.kept_bytes += cap;
+    return;
+  }
+  drop_extent(s, fd, e);
+}
+
+std::uint64_t kept_sum(const QueueState& s) {
+  std::uint64_t b = 0;
+  for (std::uint32_t i = 0; i < s.n_kept; ++i) b += s.kept[i].cap;
+  return b;
 }
 
 // Large items whose copier died before handing them to the ring: given back, counted lost.
@@ -389,8 +452,9 @@ void finish_large(QueueState& s, int fd, std::uint64_t pos, std::uint64_t word, 
   j.heap_top = s.heap_top;
   j.count_lost = lost;
   j.counted = false;
+  j.n_kept = s.n_kept;
   begin(j, kFinish);
-  drop_extent(s, fd, e);
+  give_back_extent(s, fd, e);
   if (lost) {
     s.lost.fetch_add(1);
     j.counted = true;
@@ -408,16 +472,23 @@ void recover(QueueState& s, int fd) {
     case kReserve:  // a large put that had only begun
       s.heap_top = j.heap_top;
       s.live = j.live;
+      if (j.n_kept > s.n_kept && j.n_kept <= kKeepExtents) {  // a kept extent was taken
+        s.kept[j.kept_i % kKeepExtents] = j.kept_was;
+        s.n_kept = j.n_kept;
+      }
+      s.kept_bytes = kept_sum(s);
       s.lost.fetch_add(1);
       free_slot(s, j.slot);
       break;
     case kPublish:  // pages handed from a slot to a record: done when the stamp says so
       if (stamp_at(s, j.pos).load() == j.word) free_slot(s, j.slot);
       break;
-    case kFinish: {
-      posix::memfd_release(fd, j.extent.off, pages(j.extent.len));
-      s.live = std::max<std::int64_t>(j.live - 1, 0);
-      if (s.live == 0) s.heap_top = s.heap_base;
+    case kFinish: {  // the extent is not kept (it may have been already: undone)
+      s.n_kept = std::min(j.n_kept, kKeepExtents);
+      s.kept_bytes = kept_sum(s);
+      s.heap_top = j.heap_top;
+      s.live = j.live;
+      drop_extent(s, fd, j.extent);
       if (j.count_lost && !j.counted) s.lost.fetch_add(1);
       std::uint64_t w = j.word;
       stamp_at(s, j.pos).compare_exchange_strong(w, free_word(j.pos, sizeof(Extent)));
@@ -451,6 +522,27 @@ class RingLock {
  private:
   Lock& lock_;
   bool held_ = false;
+};
+
+// A large item's pages while it is copied: in this process's window, or else mapped for the
+// copy (populated: one call maps them faster than a fault each).
+class ExtentPages {
+ public:
+  ExtentPages(int fd, const Extent& e, std::byte* in_window) : data_(in_window) {
+    if (data_) return;
+    len_ = capacity(e.len);
+    data_ = static_cast<std::byte*>(posix::memfd_map_range(fd, e.off, len_));
+  }
+  ~ExtentPages() {
+    if (len_ != 0) posix::memfd_unmap_range(data_, len_);
+  }
+  ExtentPages(const ExtentPages&) = delete;
+  ExtentPages& operator=(const ExtentPages&) = delete;
+  std::byte* data() const { return data_; }
+
+ private:
+  std::byte* data_ = nullptr;
+  std::uint64_t len_ = 0;  // mapped for the copy
 };
 
 }  // namespace
@@ -818,6 +910,7 @@ QueueCore::QueueCore(long maxsize, bool joinable) {
             static_cast<std::uint64_t>(Clock::now().time_since_epoch().count());
   if (s_->uid == 0) s_->uid = 1;
   std::snprintf(s_->name, sizeof s_->name, "mp-queue-%d-%u", me.pid, n);
+  map_window();
 }
 
 void QueueCore::adopt(const BlockRef& ref) {
@@ -827,6 +920,25 @@ void QueueCore::adopt(const BlockRef& ref) {
   if (s_->magic != kMagic || s_->version != kVersion || s_->units != kUnits ||
       s_->heap_base != kHeapBase)
     throw ProcessError("mp::Queue: the shared segment handed over is not a queue's");
+  map_window();
+}
+
+void QueueCore::map_window() {
+  // Address space only (the pages are the memfd's, touched once reserved). Without it, every
+  // large item is mapped while it is copied.
+  try {
+    void* p = posix::memfd_map_window(block_descriptor(block_), kHeapBase, kWindow);
+    window_ = std::shared_ptr<std::byte>(
+        static_cast<std::byte*>(p), [](std::byte* w) { posix::memfd_unmap_range(w, kWindow); });
+  } catch (const std::system_error&) {
+    window_.reset();
+  }
+}
+
+std::byte* QueueCore::window(std::uint64_t off, std::uint64_t len) const {
+  if (!window_ || off < kHeapBase || off - kHeapBase > kWindow || len > kWindow - (off - kHeapBase))
+    return nullptr;
+  return window_.get() + (off - kHeapBase);
 }
 
 std::uint32_t queue_sleepers(const QueueCore& q) {
@@ -902,39 +1014,75 @@ bool QueueCore::put_large(const void* data, std::size_t len, const Deadline& dea
   const int fd = block_descriptor(block_);
   if (deadline && Clock::now() >= *deadline && full()) return false;
 
-  // The item first gets pages of its own and is copied there without the lock.
+  // The item first gets pages of its own (a kept extent of its size class, or new ones at the
+  // heap's top) and is copied there without the lock.
+  const std::uint64_t cap = capacity(len);
   std::uint32_t slot = kNoSlot;
   Extent extent{};
-  {
+  bool reused = false;
+  enum Reserved { kTimedOut, kDone, kWait };
+  auto reserve = [&](bool may_wait) {
     RingLock g(lock_, s, fd, deadline);
-    if (!g) return false;
+    if (!g) return kTimedOut;
+    // The latest given back first: its pages may still be in a cache.
+    std::uint32_t k = s.n_kept;
+    while (k > 0 && s.kept[k - 1].cap != cap) --k;
+    reused = k > 0;
+    if (reused) --k;
+    // None kept, and a pipeline of large items in flight (a consumer will give one back soon):
+    // waiting a little for it costs less than new pages, which both sides fault in.
+    if (!reused && may_wait && cap <= kKeepBytes && s.live - s.n_kept >= kPipeline) return kWait;
     Journal& j = s.journal;
     j.heap_top = s.heap_top;
     j.live = s.live;
-    extent = {s.live == 0 ? s.heap_base : s.heap_top, len};
-    j.extent = extent;
+    j.n_kept = s.n_kept;
     j.slot = kNoSlot;
+    if (reused) {
+      extent = {s.kept[k].off, len};
+      j.kept_i = k;
+      j.kept_was = s.kept[k];
+    } else {
+      extent = {s.live == 0 ? s.heap_base : s.heap_top, len};
+    }
+    j.extent = extent;
     begin(j, kReserve);
-    s.heap_top = extent.off;
+    if (reused) {  // the last kept extent takes its entry
+      s.kept[k] = s.kept[--s.n_kept];
+      s.kept_bytes -= cap;
+    } else {
+      s.heap_top = extent.off;
+    }
     slot = claim_slot(s, fd, extent);
     j.slot = slot;
-    s.heap_top += pages(len);
-    ++s.live;
+    if (!reused) {
+      s.heap_top += cap;
+      ++s.live;
+    }
     end(j);
+    return kDone;
+  };
+  Reserved r = reserve(true);
+  if (r == kWait) {
+    // Bounded by about what new pages cost (~1 ms a MiB here), so that a queue nobody reads
+    // only takes puts more slowly.
+    Deadline until = Clock::now() + std::chrono::microseconds(cap >> 10);
+    if (deadline && *deadline < *until) until = deadline;
+    A::wait_room(*this, until, [&] { return s.n_kept.load(std::memory_order_relaxed) > 0; });
+    r = reserve(false);
   }
+  if (r == kTimedOut) return false;
   auto give_back = [&] {
     RingLock g(lock_, s, fd, std::nullopt);
     drop_extent(s, fd, extent);
     free_slot(s, slot);
   };
   try {
-    posix::memfd_reserve(fd, extent.off, pages(len));
-    void* dst = posix::memfd_map_range(fd, extent.off, pages(len));
+    if (!reused) posix::memfd_reserve(fd, extent.off, cap);  // a kept extent has its pages
+    ExtentPages pages(fd, extent, window(extent.off, cap));
+    std::byte* dst = pages.data();
     std::memcpy(dst, data, len / 2);
     fault(QueueStep::put_large_copying);
-    std::memcpy(static_cast<std::byte*>(dst) + len / 2,
-                static_cast<const std::byte*>(data) + len / 2, len - len / 2);
-    posix::memfd_unmap_range(dst, pages(len));
+    std::memcpy(dst + len / 2, static_cast<const std::byte*>(data) + len / 2, len - len / 2);
   } catch (const std::system_error& e) {
     give_back();
     throw ProcessError("mp::Queue '" + name_of(s) + "': no room for an item of " +
@@ -1040,14 +1188,12 @@ bool QueueCore::get(ItemSink sink, void* ctx, bool block, std::optional<Duration
     bool delivered = false;
     try {
       extent = check_extent(name_view(s), payload, s.heap_base, s.heap_top, posix::page_size());
-      void* dst = sink(ctx, extent.len);
-      const std::uint64_t n = pages(extent.len);
-      void* src = posix::memfd_map_range(fd, extent.off, n);
+      auto* dst = static_cast<std::byte*>(sink(ctx, extent.len));
+      ExtentPages pages(fd, extent, window(extent.off, capacity(extent.len)));
+      const std::byte* src = pages.data();
       std::memcpy(dst, src, extent.len / 2);
       fault(QueueStep::get_large_copying);
-      std::memcpy(static_cast<std::byte*>(dst) + extent.len / 2,
-                  static_cast<const std::byte*>(src) + extent.len / 2, extent.len - extent.len / 2);
-      posix::memfd_unmap_range(src, n);
+      std::memcpy(dst + extent.len / 2, src + extent.len / 2, extent.len - extent.len / 2);
       delivered = true;
     } catch (...) {
       RingLock g(lock_, s, fd, std::nullopt);

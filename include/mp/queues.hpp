@@ -70,8 +70,13 @@ class QueueCore {
   void adopt(const BlockRef& ref);
   bool put_large(const void* data, std::size_t len,
                  const std::optional<std::chrono::steady_clock::time_point>& deadline);
+  void map_window();
+  std::byte* window(std::uint64_t off, std::uint64_t len) const;
   std::shared_ptr<SharedBlock> block_;
   QueueState* s_ = nullptr;
+  // Large items' pages near the heap's base, mapped once in this process (their extents are
+  // reused: no mapping, no page fault per item); nullptr when it could not be mapped.
+  std::shared_ptr<std::byte> window_;
   mutable Lock lock_;  // large items' pages, bounded puts: short steps only, never a wait
   friend struct QueueAccess;
   friend struct QueueAccessImpl;
