@@ -56,8 +56,8 @@ std::atomic<std::uint64_t> g_queue_wakes{0};
 namespace {
 
 constexpr std::uint64_t kMagic = 0x6575657571706d00;  // "\0mpqueue"
-constexpr std::uint32_t kVersion = 2;
-constexpr std::size_t kStateBytes = 64 * 1024;
+constexpr std::uint32_t kVersion = 3;
+constexpr std::size_t kStateBytes = 128 * 1024;
 constexpr std::size_t kStampsOffset = kStateBytes;
 constexpr std::size_t kRingOffset = kStampsOffset + kUnits * sizeof(std::uint64_t);
 constexpr std::uint64_t kHeapBase = kRingOffset + kRingBytes;
@@ -78,6 +78,8 @@ constexpr auto kLockGrace = 1s;   // the longest a try waits for the ring's lock
 // stream never puts its consumer to sleep (each put would then make a futex call, and the
 // consumer fall behind again), far shorter than a scheduler's tick.
 constexpr auto kSpin = 30us;
+// A waiter held up by a record being moved naps this long at a time: its mover may not wake it.
+constexpr auto kBusyNap = 50us;
 
 enum Op : std::uint32_t { kNone, kReserve, kPublish, kFinish };
 
@@ -137,6 +139,13 @@ struct Owner {
   std::atomic<std::uint64_t> id{0};
 };
 
+// What one registered thread has put and got, written by it alone (a load and a store, no
+// read-modify-write on the fast path); qsize() sums them. A line each: no false sharing.
+struct alignas(64) Counts {
+  std::atomic<std::uint64_t> put{0};
+  std::atomic<std::uint64_t> got{0};
+};
+
 struct QueueState {
   std::uint64_t magic = kMagic;
   std::uint32_t version = kVersion;
@@ -146,13 +155,15 @@ struct QueueState {
   std::uint64_t heap_base = kHeapBase;
   std::uint64_t uid = 0;  // tells this queue from another in a thread's cache of registrations
   char name[40] = {};
-  // Producers' line, consumers' line: neither side writes the other's on its fast path.
-  alignas(64) std::atomic<std::uint64_t> tail{0};  // a hint: the next record's position
-  std::atomic<std::uint32_t> put_items{0};         // published (consumers sleep on it)
+  // Producers' line, consumers' line: neither side writes the other's on its fast path, and
+  // each is written only every kHintLag units (threads keep their own cursors).
+  alignas(64) std::atomic<std::uint64_t> tail{0};  // a hint: at most ~kHintLag behind the tail
   alignas(64) std::atomic<std::uint64_t> head{0};  // every record before it is freed
-  std::atomic<std::uint32_t> got_items{0};  // freed after being taken (producers sleep on it)
-  alignas(64) Waiters get_waiters;          // consumers, asleep on put_items
-  alignas(64) Waiters put_waiters;          // producers, asleep on got_items
+  alignas(64) Waiters get_waiters;                 // consumers, asleep on item_seq
+  std::atomic<std::uint32_t> item_seq{0};          // +1 when a put wakes a consumer
+  alignas(64) Waiters put_waiters;                 // producers, asleep on room_seq
+  std::atomic<std::uint32_t> room_seq{0};          // +1 when a get wakes a producer
+  std::atomic<std::uint32_t> owners_used{0};       // registry entries [0, owners_used) used
   alignas(64) std::atomic<std::int64_t> unfinished{0};
   std::atomic<std::uint32_t> done_seq{0};  // +1 when unfinished reaches 0
   std::atomic<std::uint64_t> lost{0};
@@ -165,6 +176,7 @@ struct QueueState {
   Journal journal;
   InFlight slots[kSlots];
   alignas(64) Owner owners[kOwners];
+  Counts counts[kOwners];
 };
 static_assert(sizeof(QueueState) <= kStateBytes);
 
@@ -241,8 +253,8 @@ Extent check_extent(std::string_view queue, const void* payload, std::uint64_t h
 
 namespace {
 
-Deadline deadline_after(std::optional<std::chrono::duration<double>> timeout) {
-  if (!timeout) return std::nullopt;
+Deadline deadline_after(const std::optional<std::chrono::duration<double>>& timeout) {
+  if (!timeout.has_value()) return std::nullopt;
   auto t = std::max(*timeout, std::chrono::duration<double>::zero());
   if (t > std::chrono::hours(24 * 365 * 100)) return std::nullopt;  // forever
   return Clock::now() + std::chrono::duration_cast<Clock::duration>(t);
@@ -260,34 +272,74 @@ std::uint64_t lap_of(std::uint64_t pos) {
   return (pos / kUnits) & kLapMask;
 }
 
-// Consecutive positions' stamps lie on different cache lines (8 stamps a line, spread a
-// line apart): a consumer freeing the stamp just behind a producer's does not take the
-// producer's line away from it.
+// Consecutive positions' stamps lie on different cache lines: a consumer freeing the stamp
+// just behind a producer's does not take the producer's line away from it. Spread within
+// blocks of 64 positions (8 lines, a line 8 positions apart), not across the whole ring: a
+// line is used again 8 positions later, while it is still in the L1 cache (spread across the
+// ring, each put and get met a line last used 8192 positions before: an L2 miss).
 std::atomic<std::uint64_t>& stamp_at(QueueState& s, std::uint64_t pos) {
   auto* stamps = reinterpret_cast<std::atomic<std::uint64_t>*>(reinterpret_cast<std::byte*>(&s) +
                                                                kStampsOffset);
-  constexpr std::uint64_t kPerLine = 8, kLines = kUnits / kPerLine;
+  constexpr std::uint64_t kPerLine = 8, kBlock = kPerLine * kPerLine;
   const std::uint64_t i = pos & (kUnits - 1);
-  return stamps[(i % kLines) * kPerLine + i / kLines];
+  return stamps[(i & ~(kBlock - 1)) + (i % kPerLine) * kPerLine + (i % kBlock) / kPerLine];
 }
 
 std::byte* ring(QueueState& s) {
   return reinterpret_cast<std::byte*>(&s) + kRingOffset;
 }
 
+// n bytes, n <= 16, by fixed-size copies the compiler inlines (a call to memcpy for 8 bytes
+// costs more than the copy).
+inline void copy_small(std::byte* dst, const std::byte* src, std::size_t n) {
+  if (n >= 8) {
+    std::memcpy(dst, src, 8);
+    std::memcpy(dst + n - 8, src + n - 8, 8);
+  } else if (n >= 4) {
+    std::memcpy(dst, src, 4);
+    std::memcpy(dst + n - 4, src + n - 4, 4);
+  } else {
+    for (std::size_t k = 0; k < n; ++k) dst[k] = src[k];
+  }
+}
+
 void ring_write(QueueState& s, std::uint64_t pos, std::size_t at, const void* src, std::size_t n) {
   const std::size_t i = ((pos & (kUnits - 1)) * kUnitBytes + at) & (kRingBytes - 1);
-  const std::size_t first = std::min<std::size_t>(n, kRingBytes - i);
-  std::memcpy(ring(s) + i, src, first);
-  std::memcpy(ring(s), static_cast<const std::byte*>(src) + first, n - first);
+  const auto* from = static_cast<const std::byte*>(src);
+  if (n <= kRingBytes - i) [[likely]] {  // no wrap
+    if (n <= kUnitBytes)
+      copy_small(ring(s) + i, from, n);
+    else
+      std::memcpy(ring(s) + i, from, n);
+    return;
+  }
+  const std::size_t first = kRingBytes - i;
+  std::memcpy(ring(s) + i, from, first);
+  std::memcpy(ring(s), from + first, n - first);
 }
 
 void ring_read(QueueState& s, std::uint64_t pos, std::size_t at, void* dst, std::size_t n) {
   const std::size_t i = ((pos & (kUnits - 1)) * kUnitBytes + at) & (kRingBytes - 1);
-  const std::size_t first = std::min<std::size_t>(n, kRingBytes - i);
-  std::memcpy(dst, ring(s) + i, first);
-  std::memcpy(static_cast<std::byte*>(dst) + first, ring(s), n - first);
+  auto* to = static_cast<std::byte*>(dst);
+  if (n <= kRingBytes - i) [[likely]] {
+    if (n <= kUnitBytes)
+      copy_small(to, ring(s) + i, n);
+    else
+      std::memcpy(to, ring(s) + i, n);
+    return;
+  }
+  const std::size_t first = kRingBytes - i;
+  std::memcpy(to, ring(s) + i, first);
+  std::memcpy(to + first, ring(s), n - first);
 }
+
+// The stamp `w` with another state and owner.
+constexpr std::uint64_t retag(std::uint64_t w, Unit state, std::uint32_t owner) {
+  constexpr std::uint64_t keep = ~pack({Unit::taken, false, kOwners - 1, 0, 0});
+  return (w & keep) | pack({state, false, owner, 0, 0});
+}
+static_assert(retag(pack({Unit::ready, true, 5, 16, 77}), Unit::taken, 9) ==
+              pack({Unit::taken, true, 9, 16, 77}));
 
 std::uint64_t free_word(std::uint64_t pos, std::uint32_t bytes) {
   return pack({Unit::free, false, 0, bytes, lap_of(pos) + 1});
@@ -324,33 +376,62 @@ struct OwnerCache {
   std::uint32_t tid = 0;
   std::uint32_t index = 0;
   std::uint64_t head = 0;
+  // Where this thread's next claim starts looking (the end of its last one: at or before the
+  // tail), and its next take (a position every record before which is freed).
+  std::uint64_t tail = 0;
+  std::uint64_t from = 0;
+  Counts* counts = nullptr;
 };
+// The shared hints are moved only when they lag this far behind a thread's cursor.
+constexpr std::uint64_t kHintLag = 64;
 constexpr int kCached = 4;
 thread_local OwnerCache t_owners[kCached] __attribute__((tls_model("initial-exec")));
 thread_local unsigned t_next_owner __attribute__((tls_model("initial-exec"))) = 0;
 
 // Sleeps on `word` while it reads `seen`, at most until the deadline or kRecheck. False when
 // it returned because kRecheck passed (the caller may look for dead peers then).
-bool sleep_on(const std::atomic<std::uint32_t>& word, std::uint32_t seen, const Deadline& d) {
-  auto until = Clock::now() + kRecheck;
+bool sleep_on(const std::atomic<std::uint32_t>& word, std::uint32_t seen, const Deadline& d,
+              Clock::duration cap) {
+  auto until = Clock::now() + cap;
   const bool capped = !d || *d > until;
   if (!capped) until = *d;
   const bool woken = posix::futex_wait(word, seen, until);
   return woken || !capped;
 }
 
+// Wakes one sleeper of `w` (the caller saw one, after the step it waits for was made visible,
+// or before it in the same total order: see wait_for). At most one futex call while a wake-up is
+// pending.
 void wake_one(std::atomic<std::uint32_t>& word, Waiters& w) {
-  if (w.sleeping.load(std::memory_order_seq_cst) != 0 &&
-      w.pending.load(std::memory_order_seq_cst) == 0 &&
+  if (w.pending.load(std::memory_order_seq_cst) == 0 &&
       w.pending.exchange(1, std::memory_order_seq_cst) == 0) {
+    word.fetch_add(1, std::memory_order_seq_cst);
     g_queue_wakes.fetch_add(1, std::memory_order_relaxed);
     posix::futex_wake(word, 1);
   }
 }
 
+// Room was made (a record freed, counted as got): a producer that sleeps is told. The bump comes
+// first (it orders the count before the look at the sleepers): slower than a get's fast path,
+// which looks right after its take (QueueCore::get), but needed where no take came first.
+void wake_room(QueueState& s) {
+  s.room_seq.fetch_add(1, std::memory_order_seq_cst);
+  if (s.put_waiters.sleeping.load(std::memory_order_seq_cst) != 0) {
+    s.put_waiters.pending.store(0, std::memory_order_seq_cst);
+    wake_one(s.room_seq, s.put_waiters);
+  }
+}
+
+// One more item put (or got) by the thread owning the counter: it alone writes it.
+void bump(std::atomic<std::uint64_t>& counter) {
+  counter.store(counter.load(std::memory_order_relaxed) + 1, std::memory_order_release);
+}
+
 void wake_all(QueueState& s) {
-  posix::futex_wake(s.put_items, INT_MAX);
-  posix::futex_wake(s.got_items, INT_MAX);
+  s.item_seq.fetch_add(1);
+  s.room_seq.fetch_add(1);
+  posix::futex_wake(s.item_seq, INT_MAX);
+  posix::futex_wake(s.room_seq, INT_MAX);
   s.done_seq.fetch_add(1);
   posix::futex_wake(s.done_seq, INT_MAX);
 }
@@ -559,7 +640,7 @@ struct QueueAccessImpl {
         return c;
     const std::uint32_t i = register_owner(q, me);
     OwnerCache& c = t_owners[t_next_owner++ % kCached];
-    c = {s.uid, me.tid, i, s.head.load(std::memory_order_acquire)};
+    c = {s.uid, me.tid, i, s.head.load(std::memory_order_acquire), 0, 0, &s.counts[i]};
     return c;
   }
 
@@ -571,8 +652,12 @@ struct QueueAccessImpl {
     for (std::uint32_t i = 0; i < kOwners; ++i) {
       std::uint64_t z = 0;
       if (s.owners[i].id.load(std::memory_order_relaxed) == 0 &&
-          s.owners[i].id.compare_exchange_strong(z, id))
+          s.owners[i].id.compare_exchange_strong(z, id)) {
+        std::uint32_t used = s.owners_used.load();
+        while (used < i + 1 && !s.owners_used.compare_exchange_weak(used, i + 1)) {
+        }
         return i;
+      }
     }
     // Full: an entry of a thread that has ended is taken over, once what it held is freed.
     for (std::uint32_t i = 0; i < kOwners; ++i) {
@@ -626,9 +711,9 @@ struct QueueAccessImpl {
     }
     if (st.state == Unit::taken) {
       item_done(s);
-      s.got_items.fetch_add(1, std::memory_order_seq_cst);
+      bump(s.counts[me].got);
     }
-    wake_one(s.got_items, s.put_waiters);
+    wake_room(s);
     return true;
   }
 
@@ -664,44 +749,58 @@ struct QueueAccessImpl {
     }
   }
 
-  // Moves the head past records already freed (their consumers move it, but one may have
-  // died, or freed out of order).
+  // Moves the head past records already freed (consumers move it only every kHintLag units, and
+  // one may have died, or freed out of order). One CAS for the whole walk: while the head still
+  // reads h, none of the records walked can have been claimed again (a claim needs the head past
+  // its unit's last lap).
   static std::uint64_t advance_head(QueueState& s) {
     std::uint64_t h = s.head.load(std::memory_order_acquire);
-    for (int i = 0; i < 1 << 16; ++i) {
-      const Stamp st = unpack(stamp_at(s, h).load(std::memory_order_acquire));
-      if (st.lap != lap_of(h + kUnits) || st.state != Unit::free) break;
-      std::uint64_t expect = h;
-      const std::uint64_t next = h + units_of(st.bytes);
-      if (!s.head.compare_exchange_strong(expect, next, std::memory_order_acq_rel)) {
-        h = expect;
-        continue;
+    for (;;) {
+      std::uint64_t end = h;
+      while (end - h < kUnits) {
+        const Stamp st = unpack(stamp_at(s, end).load(std::memory_order_acquire));
+        if (st.lap != lap_of(end + kUnits) || st.state != Unit::free) break;
+        end += units_of(st.bytes);
       }
-      h = next;
+      if (end == h || s.head.compare_exchange_strong(h, end, std::memory_order_acq_rel)) return end;
     }
-    return h;
   }
 
-  // Claims a record of `bytes` at the tail: its position, or none when the ring has no room.
-  static std::optional<std::uint64_t> try_claim(QueueState& s, OwnerCache& me, std::uint32_t bytes,
-                                                bool large) {
+  // The record at `pos` of this lap is one a producer or consumer is in the middle of moving:
+  // the waiter it holds up is not woken by that mover (see wait_for).
+  static bool mid_step(QueueState& s, std::uint64_t pos, Unit state) {
+    const Stamp st = unpack(stamp_at(s, pos).load(std::memory_order_seq_cst));
+    return st.lap == lap_of(pos) && st.state == state;
+  }
+
+  // Claims a record of `bytes` at the tail: its position, or none when the ring has no room
+  // (`busy`: a consumer is copying out the record in the way). The search starts at this
+  // thread's own cursor when the shared hint is behind it, and walks past records already
+  // claimed; the hint is moved (by CAS: a store could take it back) only when it lags kHintLag.
+  // (No std::optional returned here or by try_take: built a byte at a time on the stack and
+  // read whole, it costs a store-forwarding stall on every put and get.)
+  static constexpr std::uint64_t kNoPos = ~std::uint64_t{0};
+  static std::uint64_t try_claim(QueueState& s, OwnerCache& me, std::uint32_t bytes, bool large,
+                                 bool& busy) {
     const std::uint64_t n = units_of(bytes);
     int stale = 0;
+    std::uint64_t hint = s.tail.load(std::memory_order_acquire);
+    // Mine is at or before the tail (the end of my last claim); but laps old when the hint is
+    // past it.
+    bool from_mine = me.tail > hint && me.tail - hint < kUnits;
+    std::uint64_t t = from_mine ? me.tail : hint;
     for (;;) {
-      const std::uint64_t t = s.tail.load(std::memory_order_acquire);
       auto& first = stamp_at(s, t);
       std::uint64_t w = first.load(std::memory_order_acquire);
       const Stamp st = unpack(w);
       const std::uint64_t lap = lap_of(t);
       if ((st.lap == lap && st.state != Unit::free) ||
           (st.lap == lap_of(t + kUnits) && st.state == Unit::free)) {
-        // Someone's record (or one already read): help the tail past it.
+        // Someone's record (or one already read): walk past it.
         if (!st.large && st.bytes > kInlineMax)
           corrupted(s,
                     "a record of " + std::to_string(st.bytes) + " bytes at " + std::to_string(t));
-        std::uint64_t expect = t;
-        s.tail.compare_exchange_strong(expect, t + units_of(st.bytes), std::memory_order_release,
-                                       std::memory_order_relaxed);
+        t += units_of(st.bytes);
         continue;
       }
       // Room: the head has passed these units' last lap.
@@ -709,29 +808,42 @@ struct QueueAccessImpl {
         me.head = s.head.load(std::memory_order_acquire);
         if (t + n > me.head + kUnits) me.head = advance_head(s);
         if (t + n > me.head + kUnits) {
-          if (s.tail.load(std::memory_order_acquire) != t) continue;
-          // The tail never runs more than the ring ahead of the head.
-          if (t > me.head + kUnits || t < me.head)
+          if (!from_mine && s.tail.load(std::memory_order_acquire) == hint && t == hint &&
+              (t > me.head + kUnits || t < me.head))
+            // The tail never runs more than the ring ahead of the head.
             corrupted(s, "the tail " + std::to_string(t) + " is far from the head " +
                              std::to_string(me.head));
-          return std::nullopt;
+          busy = mid_step(s, me.head, Unit::taken);
+          return kNoPos;
         }
       }
       if (st.lap == lap && st.state == Unit::free) {
         if (first.compare_exchange_strong(w, pack({Unit::claimed, large, me.index, bytes, lap}),
-                                          std::memory_order_acq_rel)) {
-          // A hint, moved by CAS only: a store could take it back (a producer preempted here
-          // for a lap of the ring would leave it pointing at a stamp of another lap).
-          std::uint64_t expect = t;
-          s.tail.compare_exchange_strong(expect, t + n, std::memory_order_release,
-                                         std::memory_order_relaxed);
+                                          std::memory_order_seq_cst)) {
+          me.tail = t + n;
+          if (t + n - hint >= kHintLag) {
+            std::uint64_t expect = hint;
+            while (expect < t + n &&
+                   !s.tail.compare_exchange_weak(expect, t + n, std::memory_order_release,
+                                                 std::memory_order_relaxed)) {
+            }
+          }
           return t;
         }
+        continue;  // another producer's now: walk past it
+      }
+      // A stamp of another lap: my cursor was stale (start again from the hint), or the hint is,
+      // or the segment is corrupt.
+      if (from_mine) {
+        from_mine = false;
+        me.tail = 0;
+        t = hint = s.tail.load(std::memory_order_acquire);
         continue;
       }
-      if (s.tail.load(std::memory_order_acquire) == t && ++stale > 3)
+      if (s.tail.load(std::memory_order_acquire) == hint && ++stale > 3)
         corrupted(
             s, "the tail " + std::to_string(t) + " meets a stamp of lap " + std::to_string(st.lap));
+      t = hint = s.tail.load(std::memory_order_acquire);
     }
   }
 
@@ -739,10 +851,12 @@ struct QueueAccessImpl {
     std::uint64_t pos;
     std::uint64_t word;
     Record rec;
-    bool at_head;  // every record before it was freed
+    bool at_head;        // every record before it was freed
+    std::uint64_t head;  // the head as read: moved past the record (when at_head) if it lags
   };
 
-  // Takes the oldest ready record: none when nothing is ready now.
+  // Takes the oldest ready record: none when nothing is ready now (`busy`: a record claimed
+  // on the way is being written).
   //
   // Records still claimed are skipped (a slow producer must not hide another's items), but
   // FIFO per producer needs care: a claimed record read just before its producer published it
@@ -750,22 +864,32 @@ struct QueueAccessImpl {
   // found, the claimed ones passed on the way are read again (after the ready one: its
   // producer's earlier records are visible as published by then), and the earliest of them
   // that is ready now is taken instead.
-  static std::optional<Taken> try_take(QueueState& s, std::uint32_t me) {
+  static bool try_take(QueueState& s, OwnerCache& me, bool& busy, Taken& taken) {
     constexpr int kPassed = 64;
     int stale = 0;
     for (;;) {
       const std::uint64_t h = s.head.load(std::memory_order_acquire);
+      // My cursor, when ahead of the head: every record before it is freed (so it lies in the
+      // head's lap, a record's start).
+      const bool from_mine = me.from > h && me.from - h < kUnits;
       bool at_head = true;
       std::uint64_t passed[kPassed];
       int n_passed = 0;
       bool overflow = false;
-      std::uint64_t pos = h;
+      std::uint64_t pos = from_mine ? me.from : h;
       for (; pos - h < kUnits;) {
-        std::uint64_t w = stamp_at(s, pos).load(std::memory_order_acquire);
+        std::uint64_t w = stamp_at(s, pos).load(std::memory_order_seq_cst);
         Stamp st = unpack(w);
         if (st.lap == lap_of(pos)) {
-          if (st.state == Unit::free) return std::nullopt;  // nothing published from here on
-          Record rec = check_record(name_view(s), w);
+          if (st.state == Unit::free) {  // nothing published from here on
+            if (at_head) me.from = pos;
+            busy = busy || n_passed > 0 || overflow;
+            return false;
+          }
+          // The common record checked inline; the others (large, or nonsense) by check_record.
+          Record rec = !st.large && st.bytes <= kInlineMax
+                           ? Record{false, st.bytes, units_of(st.bytes)}
+                           : check_record(name_view(s), w);
           if (st.state == Unit::ready) {
             if (overflow) break;  // too many passed to read again: walk again from the head
             std::uint64_t at = pos;
@@ -777,12 +901,13 @@ struct QueueAccessImpl {
                 break;
               }
             }
-            Stamp t = st;
-            t.state = Unit::taken;
-            t.owner = me;
-            const std::uint64_t tw = pack(t);
-            if (stamp_at(s, at).compare_exchange_strong(w, tw, std::memory_order_acq_rel))
-              return Taken{at, tw, rec, at_head && at == pos};
+            // The same stamp, taken by me (by bits: a Stamp copied field by field through the
+            // stack costs a store-forwarding stall).
+            const std::uint64_t tw = retag(w, Unit::taken, me.index);
+            if (stamp_at(s, at).compare_exchange_strong(w, tw, std::memory_order_seq_cst)) {
+              taken = {at, tw, rec, at_head && at == pos, h};
+              return true;
+            }
             break;  // taken first by another: walk again
           }
           // Claimed or taken by someone: skip it, keep it before the head.
@@ -797,14 +922,12 @@ struct QueueAccessImpl {
           continue;
         }
         if (st.lap == lap_of(pos + kUnits) && st.state == Unit::free) {  // freed already
-          const std::uint64_t len = units_of(st.bytes);
-          if (at_head) {
-            std::uint64_t expect = pos;
-            s.head.compare_exchange_strong(expect, pos + len, std::memory_order_release,
-                                           std::memory_order_relaxed);
-          }
-          pos += len;
+          pos += units_of(st.bytes);
           continue;
+        }
+        if (from_mine) {  // my cursor was laps old: from the head
+          me.from = 0;
+          break;
         }
         // The head read is stale (the ring went round since), or the segment is corrupt.
         if (s.head.load(std::memory_order_acquire) == h && ++stale > 3)
@@ -812,20 +935,42 @@ struct QueueAccessImpl {
                            std::to_string(st.lap) + " at " + std::to_string(pos));
         break;
       }
-      if (pos - h >= kUnits) return std::nullopt;
+      if (pos - h >= kUnits) return false;
     }
   }
 
-  static void publish(QueueState& s, std::uint64_t pos, std::uint64_t ready) {
-    if (s.joinable) s.unfinished.fetch_add(1);
-    stamp_at(s, pos).store(ready, std::memory_order_release);
-    fault(QueueStep::put_published);
-    s.put_items.fetch_add(1, std::memory_order_seq_cst);
-    wake_one(s.put_items, s.get_waiters);
+  // After a take at the head: the next take starts past the record, and the shared head moves
+  // there when it lags kHintLag (by CAS from what was read: every record between was freed).
+  static void passed_head(QueueState& s, OwnerCache& me, const Taken& taken, std::uint64_t end) {
+    if (!taken.at_head) return;
+    me.from = end;
+    if (end - taken.head >= kHintLag) {
+      std::uint64_t expect = taken.head;
+      s.head.compare_exchange_strong(expect, end, std::memory_order_release,
+                                     std::memory_order_relaxed);
+    }
   }
 
-  static void put_inline(QueueState& s, std::uint32_t me, std::uint64_t pos, const void* data,
+  // The item is counted, then published; a consumer seen asleep (looked at right after the
+  // claim) is woken.
+  static void publish(QueueState& s, OwnerCache& me, std::uint64_t pos, std::uint64_t ready,
+                      bool wake) {
+    if (s.joinable) s.unfinished.fetch_add(1);
+    bump(me.counts->put);
+    stamp_at(s, pos).store(ready, std::memory_order_release);
+    fault(QueueStep::put_published);
+    if (wake) wake_one(s.item_seq, s.get_waiters);
+  }
+
+  // Whether a consumer sleeps (or is about to): looked at after the claim, whose CAS orders it
+  // (wait_for says why that is enough).
+  static bool consumer_sleeps(QueueState& s) {
+    return s.get_waiters.sleeping.load(std::memory_order_seq_cst) != 0;
+  }
+
+  static void put_inline(QueueState& s, OwnerCache& me, std::uint64_t pos, const void* data,
                          std::uint32_t len) {
+    const bool wake = consumer_sleeps(s);
     if (g_queue_fault) [[unlikely]] {  // a test's kill points: in two halves
       fault(QueueStep::put_claimed);
       ring_write(s, pos, 0, data, len / 2);
@@ -834,63 +979,79 @@ struct QueueAccessImpl {
     } else {
       ring_write(s, pos, 0, data, len);
     }
-    publish(s, pos, pack({Unit::ready, false, me, len, lap_of(pos)}));
+    publish(s, me, pos, pack({Unit::ready, false, me.index, len, lap_of(pos)}), wake);
   }
 
-  // Waits until `attempt` succeeds (or the deadline: false): producers for a consumer to free
-  // something (counter got_items, waiters put_waiters), consumers for an item (put_items,
-  // get_waiters). `attempt` is tried after `counter` is read, and the counter read again after
-  // the registration, so that a change between the failed try and the sleep is never missed.
+  // Waits until `attempt` succeeds (or the deadline: false): producers for room (sleeping on
+  // room_seq, registered in put_waiters), consumers for an item (item_seq, get_waiters).
+  //
+  // The eventcount: a waiter reads the word, registers, tries once more, then sleeps on the
+  // word. The other side looks at the registrations right after the CAS that claims (or takes)
+  // its record, and wakes one sleeper once its step is done. Registration and that CAS are both
+  // seq_cst read-modify-writes, so one of the two sees the other: either the mover sees the
+  // sleeper (and wakes it), or the waiter's last try sees the record claimed (taken) by a mover
+  // still at work; then it naps only kBusyNap at a time, as nobody will wake it.
   template <class Attempt, class More>
-  static bool wait_for(QueueCore& q, std::atomic<std::uint32_t>& counter, Waiters& waiters,
-                       const Deadline& deadline, bool reap_when_idle, Attempt&& attempt,
-                       More&& more) {
+  static bool wait_for(QueueCore& q, std::atomic<std::uint32_t>& word, Waiters& waiters,
+                       const Deadline& deadline, Attempt&& attempt, More&& more) {
     bool slept = false;
+    auto done = [&] {
+      // Woken for one and more are there: the next sleeper's turn (nobody else wakes it
+      // while the wake-up this one cleared was pending).
+      if (slept && more()) wake_one(word, waiters);
+      return true;
+    };
+    auto busy_since = Clock::now();
+    bool was_busy = false;
     for (;;) {
-      const std::uint32_t seen = counter.load(std::memory_order_seq_cst);
-      if (attempt()) {
-        // Woken for one and more are there: the next sleeper's turn (nobody else wakes it
-        // while the wake-up this one cleared was pending).
-        if (slept && more()) wake_one(counter, waiters);
-        return true;
-      }
+      bool busy = false;
+      if (attempt(busy)) return done();
       if (past(deadline)) return false;
-      bool moved = false;
+      // Spin: longer than a put or get takes, far shorter than a scheduler's tick.
       const auto spin_until = Clock::now() + kSpin;
-      for (int i = 0; !moved; ++i) {
-        pause();
-        moved = counter.load(std::memory_order_relaxed) != seen;
-        if ((i & 63) == 63) {
+      for (int i = 1;; ++i) {
+        for (int k = 0; k < 8; ++k) pause();
+        busy = false;
+        if (attempt(busy)) return done();
+        if ((i & 7) == 0) {
           if (Clock::now() >= spin_until) break;
           // The peer may be waiting for this CPU (more runnable threads than CPUs): let it run.
           std::this_thread::yield();
         }
       }
-      if (moved) continue;
+      const std::uint32_t seen = word.load(std::memory_order_seq_cst);
       waiters.sleeping.fetch_add(1, std::memory_order_seq_cst);
+      busy = false;
+      bool got = attempt(busy);
       bool woken = true;
-      if (counter.load(std::memory_order_seq_cst) == seen) {
-        woken = sleep_on(counter, seen, deadline);
+      if (!got && !past(deadline)) {
+        woken = sleep_on(word, seen, deadline, busy ? kBusyNap : kRecheck);
         slept = true;
       }
       waiters.sleeping.fetch_sub(1, std::memory_order_seq_cst);
       waiters.pending.store(0, std::memory_order_seq_cst);
-      // Nothing for kRecheck: a dead peer may hold the ring.
-      if (!woken && reap_when_idle) reap_ring(q);
+      if (got) return done();
+      // Nothing for kRecheck, or held up that long by a mover: a dead peer may hold the ring.
+      if (busy && !was_busy) busy_since = Clock::now();
+      was_busy = busy;
+      if ((!woken && !busy) || (busy && Clock::now() - busy_since >= kRecheck)) {
+        reap_ring(q);
+        busy_since = Clock::now();
+      }
     }
   }
 
   template <class Attempt>
   static bool wait_room(QueueCore& q, const Deadline& deadline, Attempt&& attempt) {
     QueueState& s = *q.s_;
-    return wait_for(q, s.got_items, s.put_waiters, deadline, true, attempt,
+    return wait_for(q, s.room_seq, s.put_waiters, deadline, attempt,
                     [&] { return s.maxsize <= 0 || q.qsize() < s.maxsize; });
   }
 
   template <class Attempt>
   static bool wait_item(QueueCore& q, const Deadline& deadline, Attempt&& attempt) {
     // More than the one this consumer took (not yet counted as got).
-    return wait_for(q, q.s_->put_items, q.s_->get_waiters, deadline, false, attempt,
+    return wait_for(q, q.s_->item_seq, q.s_->get_waiters, deadline, attempt,
                     [&] { return q.qsize() > 1; });
   }
 };
@@ -950,9 +1111,15 @@ std::string QueueCore::name() const {
 }
 
 long QueueCore::qsize() const {
-  const auto put = s_->put_items.load(std::memory_order_seq_cst);
-  const auto got = s_->got_items.load(std::memory_order_seq_cst);
-  return std::max<long>(static_cast<std::int32_t>(put - got), 0);
+  // Every registered thread's counts (a thread counts its put before it publishes the item, its
+  // get once it has freed the record).
+  std::uint64_t put = 0, got = 0;
+  const std::uint32_t n = std::min(s_->owners_used.load(std::memory_order_acquire), kOwners);
+  for (std::uint32_t i = 0; i < n; ++i) {
+    got += s_->counts[i].got.load(std::memory_order_acquire);
+    put += s_->counts[i].put.load(std::memory_order_acquire);
+  }
+  return std::max<long>(static_cast<std::int64_t>(put - got), 0);
 }
 
 bool QueueCore::full() const {
@@ -975,7 +1142,7 @@ std::uint64_t QueueCore::lost() const {
 }
 
 bool QueueCore::put(const void* data, std::size_t len, bool block,
-                    std::optional<Duration> timeout) {
+                    const std::optional<Duration>& timeout) {
   QueueState& s = *s_;
   using A = QueueAccessImpl;
   OwnerCache& me = A::owner(*this);
@@ -984,25 +1151,28 @@ bool QueueCore::put(const void* data, std::size_t len, bool block,
   if (len > kInlineMax) return put_large(data, len, deadline);
   const auto bytes = static_cast<std::uint32_t>(len);
   if (s.maxsize <= 0) {
-    if (auto pos = A::try_claim(s, me, bytes, false)) [[likely]] {
-      A::put_inline(s, me.index, *pos, data, bytes);
+    bool busy = false;
+    if (const auto pos = A::try_claim(s, me, bytes, false, busy); pos != A::kNoPos) [[likely]] {
+      A::put_inline(s, me, pos, data, bytes);
       return true;
     }
-    return A::wait_room(*this, deadline, [&] {
-      auto pos = A::try_claim(s, me, bytes, false);
-      if (pos) A::put_inline(s, me.index, *pos, data, bytes);
-      return pos.has_value();
+    return A::wait_room(*this, deadline, [&](bool& busy) {
+      const auto pos = A::try_claim(s, me, bytes, false, busy);
+      if (pos == A::kNoPos) return false;
+      A::put_inline(s, me, pos, data, bytes);
+      return true;
     });
   }
   const int fd = block_descriptor(block_);
   bool timed_out = false;
-  const bool done = A::wait_room(*this, deadline, [&] {
+  const bool done = A::wait_room(*this, deadline, [&](bool& busy) {
     RingLock g(lock_, s, fd, deadline);
     if (!g) return timed_out = true;
     if (qsize() >= s.maxsize) return false;
-    auto pos = A::try_claim(s, me, bytes, false);
-    if (pos) A::put_inline(s, me.index, *pos, data, bytes);
-    return pos.has_value();
+    const auto pos = A::try_claim(s, me, bytes, false, busy);
+    if (pos == A::kNoPos) return false;
+    A::put_inline(s, me, pos, data, bytes);
+    return true;
   });
   return done && !timed_out;
 }
@@ -1067,7 +1237,7 @@ bool QueueCore::put_large(const void* data, std::size_t len, const Deadline& dea
     // only takes puts more slowly.
     Deadline until = Clock::now() + std::chrono::microseconds(cap >> 10);
     if (deadline && *deadline < *until) until = deadline;
-    A::wait_room(*this, until, [&] { return s.n_kept.load(std::memory_order_relaxed) > 0; });
+    A::wait_room(*this, until, [&](bool&) { return s.n_kept.load(std::memory_order_relaxed) > 0; });
     r = reserve(false);
   }
   if (r == kTimedOut) return false;
@@ -1108,28 +1278,29 @@ bool QueueCore::put_large(const void* data, std::size_t len, const Deadline& dea
     fault(QueueStep::put_large_handed_over);
   };
   auto publish = [&](std::uint64_t pos) {
-    A::publish(s, pos, pack({Unit::ready, true, me.index, sizeof(Extent), lap_of(pos)}));
+    A::publish(s, me, pos, pack({Unit::ready, true, me.index, sizeof(Extent), lap_of(pos)}),
+               A::consumer_sleeps(s));
   };
   bool timed_out = false;
   const bool bounded = s.maxsize > 0;
-  const bool done = A::wait_room(*this, deadline, [&] {
+  const bool done = A::wait_room(*this, deadline, [&](bool& busy) {
     if (bounded) {  // the count checked and the item published under one hold of the lock
       RingLock g(lock_, s, fd, deadline);
       if (!g) return timed_out = true;
       if (qsize() >= s.maxsize) return false;
-      auto pos = A::try_claim(s, me, 0, true);
-      if (!pos) return false;
-      hand_over(*pos);
-      publish(*pos);
+      const auto pos = A::try_claim(s, me, 0, true, busy);
+      if (pos == A::kNoPos) return false;
+      hand_over(pos);
+      publish(pos);
       return true;
     }
-    auto pos = A::try_claim(s, me, 0, true);
-    if (!pos) return false;
+    const auto pos = A::try_claim(s, me, 0, true, busy);
+    if (pos == A::kNoPos) return false;
     {
       RingLock g(lock_, s, fd, std::nullopt);
-      hand_over(*pos);
+      hand_over(pos);
     }
-    publish(*pos);
+    publish(pos);
     return true;
   });
   if (!done || timed_out) {
@@ -1139,21 +1310,22 @@ bool QueueCore::put_large(const void* data, std::size_t len, const Deadline& dea
   return true;
 }
 
-bool QueueCore::get(ItemSink sink, void* ctx, bool block, std::optional<Duration> timeout) {
+bool QueueCore::get(ItemSink sink, void* ctx, bool block, const std::optional<Duration>& timeout) {
   QueueState& s = *s_;
   using A = QueueAccessImpl;
-  const std::uint32_t me = A::owner(*this).index;
+  OwnerCache& me = A::owner(*this);
   const Deadline deadline = block ? deadline_after(timeout) : Deadline(Clock::now());
-  std::optional<A::Taken> taken = A::try_take(s, me);
-  if (!taken && !A::wait_item(*this, deadline, [&] {
-        taken = A::try_take(s, me);
-        return taken.has_value();
-      }))
+  bool busy = false;
+  A::Taken taken;
+  if (!A::try_take(s, me, busy, taken) &&
+      !A::wait_item(*this, deadline, [&](bool& busy) { return A::try_take(s, me, busy, taken); }))
     return false;
-  const std::uint64_t pos = taken->pos;
+  // A producer asleep for room, looked at right after the take's CAS (see wait_for).
+  const bool producer_sleeps = s.put_waiters.sleeping.load(std::memory_order_seq_cst) != 0;
+  const std::uint64_t pos = taken.pos;
   fault(QueueStep::get_taken);
-  if (!taken->rec.large) [[likely]] {
-    const std::uint32_t n = taken->rec.bytes;
+  if (!taken.rec.large) [[likely]] {
+    const std::uint32_t n = taken.rec.bytes;
     void* dst = nullptr;
     try {
       dst = sink(ctx, n);
@@ -1161,8 +1333,8 @@ bool QueueCore::get(ItemSink sink, void* ctx, bool block, std::optional<Duration
       free_units(s, pos, n);
       s.lost.fetch_add(1);
       item_done(s);
-      s.got_items.fetch_add(1, std::memory_order_seq_cst);
-      wake_one(s.got_items, s.put_waiters);
+      bump(me.counts->got);
+      wake_room(s);
       throw;
     }
     if (g_queue_fault) [[unlikely]] {
@@ -1173,13 +1345,14 @@ bool QueueCore::get(ItemSink sink, void* ctx, bool block, std::optional<Duration
       ring_read(s, pos, 0, dst, n);
     }
     free_units(s, pos, n);
-    // The head passes it at once when it was the oldest. By CAS: producers reuse the units the
-    // head has passed, so it must never go back.
-    if (taken->at_head) {
-      std::uint64_t expect = pos;
-      s.head.compare_exchange_strong(expect, pos + units_of(n), std::memory_order_release,
-                                     std::memory_order_relaxed);
-    }
+    A::passed_head(s, me, taken, pos + units_of(n));
+    bump(me.counts->got);
+    // Bounded: producers wait for the count, which no take orders (wake_room's bump does).
+    if (s.maxsize > 0)
+      wake_room(s);
+    else if (producer_sleeps)
+      wake_one(s.room_seq, s.put_waiters);
+    return true;
   } else {
     const int fd = block_descriptor(block_);
     std::byte payload[sizeof(Extent)];
@@ -1198,21 +1371,24 @@ bool QueueCore::get(ItemSink sink, void* ctx, bool block, std::optional<Duration
     } catch (...) {
       RingLock g(lock_, s, fd, std::nullopt);
       if (extent.len != 0) {
-        finish_large(s, fd, pos, taken->word, extent, true);
+        finish_large(s, fd, pos, taken.word, extent, true);
       } else {
         s.lost.fetch_add(1);
         free_units(s, pos, sizeof(Extent));
       }
       item_done(s);
-      s.got_items.fetch_add(1, std::memory_order_seq_cst);
-      wake_one(s.got_items, s.put_waiters);
+      bump(me.counts->got);
+      wake_room(s);
       throw;
     }
     RingLock g(lock_, s, fd, std::nullopt);
-    finish_large(s, fd, pos, taken->word, extent, !delivered);
+    finish_large(s, fd, pos, taken.word, extent, !delivered);
   }
-  s.got_items.fetch_add(1, std::memory_order_seq_cst);
-  wake_one(s.got_items, s.put_waiters);
+  A::passed_head(s, me, taken, pos + 1);
+  bump(me.counts->got);
+  // A producer may wait for the extent given back, not for room (put_large): told always.
+  wake_room(s);
+  (void)producer_sleeps;
   return true;
 }
 

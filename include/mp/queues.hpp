@@ -45,8 +45,10 @@ class QueueCore {
   QueueCore(long maxsize, bool joinable);
   QueueCore() = default;  // a handle being loaded in a child
   // False when not done: full / empty (at once, or when the timeout ran out).
-  bool put(const void* data, std::size_t len, bool block, std::optional<Duration> timeout);
-  bool get(ItemSink sink, void* ctx, bool block, std::optional<Duration> timeout);
+  // (The timeout by reference: an optional passed by value is written a byte at a time and
+  // read whole, a store-forwarding stall on every call.)
+  bool put(const void* data, std::size_t len, bool block, const std::optional<Duration>& timeout);
+  bool get(ItemSink sink, void* ctx, bool block, const std::optional<Duration>& timeout);
   long qsize() const;
   bool full() const;
   std::uint64_t lost() const;
