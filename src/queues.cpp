@@ -1,32 +1,44 @@
 // The queues' shared ring (CPython queues.py, which has a pipe, a feeder thread and two locks).
 //
-// One memfd per queue: a state area (counters, a journal, a registry of the threads that use the
-// queue), an array of 64-bit stamps, a 1 MiB ring of 16-byte units (one stamp each), then the
-// pages of large items (> 32 KiB), each reserved whole, mapped only while copied and punched out
-// once read. src/queue_record.hpp says what a stamp holds.
+// One memfd per queue: a state area (a journal, a registry of the threads that use the queue and
+// what each has put and got), an array of 64-bit stamps, a 1 MiB ring of 16-byte units (one
+// stamp each), then the pages of large items (> 32 KiB). src/queue_record.hpp says what a stamp
+// holds.
 //
-// Small items take no lock (a bounded MPMC ring after Vyukov's, with ownership in the stamps):
-//   put: claim the record's first unit by a CAS on its stamp (free for this lap -> claimed by me),
-//        help the tail hint past it, copy the payload, store "ready", count it.
-//   get: walk from the head hint to the first ready record (skipping ones still claimed or taken,
-//        so a slow producer never hides another's item), take it by a CAS (ready -> taken by me),
-//        copy it out, free its units for the next lap, count it.
-// The claim and the take name their owner, so a process killed at any instant leaves a stamp
-// that says whose it was: a survivor that finds a claimed or taken record of a dead thread (an
-// owner whose tid and start time no longer run) steals it by a CAS and frees it, counting the
-// item in `lost`. Waiting producers look for such records every kRecheck, lost() at once.
+// Small items take no lock (a bounded MPMC ring after Vyukov's, with ownership in the stamps),
+// and one read-modify-write each way:
+//   put: from this thread's cursor (or the shared tail hint, when that is ahead), walk past
+//        records already claimed to a unit free for this lap, claim it by a CAS on its stamp
+//        (free -> claimed by me), copy the payload, count it in my own counter (a store), store
+//        "ready".
+//   get: from this thread's cursor (or the head, when that is ahead), walk to the first ready
+//        record (skipping ones still claimed or taken, so a slow producer never hides another's
+//        item), take it by a CAS (ready -> taken by me), copy it out, free its units for the
+//        next lap, count it.
+// The tail and head hints are moved (by CAS) only when they lag kHintLag units behind a cursor;
+// qsize() sums the threads' counters. The claim and the take name their owner, so a process
+// killed at any instant leaves a stamp that says whose it was: a survivor that finds a claimed
+// or taken record of a dead thread (an owner whose tid and start time no longer run) steals it
+// by a CAS and frees it, counting the item in `lost`. Waiters look for such records every
+// kRecheck, lost() at once.
 //
 // Large items and bounded queues use the ring's mp::Lock (taken over from a dead holder), under
 // a journal replayed on takeover: the pages are reserved under it (owned by an in-flight slot
 // naming the copier), copied outside it, then handed to a claimed record under it; a consumer
-// copies them out and gives them back under it. Bounded queues (maxsize > 0) put under the lock
-// so that maxsize is exact.
+// copies them out and gives them back under it. The pages near the heap's base (kWindow) are
+// mapped once in each process, and an extent given back is kept with its pages (up to
+// kKeepBytes) for the next item of its size class: no mmap, fallocate or page fault per item
+// (this VM's page faults cost more than the copy). Beyond the window an item is mapped while it
+// is copied; beyond the high-water mark its pages are punched out once read. Bounded queues
+// (maxsize > 0) put under the lock so that maxsize is exact.
 //
-// Waiting is an eventcount on the counters: a consumer with nothing to take reads put_items,
-// registers in get_waiters, looks once more, then sleeps on put_items; a producer, after
-// counting its item, wakes one consumer only when get_waiters says one sleeps (and producers
-// likewise on got_items). Every step is seq_cst where the two sides must see each other (no
-// fences: ThreadSanitizer does not model them). A sleeper looks again every kRecheck anyway.
+// Waiting is an eventcount: a waiter reads item_seq (consumers) or room_seq (producers),
+// registers in get_waiters / put_waiters, looks once more, then sleeps on the word. A mover looks
+// at the other side's registrations right after its claim or take CAS (no fence of its own), and
+// wakes one sleeper when it has finished; a waiter whose last look met a record claimed (taken)
+// by a mover still at work naps kBusyNap at a time instead (wait_for says why). Every step the
+// two sides must see each other by is seq_cst (no fences: ThreadSanitizer does not model them).
+// A sleeper looks again every kRecheck anyway.
 #include "mp/queues.hpp"
 
 #include <algorithm>
