@@ -9,8 +9,8 @@
 // and one read-modify-write each way:
 //   put: from this thread's cursor (or the shared tail hint, when that is ahead), walk past
 //        records already claimed to a unit free for this lap, claim it by a CAS on its stamp
-//        (free -> claimed by me), copy the payload, count it in my own counter (a store), store
-//        "ready".
+//        (free -> claimed by me), copy the payload, store "ready", count it in my own counter (a
+//        store).
 //   get: from this thread's cursor (or the head, when that is ahead), walk to the first ready
 //        record (skipping ones still claimed or taken, so a slow producer never hides another's
 //        item), take it by a CAS (ready -> taken by me), copy it out, free its units for the
@@ -963,14 +963,16 @@ struct QueueAccessImpl {
     }
   }
 
-  // The item is counted, then published; a consumer seen asleep (looked at right after the
+  // The item is published, then counted; a consumer seen asleep (looked at right after the
   // claim) is woken.
   static void publish(QueueState& s, OwnerCache& me, std::uint64_t pos, std::uint64_t ready,
                       bool wake) {
     if (s.joinable) s.unfinished.fetch_add(1);
-    bump(me.counts->put);
     stamp_at(s, pos).store(ready, std::memory_order_release);
     fault(QueueStep::put_published);
+    // Counted once published (qsize() never counts an item nobody can take yet: a consumer
+    // woken for one would pass on a wake-up for nothing).
+    bump(me.counts->put);
     if (wake) wake_one(s.item_seq, s.get_waiters);
   }
 
