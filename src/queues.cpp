@@ -1,36 +1,49 @@
 // The queues' shared ring (CPython queues.py, which has a pipe, a feeder thread and two locks).
 //
-// One memfd per queue: a state area (counters, a journal, a registry of the threads that use the
-// queue), an array of 64-bit stamps, a 1 MiB ring of 16-byte units (one stamp each), then the
-// pages of large items (> 32 KiB), each reserved whole, mapped only while copied and punched out
-// once read. src/queue_record.hpp says what a stamp holds.
+// One memfd per queue: a state area (a journal, a registry of the threads that use the queue and
+// what each has put and got), an array of 64-bit stamps, a 1 MiB ring of 16-byte units (one
+// stamp each), then the pages of large items (> 32 KiB). src/queue_record.hpp says what a stamp
+// holds.
 //
-// Small items take no lock (a bounded MPMC ring after Vyukov's, with ownership in the stamps):
-//   put: claim the record's first unit by a CAS on its stamp (free for this lap -> claimed by me),
-//        help the tail hint past it, copy the payload, store "ready", count it.
-//   get: walk from the head hint to the first ready record (skipping ones still claimed or taken,
-//        so a slow producer never hides another's item), take it by a CAS (ready -> taken by me),
-//        copy it out, free its units for the next lap, count it.
-// The claim and the take name their owner, so a process killed at any instant leaves a stamp
-// that says whose it was: a survivor that finds a claimed or taken record of a dead thread (an
-// owner whose tid and start time no longer run) steals it by a CAS and frees it, counting the
-// item in `lost`. Waiting producers look for such records every kRecheck, lost() at once.
+// Small items take no lock (a bounded MPMC ring after Vyukov's, with ownership in the stamps),
+// and one read-modify-write each way:
+//   put: from this thread's cursor (or the shared tail hint, when that is ahead), walk past
+//        records already claimed to a unit free for this lap, claim it by a CAS on its stamp
+//        (free -> claimed by me), copy the payload, store "ready", count it in my own counter (a
+//        store).
+//   get: from this thread's cursor (or the head, when that is ahead), walk to the first ready
+//        record (skipping ones still claimed or taken, so a slow producer never hides another's
+//        item), take it by a CAS (ready -> taken by me), copy it out, free its units for the
+//        next lap, count it.
+// The tail and head hints are moved (by CAS) only when they lag kHintLag units behind a cursor;
+// qsize() sums the threads' counters. The claim and the take name their owner, so a process
+// killed at any instant leaves a stamp that says whose it was: a survivor that finds a claimed
+// or taken record of a dead thread (an owner whose tid and start time no longer run) steals it
+// by a CAS and frees it, counting the item in `lost`. Waiters look for such records every
+// kRecheck, lost() at once.
 //
 // Large items and bounded queues use the ring's mp::Lock (taken over from a dead holder), under
 // a journal replayed on takeover: the pages are reserved under it (owned by an in-flight slot
 // naming the copier), copied outside it, then handed to a claimed record under it; a consumer
-// copies them out and gives them back under it. Bounded queues (maxsize > 0) put under the lock
-// so that maxsize is exact.
+// copies them out and gives them back under it. The pages near the heap's base (kWindow) are
+// mapped once in each process, and an extent given back is kept with its pages (up to
+// kKeepBytes) for the next item of its size class: no mmap, fallocate or page fault per item
+// (this VM's page faults cost more than the copy). Beyond the window an item is mapped while it
+// is copied; beyond the high-water mark its pages are punched out once read. Bounded queues
+// (maxsize > 0) put under the lock so that maxsize is exact.
 //
-// Waiting is an eventcount on the counters: a consumer with nothing to take reads put_items,
-// registers in get_waiters, looks once more, then sleeps on put_items; a producer, after
-// counting its item, wakes one consumer only when get_waiters says one sleeps (and producers
-// likewise on got_items). Every step is seq_cst where the two sides must see each other (no
-// fences: ThreadSanitizer does not model them). A sleeper looks again every kRecheck anyway.
+// Waiting is an eventcount: a waiter reads item_seq (consumers) or room_seq (producers),
+// registers in get_waiters / put_waiters, looks once more, then sleeps on the word. A mover looks
+// at the other side's registrations right after its claim or take CAS (no fence of its own), and
+// wakes one sleeper when it has finished; a waiter whose last look met a record claimed (taken)
+// by a mover still at work naps kBusyNap at a time instead (wait_for says why). Every step the
+// two sides must see each other by is seq_cst (no fences: ThreadSanitizer does not model them).
+// A sleeper looks again every kRecheck anyway.
 #include "mp/queues.hpp"
 
 #include <algorithm>
 #include <atomic>
+#include <bit>
 #include <climits>
 #include <cstddef>
 #include <cstdio>
@@ -55,12 +68,21 @@ std::atomic<std::uint64_t> g_queue_wakes{0};
 namespace {
 
 constexpr std::uint64_t kMagic = 0x6575657571706d00;  // "\0mpqueue"
-constexpr std::uint32_t kVersion = 2;
-constexpr std::size_t kStateBytes = 64 * 1024;
+constexpr std::uint32_t kVersion = 3;
+constexpr std::size_t kStateBytes = 128 * 1024;
 constexpr std::size_t kStampsOffset = kStateBytes;
 constexpr std::size_t kRingOffset = kStampsOffset + kUnits * sizeof(std::uint64_t);
 constexpr std::uint64_t kHeapBase = kRingOffset + kRingBytes;
 constexpr std::size_t kSlots = 64;
+// Large items' pages in [kHeapBase, kHeapBase + kWindow) are reached through a mapping each
+// process keeps (QueueCore::window_); beyond it, each item is mapped while it is copied. Up to
+// kKeepExtents extents, kKeepBytes in all, are kept with their pages once read, for the next
+// large items of their size class: a page fault costs more than a copy of the page.
+constexpr std::uint64_t kWindow = std::uint64_t{256} << 20;
+constexpr std::uint32_t kKeepExtents = 16;
+constexpr std::uint64_t kKeepBytes = std::uint64_t{32} << 20;
+// A put of a large item waits a little for a kept extent when this many are in use.
+constexpr std::int64_t kPipeline = 4;
 constexpr std::uint32_t kNoSlot = UINT32_MAX;
 constexpr auto kRecheck = 200ms;  // a sleeper looks again this often (a peer may have died)
 constexpr auto kLockGrace = 1s;   // the longest a try waits for the ring's lock
@@ -68,6 +90,8 @@ constexpr auto kLockGrace = 1s;   // the longest a try waits for the ring's lock
 // stream never puts its consumer to sleep (each put would then make a futex call, and the
 // consumer fall behind again), far shorter than a scheduler's tick.
 constexpr auto kSpin = 30us;
+// A waiter held up by a record being moved naps this long at a time: its mover may not wake it.
+constexpr auto kBusyNap = 50us;
 
 enum Op : std::uint32_t { kNone, kReserve, kPublish, kFinish };
 
@@ -92,10 +116,20 @@ struct InFlight {
   Extent extent{};
 };
 
+// An extent kept with its pages, for reuse (off: in the window; cap: its size class).
+struct KeptExtent {
+  std::uint64_t off = 0;
+  std::uint64_t cap = 0;
+};
+
+// What an interrupted step of the lock's holder changed, for the next holder to undo or finish.
 struct Journal {
   std::atomic<std::uint32_t> op{kNone};
   std::uint64_t heap_top = 0;
   std::int64_t live = 0;
+  std::uint32_t n_kept = 0;  // the kept extents before the step (kReserve, kFinish)
+  std::uint32_t kept_i = 0;  // kReserve: the entry reused (overwritten by the last one)
+  KeptExtent kept_was{};     // kReserve: that entry before
   Extent extent{};
   std::uint32_t slot = kNoSlot;
   std::uint64_t pos = 0;
@@ -117,6 +151,13 @@ struct Owner {
   std::atomic<std::uint64_t> id{0};
 };
 
+// What one registered thread has put and got, written by it alone (a load and a store, no
+// read-modify-write on the fast path); qsize() sums them. A line each: no false sharing.
+struct alignas(64) Counts {
+  std::atomic<std::uint64_t> put{0};
+  std::atomic<std::uint64_t> got{0};
+};
+
 struct QueueState {
   std::uint64_t magic = kMagic;
   std::uint32_t version = kVersion;
@@ -126,22 +167,28 @@ struct QueueState {
   std::uint64_t heap_base = kHeapBase;
   std::uint64_t uid = 0;  // tells this queue from another in a thread's cache of registrations
   char name[40] = {};
-  // Producers' line, consumers' line: neither side writes the other's on its fast path.
-  alignas(64) std::atomic<std::uint64_t> tail{0};  // a hint: the next record's position
-  std::atomic<std::uint32_t> put_items{0};         // published (consumers sleep on it)
+  // Producers' line, consumers' line: neither side writes the other's on its fast path, and
+  // each is written only every kHintLag units (threads keep their own cursors).
+  alignas(64) std::atomic<std::uint64_t> tail{0};  // a hint: at most ~kHintLag behind the tail
   alignas(64) std::atomic<std::uint64_t> head{0};  // every record before it is freed
-  std::atomic<std::uint32_t> got_items{0};  // freed after being taken (producers sleep on it)
-  alignas(64) Waiters get_waiters;          // consumers, asleep on put_items
-  alignas(64) Waiters put_waiters;          // producers, asleep on got_items
+  alignas(64) Waiters get_waiters;                 // consumers, asleep on item_seq
+  std::atomic<std::uint32_t> item_seq{0};          // +1 when a put wakes a consumer
+  alignas(64) Waiters put_waiters;                 // producers, asleep on room_seq
+  std::atomic<std::uint32_t> room_seq{0};          // +1 when a get wakes a producer
+  std::atomic<std::uint32_t> owners_used{0};       // registry entries [0, owners_used) used
   alignas(64) std::atomic<std::int64_t> unfinished{0};
   std::atomic<std::uint32_t> done_seq{0};  // +1 when unfinished reaches 0
   std::atomic<std::uint64_t> lost{0};
   // Under the lock:
   alignas(64) std::uint64_t heap_top = kHeapBase;  // large items' pages lie below
-  std::int64_t live = 0;                           // large items' extents not yet given back
+  std::int64_t live = 0;  // large items' extents not yet given back (kept ones included)
+  std::atomic<std::uint32_t> n_kept{0};  // read without the lock by a put waiting for one
+  std::uint64_t kept_bytes = 0;
+  KeptExtent kept[kKeepExtents];
   Journal journal;
   InFlight slots[kSlots];
   alignas(64) Owner owners[kOwners];
+  Counts counts[kOwners];
 };
 static_assert(sizeof(QueueState) <= kStateBytes);
 
@@ -187,11 +234,28 @@ Record check_record(std::string_view queue, std::uint64_t word) {
   return {st.large, st.bytes, units_of(st.bytes)};
 }
 
+namespace {
+
+std::uint64_t pages(std::uint64_t len, std::uint64_t page) {
+  return std::max<std::uint64_t>((len + page - 1) / page * page, page);
+}
+
+// A large item's extent: its pages rounded up to a size class (eight a power of two apart), so
+// that a kept extent fits the next items of about its size.
+std::uint64_t capacity(std::uint64_t len, std::uint64_t page) {
+  const std::uint64_t p = pages(len, page);
+  const std::uint64_t step = std::max<std::uint64_t>(std::bit_floor(p) / 8, page);
+  return (p + step - 1) / step * step;
+}
+
+}  // namespace
+
 Extent check_extent(std::string_view queue, const void* payload, std::uint64_t heap_base,
                     std::uint64_t heap_top, std::uint64_t page) {
   Extent e;
   std::memcpy(&e, payload, sizeof e);
   if (e.off < heap_base || e.off >= heap_top || e.len <= kInlineMax || e.len > heap_top - e.off ||
+      e.len > (std::uint64_t{1} << 56) || capacity(e.len, page) > heap_top - e.off ||
       (e.off & (page - 1)) != 0)
     corrupted_named(queue, "a large item of " + std::to_string(e.len) + " bytes at " +
                                std::to_string(e.off) + ", outside the queue's pages [" +
@@ -201,8 +265,8 @@ Extent check_extent(std::string_view queue, const void* payload, std::uint64_t h
 
 namespace {
 
-Deadline deadline_after(std::optional<std::chrono::duration<double>> timeout) {
-  if (!timeout) return std::nullopt;
+Deadline deadline_after(const std::optional<std::chrono::duration<double>>& timeout) {
+  if (!timeout.has_value()) return std::nullopt;
   auto t = std::max(*timeout, std::chrono::duration<double>::zero());
   if (t > std::chrono::hours(24 * 365 * 100)) return std::nullopt;  // forever
   return Clock::now() + std::chrono::duration_cast<Clock::duration>(t);
@@ -212,43 +276,82 @@ bool past(const Deadline& d) {
   return d && Clock::now() >= *d;
 }
 
-std::uint64_t pages(std::uint64_t len) {
-  const std::uint64_t p = posix::page_size();
-  return std::max<std::uint64_t>((len + p - 1) / p * p, p);
+std::uint64_t capacity(std::uint64_t len) {
+  return capacity(len, posix::page_size());
 }
 
 std::uint64_t lap_of(std::uint64_t pos) {
   return (pos / kUnits) & kLapMask;
 }
 
-// Consecutive positions' stamps lie on different cache lines (8 stamps a line, spread a
-// line apart): a consumer freeing the stamp just behind a producer's does not take the
-// producer's line away from it.
+// Consecutive positions' stamps lie on different cache lines: a consumer freeing the stamp
+// just behind a producer's does not take the producer's line away from it. Spread within
+// blocks of 64 positions (8 lines, a line 8 positions apart), not across the whole ring: a
+// line is used again 8 positions later, while it is still in the L1 cache (spread across the
+// ring, each put and get met a line last used 8192 positions before: an L2 miss).
 std::atomic<std::uint64_t>& stamp_at(QueueState& s, std::uint64_t pos) {
   auto* stamps = reinterpret_cast<std::atomic<std::uint64_t>*>(reinterpret_cast<std::byte*>(&s) +
                                                                kStampsOffset);
-  constexpr std::uint64_t kPerLine = 8, kLines = kUnits / kPerLine;
+  constexpr std::uint64_t kPerLine = 8, kBlock = kPerLine * kPerLine;
   const std::uint64_t i = pos & (kUnits - 1);
-  return stamps[(i % kLines) * kPerLine + i / kLines];
+  return stamps[(i & ~(kBlock - 1)) + (i % kPerLine) * kPerLine + (i % kBlock) / kPerLine];
 }
 
 std::byte* ring(QueueState& s) {
   return reinterpret_cast<std::byte*>(&s) + kRingOffset;
 }
 
+// n bytes, n <= 16, by fixed-size copies the compiler inlines (a call to memcpy for 8 bytes
+// costs more than the copy).
+inline void copy_small(std::byte* dst, const std::byte* src, std::size_t n) {
+  if (n >= 8) {
+    std::memcpy(dst, src, 8);
+    std::memcpy(dst + n - 8, src + n - 8, 8);
+  } else if (n >= 4) {
+    std::memcpy(dst, src, 4);
+    std::memcpy(dst + n - 4, src + n - 4, 4);
+  } else {
+    for (std::size_t k = 0; k < n; ++k) dst[k] = src[k];
+  }
+}
+
 void ring_write(QueueState& s, std::uint64_t pos, std::size_t at, const void* src, std::size_t n) {
   const std::size_t i = ((pos & (kUnits - 1)) * kUnitBytes + at) & (kRingBytes - 1);
-  const std::size_t first = std::min<std::size_t>(n, kRingBytes - i);
-  std::memcpy(ring(s) + i, src, first);
-  std::memcpy(ring(s), static_cast<const std::byte*>(src) + first, n - first);
+  const auto* from = static_cast<const std::byte*>(src);
+  if (n <= kRingBytes - i) [[likely]] {  // no wrap
+    if (n <= kUnitBytes)
+      copy_small(ring(s) + i, from, n);
+    else
+      std::memcpy(ring(s) + i, from, n);
+    return;
+  }
+  const std::size_t first = kRingBytes - i;
+  std::memcpy(ring(s) + i, from, first);
+  std::memcpy(ring(s), from + first, n - first);
 }
 
 void ring_read(QueueState& s, std::uint64_t pos, std::size_t at, void* dst, std::size_t n) {
   const std::size_t i = ((pos & (kUnits - 1)) * kUnitBytes + at) & (kRingBytes - 1);
-  const std::size_t first = std::min<std::size_t>(n, kRingBytes - i);
-  std::memcpy(dst, ring(s) + i, first);
-  std::memcpy(static_cast<std::byte*>(dst) + first, ring(s), n - first);
+  auto* to = static_cast<std::byte*>(dst);
+  if (n <= kRingBytes - i) [[likely]] {
+    if (n <= kUnitBytes)
+      copy_small(to, ring(s) + i, n);
+    else
+      std::memcpy(to, ring(s) + i, n);
+    return;
+  }
+  const std::size_t first = kRingBytes - i;
+  std::memcpy(to, ring(s) + i, first);
+  std::memcpy(to + first, ring(s), n - first);
 }
+
+// The stamp `w` with another state and owner.
+constexpr std::uint64_t retag(std::uint64_t w, Unit state, std::uint32_t owner) {
+  constexpr std::uint64_t keep = ~pack({Unit::taken, false, kOwners - 1, 0, 0});
+  return (w & keep) | pack({state, false, owner, 0, 0});
+}
+static_assert(retag(pack({Unit::ready, true, 5, 16, 77}), Unit::taken, 9) ==
+              pack({Unit::taken, true, 9, 16, 77}));
 
 std::uint64_t free_word(std::uint64_t pos, std::uint32_t bytes) {
   return pack({Unit::free, false, 0, bytes, lap_of(pos) + 1});
@@ -285,33 +388,62 @@ struct OwnerCache {
   std::uint32_t tid = 0;
   std::uint32_t index = 0;
   std::uint64_t head = 0;
+  // Where this thread's next claim starts looking (the end of its last one: at or before the
+  // tail), and its next take (a position every record before which is freed).
+  std::uint64_t tail = 0;
+  std::uint64_t from = 0;
+  Counts* counts = nullptr;
 };
+// The shared hints are moved only when they lag this far behind a thread's cursor.
+constexpr std::uint64_t kHintLag = 64;
 constexpr int kCached = 4;
 thread_local OwnerCache t_owners[kCached] __attribute__((tls_model("initial-exec")));
 thread_local unsigned t_next_owner __attribute__((tls_model("initial-exec"))) = 0;
 
 // Sleeps on `word` while it reads `seen`, at most until the deadline or kRecheck. False when
 // it returned because kRecheck passed (the caller may look for dead peers then).
-bool sleep_on(const std::atomic<std::uint32_t>& word, std::uint32_t seen, const Deadline& d) {
-  auto until = Clock::now() + kRecheck;
+bool sleep_on(const std::atomic<std::uint32_t>& word, std::uint32_t seen, const Deadline& d,
+              Clock::duration cap) {
+  auto until = Clock::now() + cap;
   const bool capped = !d || *d > until;
   if (!capped) until = *d;
   const bool woken = posix::futex_wait(word, seen, until);
   return woken || !capped;
 }
 
+// Wakes one sleeper of `w` (the caller saw one, after the step it waits for was made visible,
+// or before it in the same total order: see wait_for). At most one futex call while a wake-up is
+// pending.
 void wake_one(std::atomic<std::uint32_t>& word, Waiters& w) {
-  if (w.sleeping.load(std::memory_order_seq_cst) != 0 &&
-      w.pending.load(std::memory_order_seq_cst) == 0 &&
+  if (w.pending.load(std::memory_order_seq_cst) == 0 &&
       w.pending.exchange(1, std::memory_order_seq_cst) == 0) {
+    word.fetch_add(1, std::memory_order_seq_cst);
     g_queue_wakes.fetch_add(1, std::memory_order_relaxed);
     posix::futex_wake(word, 1);
   }
 }
 
+// Room was made (a record freed, counted as got): a producer that sleeps is told. The bump comes
+// first (it orders the count before the look at the sleepers): slower than a get's fast path,
+// which looks right after its take (QueueCore::get), but needed where no take came first.
+void wake_room(QueueState& s) {
+  s.room_seq.fetch_add(1, std::memory_order_seq_cst);
+  if (s.put_waiters.sleeping.load(std::memory_order_seq_cst) != 0) {
+    s.put_waiters.pending.store(0, std::memory_order_seq_cst);
+    wake_one(s.room_seq, s.put_waiters);
+  }
+}
+
+// One more item put (or got) by the thread owning the counter: it alone writes it.
+void bump(std::atomic<std::uint64_t>& counter) {
+  counter.store(counter.load(std::memory_order_relaxed) + 1, std::memory_order_release);
+}
+
 void wake_all(QueueState& s) {
-  posix::futex_wake(s.put_items, INT_MAX);
-  posix::futex_wake(s.got_items, INT_MAX);
+  s.item_seq.fetch_add(1);
+  s.room_seq.fetch_add(1);
+  posix::futex_wake(s.item_seq, INT_MAX);
+  posix::futex_wake(s.room_seq, INT_MAX);
   s.done_seq.fetch_add(1);
   posix::futex_wake(s.done_seq, INT_MAX);
 }
@@ -340,12 +472,36 @@ void free_slot(QueueState& s, std::uint32_t i) {
   if (i < kSlots) s.slots[i].tid.store(0, std::memory_order_release);
 }
 
+// A large item's extent is given back: its pages returned to the system (the heap's top comes
+// down when the extent lay at it, back to the base when no extent is left).
 void drop_extent(QueueState& s, int fd, const Extent& e) {
-  posix::memfd_release(fd, e.off, pages(e.len));
+  const std::uint64_t cap = capacity(e.len);
+  posix::memfd_release(fd, e.off, cap);
+  if (e.off + cap == s.heap_top) s.heap_top = e.off;
   if (--s.live <= 0) {
     s.live = 0;
     s.heap_top = s.heap_base;
   }
+}
+
+// The same, but kept with its pages for the next large item of its size class while the window
+// holds it and the kept ones stay under their high-water mark. Only in a journaled step (a
+// recovery undoes it by restoring n_kept): kept twice, an extent would hold two items.
+void give_back_extent(QueueState& s, int fd, const Extent& e) {
+  const std::uint64_t cap = capacity(e.len);
+  if (s.n_kept < kKeepExtents && s.kept_bytes + cap <= kKeepBytes &&
+      e.off + cap <= s.heap_base + kWindow) {
+    s.kept[s.n_kept++] = {e.off, cap};
+    s.kept_bytes += cap;
+    return;
+  }
+  drop_extent(s, fd, e);
+}
+
+std::uint64_t kept_sum(const QueueState& s) {
+  std::uint64_t b = 0;
+  for (std::uint32_t i = 0; i < s.n_kept; ++i) b += s.kept[i].cap;
+  return b;
 }
 
 // Large items whose copier died before handing them to the ring: given back, counted lost.
@@ -389,8 +545,9 @@ void finish_large(QueueState& s, int fd, std::uint64_t pos, std::uint64_t word, 
   j.heap_top = s.heap_top;
   j.count_lost = lost;
   j.counted = false;
+  j.n_kept = s.n_kept;
   begin(j, kFinish);
-  drop_extent(s, fd, e);
+  give_back_extent(s, fd, e);
   if (lost) {
     s.lost.fetch_add(1);
     j.counted = true;
@@ -408,16 +565,23 @@ void recover(QueueState& s, int fd) {
     case kReserve:  // a large put that had only begun
       s.heap_top = j.heap_top;
       s.live = j.live;
+      if (j.n_kept > s.n_kept && j.n_kept <= kKeepExtents) {  // a kept extent was taken
+        s.kept[j.kept_i % kKeepExtents] = j.kept_was;
+        s.n_kept = j.n_kept;
+      }
+      s.kept_bytes = kept_sum(s);
       s.lost.fetch_add(1);
       free_slot(s, j.slot);
       break;
     case kPublish:  // pages handed from a slot to a record: done when the stamp says so
       if (stamp_at(s, j.pos).load() == j.word) free_slot(s, j.slot);
       break;
-    case kFinish: {
-      posix::memfd_release(fd, j.extent.off, pages(j.extent.len));
-      s.live = std::max<std::int64_t>(j.live - 1, 0);
-      if (s.live == 0) s.heap_top = s.heap_base;
+    case kFinish: {  // the extent is not kept (it may have been already: undone)
+      s.n_kept = std::min(j.n_kept, kKeepExtents);
+      s.kept_bytes = kept_sum(s);
+      s.heap_top = j.heap_top;
+      s.live = j.live;
+      drop_extent(s, fd, j.extent);
       if (j.count_lost && !j.counted) s.lost.fetch_add(1);
       std::uint64_t w = j.word;
       stamp_at(s, j.pos).compare_exchange_strong(w, free_word(j.pos, sizeof(Extent)));
@@ -453,6 +617,27 @@ class RingLock {
   bool held_ = false;
 };
 
+// A large item's pages while it is copied: in this process's window, or else mapped for the
+// copy (populated: one call maps them faster than a fault each).
+class ExtentPages {
+ public:
+  ExtentPages(int fd, const Extent& e, std::byte* in_window) : data_(in_window) {
+    if (data_) return;
+    len_ = capacity(e.len);
+    data_ = static_cast<std::byte*>(posix::memfd_map_range(fd, e.off, len_));
+  }
+  ~ExtentPages() {
+    if (len_ != 0) posix::memfd_unmap_range(data_, len_);
+  }
+  ExtentPages(const ExtentPages&) = delete;
+  ExtentPages& operator=(const ExtentPages&) = delete;
+  std::byte* data() const { return data_; }
+
+ private:
+  std::byte* data_ = nullptr;
+  std::uint64_t len_ = 0;  // mapped for the copy
+};
+
 }  // namespace
 
 // ---- the ring, without a lock ----
@@ -467,7 +652,7 @@ struct QueueAccessImpl {
         return c;
     const std::uint32_t i = register_owner(q, me);
     OwnerCache& c = t_owners[t_next_owner++ % kCached];
-    c = {s.uid, me.tid, i, s.head.load(std::memory_order_acquire)};
+    c = {s.uid, me.tid, i, s.head.load(std::memory_order_acquire), 0, 0, &s.counts[i]};
     return c;
   }
 
@@ -479,8 +664,12 @@ struct QueueAccessImpl {
     for (std::uint32_t i = 0; i < kOwners; ++i) {
       std::uint64_t z = 0;
       if (s.owners[i].id.load(std::memory_order_relaxed) == 0 &&
-          s.owners[i].id.compare_exchange_strong(z, id))
+          s.owners[i].id.compare_exchange_strong(z, id)) {
+        std::uint32_t used = s.owners_used.load();
+        while (used < i + 1 && !s.owners_used.compare_exchange_weak(used, i + 1)) {
+        }
         return i;
+      }
     }
     // Full: an entry of a thread that has ended is taken over, once what it held is freed.
     for (std::uint32_t i = 0; i < kOwners; ++i) {
@@ -534,9 +723,9 @@ struct QueueAccessImpl {
     }
     if (st.state == Unit::taken) {
       item_done(s);
-      s.got_items.fetch_add(1, std::memory_order_seq_cst);
+      bump(s.counts[me].got);
     }
-    wake_one(s.got_items, s.put_waiters);
+    wake_room(s);
     return true;
   }
 
@@ -572,44 +761,58 @@ struct QueueAccessImpl {
     }
   }
 
-  // Moves the head past records already freed (their consumers move it, but one may have
-  // died, or freed out of order).
+  // Moves the head past records already freed (consumers move it only every kHintLag units, and
+  // one may have died, or freed out of order). One CAS for the whole walk: while the head still
+  // reads h, none of the records walked can have been claimed again (a claim needs the head past
+  // its unit's last lap).
   static std::uint64_t advance_head(QueueState& s) {
     std::uint64_t h = s.head.load(std::memory_order_acquire);
-    for (int i = 0; i < 1 << 16; ++i) {
-      const Stamp st = unpack(stamp_at(s, h).load(std::memory_order_acquire));
-      if (st.lap != lap_of(h + kUnits) || st.state != Unit::free) break;
-      std::uint64_t expect = h;
-      const std::uint64_t next = h + units_of(st.bytes);
-      if (!s.head.compare_exchange_strong(expect, next, std::memory_order_acq_rel)) {
-        h = expect;
-        continue;
+    for (;;) {
+      std::uint64_t end = h;
+      while (end - h < kUnits) {
+        const Stamp st = unpack(stamp_at(s, end).load(std::memory_order_acquire));
+        if (st.lap != lap_of(end + kUnits) || st.state != Unit::free) break;
+        end += units_of(st.bytes);
       }
-      h = next;
+      if (end == h || s.head.compare_exchange_strong(h, end, std::memory_order_acq_rel)) return end;
     }
-    return h;
   }
 
-  // Claims a record of `bytes` at the tail: its position, or none when the ring has no room.
-  static std::optional<std::uint64_t> try_claim(QueueState& s, OwnerCache& me, std::uint32_t bytes,
-                                                bool large) {
+  // The record at `pos` of this lap is one a producer or consumer is in the middle of moving:
+  // the waiter it holds up is not woken by that mover (see wait_for).
+  static bool mid_step(QueueState& s, std::uint64_t pos, Unit state) {
+    const Stamp st = unpack(stamp_at(s, pos).load(std::memory_order_seq_cst));
+    return st.lap == lap_of(pos) && st.state == state;
+  }
+
+  // Claims a record of `bytes` at the tail: its position, or none when the ring has no room
+  // (`busy`: a consumer is copying out the record in the way). The search starts at this
+  // thread's own cursor when the shared hint is behind it, and walks past records already
+  // claimed; the hint is moved (by CAS: a store could take it back) only when it lags kHintLag.
+  // (No std::optional returned here or by try_take: built a byte at a time on the stack and
+  // read whole, it costs a store-forwarding stall on every put and get.)
+  static constexpr std::uint64_t kNoPos = ~std::uint64_t{0};
+  static std::uint64_t try_claim(QueueState& s, OwnerCache& me, std::uint32_t bytes, bool large,
+                                 bool& busy) {
     const std::uint64_t n = units_of(bytes);
     int stale = 0;
+    std::uint64_t hint = s.tail.load(std::memory_order_acquire);
+    // Mine is at or before the tail (the end of my last claim); but laps old when the hint is
+    // past it.
+    bool from_mine = me.tail > hint && me.tail - hint < kUnits;
+    std::uint64_t t = from_mine ? me.tail : hint;
     for (;;) {
-      const std::uint64_t t = s.tail.load(std::memory_order_acquire);
       auto& first = stamp_at(s, t);
       std::uint64_t w = first.load(std::memory_order_acquire);
       const Stamp st = unpack(w);
       const std::uint64_t lap = lap_of(t);
       if ((st.lap == lap && st.state != Unit::free) ||
           (st.lap == lap_of(t + kUnits) && st.state == Unit::free)) {
-        // Someone's record (or one already read): help the tail past it.
+        // Someone's record (or one already read): walk past it.
         if (!st.large && st.bytes > kInlineMax)
           corrupted(s,
                     "a record of " + std::to_string(st.bytes) + " bytes at " + std::to_string(t));
-        std::uint64_t expect = t;
-        s.tail.compare_exchange_strong(expect, t + units_of(st.bytes), std::memory_order_release,
-                                       std::memory_order_relaxed);
+        t += units_of(st.bytes);
         continue;
       }
       // Room: the head has passed these units' last lap.
@@ -617,29 +820,42 @@ struct QueueAccessImpl {
         me.head = s.head.load(std::memory_order_acquire);
         if (t + n > me.head + kUnits) me.head = advance_head(s);
         if (t + n > me.head + kUnits) {
-          if (s.tail.load(std::memory_order_acquire) != t) continue;
-          // The tail never runs more than the ring ahead of the head.
-          if (t > me.head + kUnits || t < me.head)
+          if (!from_mine && s.tail.load(std::memory_order_acquire) == hint && t == hint &&
+              (t > me.head + kUnits || t < me.head))
+            // The tail never runs more than the ring ahead of the head.
             corrupted(s, "the tail " + std::to_string(t) + " is far from the head " +
                              std::to_string(me.head));
-          return std::nullopt;
+          busy = mid_step(s, me.head, Unit::taken);
+          return kNoPos;
         }
       }
       if (st.lap == lap && st.state == Unit::free) {
         if (first.compare_exchange_strong(w, pack({Unit::claimed, large, me.index, bytes, lap}),
-                                          std::memory_order_acq_rel)) {
-          // A hint, moved by CAS only: a store could take it back (a producer preempted here
-          // for a lap of the ring would leave it pointing at a stamp of another lap).
-          std::uint64_t expect = t;
-          s.tail.compare_exchange_strong(expect, t + n, std::memory_order_release,
-                                         std::memory_order_relaxed);
+                                          std::memory_order_seq_cst)) {
+          me.tail = t + n;
+          if (t + n - hint >= kHintLag) {
+            std::uint64_t expect = hint;
+            while (expect < t + n &&
+                   !s.tail.compare_exchange_weak(expect, t + n, std::memory_order_release,
+                                                 std::memory_order_relaxed)) {
+            }
+          }
           return t;
         }
+        continue;  // another producer's now: walk past it
+      }
+      // A stamp of another lap: my cursor was stale (start again from the hint), or the hint is,
+      // or the segment is corrupt.
+      if (from_mine) {
+        from_mine = false;
+        me.tail = 0;
+        t = hint = s.tail.load(std::memory_order_acquire);
         continue;
       }
-      if (s.tail.load(std::memory_order_acquire) == t && ++stale > 3)
+      if (s.tail.load(std::memory_order_acquire) == hint && ++stale > 3)
         corrupted(
             s, "the tail " + std::to_string(t) + " meets a stamp of lap " + std::to_string(st.lap));
+      t = hint = s.tail.load(std::memory_order_acquire);
     }
   }
 
@@ -647,10 +863,12 @@ struct QueueAccessImpl {
     std::uint64_t pos;
     std::uint64_t word;
     Record rec;
-    bool at_head;  // every record before it was freed
+    bool at_head;        // every record before it was freed
+    std::uint64_t head;  // the head as read: moved past the record (when at_head) if it lags
   };
 
-  // Takes the oldest ready record: none when nothing is ready now.
+  // Takes the oldest ready record: none when nothing is ready now (`busy`: a record claimed
+  // on the way is being written).
   //
   // Records still claimed are skipped (a slow producer must not hide another's items), but
   // FIFO per producer needs care: a claimed record read just before its producer published it
@@ -658,22 +876,32 @@ struct QueueAccessImpl {
   // found, the claimed ones passed on the way are read again (after the ready one: its
   // producer's earlier records are visible as published by then), and the earliest of them
   // that is ready now is taken instead.
-  static std::optional<Taken> try_take(QueueState& s, std::uint32_t me) {
+  static bool try_take(QueueState& s, OwnerCache& me, bool& busy, Taken& taken) {
     constexpr int kPassed = 64;
     int stale = 0;
     for (;;) {
       const std::uint64_t h = s.head.load(std::memory_order_acquire);
+      // My cursor, when ahead of the head: every record before it is freed (so it lies in the
+      // head's lap, a record's start).
+      const bool from_mine = me.from > h && me.from - h < kUnits;
       bool at_head = true;
       std::uint64_t passed[kPassed];
       int n_passed = 0;
       bool overflow = false;
-      std::uint64_t pos = h;
+      std::uint64_t pos = from_mine ? me.from : h;
       for (; pos - h < kUnits;) {
-        std::uint64_t w = stamp_at(s, pos).load(std::memory_order_acquire);
+        std::uint64_t w = stamp_at(s, pos).load(std::memory_order_seq_cst);
         Stamp st = unpack(w);
         if (st.lap == lap_of(pos)) {
-          if (st.state == Unit::free) return std::nullopt;  // nothing published from here on
-          Record rec = check_record(name_view(s), w);
+          if (st.state == Unit::free) {  // nothing published from here on
+            if (at_head) me.from = pos;
+            busy = busy || n_passed > 0 || overflow;
+            return false;
+          }
+          // The common record checked inline; the others (large, or nonsense) by check_record.
+          Record rec = !st.large && st.bytes <= kInlineMax
+                           ? Record{false, st.bytes, units_of(st.bytes)}
+                           : check_record(name_view(s), w);
           if (st.state == Unit::ready) {
             if (overflow) break;  // too many passed to read again: walk again from the head
             std::uint64_t at = pos;
@@ -685,12 +913,13 @@ struct QueueAccessImpl {
                 break;
               }
             }
-            Stamp t = st;
-            t.state = Unit::taken;
-            t.owner = me;
-            const std::uint64_t tw = pack(t);
-            if (stamp_at(s, at).compare_exchange_strong(w, tw, std::memory_order_acq_rel))
-              return Taken{at, tw, rec, at_head && at == pos};
+            // The same stamp, taken by me (by bits: a Stamp copied field by field through the
+            // stack costs a store-forwarding stall).
+            const std::uint64_t tw = retag(w, Unit::taken, me.index);
+            if (stamp_at(s, at).compare_exchange_strong(w, tw, std::memory_order_seq_cst)) {
+              taken = {at, tw, rec, at_head && at == pos, h};
+              return true;
+            }
             break;  // taken first by another: walk again
           }
           // Claimed or taken by someone: skip it, keep it before the head.
@@ -705,14 +934,12 @@ struct QueueAccessImpl {
           continue;
         }
         if (st.lap == lap_of(pos + kUnits) && st.state == Unit::free) {  // freed already
-          const std::uint64_t len = units_of(st.bytes);
-          if (at_head) {
-            std::uint64_t expect = pos;
-            s.head.compare_exchange_strong(expect, pos + len, std::memory_order_release,
-                                           std::memory_order_relaxed);
-          }
-          pos += len;
+          pos += units_of(st.bytes);
           continue;
+        }
+        if (from_mine) {  // my cursor was laps old: from the head
+          me.from = 0;
+          break;
         }
         // The head read is stale (the ring went round since), or the segment is corrupt.
         if (s.head.load(std::memory_order_acquire) == h && ++stale > 3)
@@ -720,20 +947,44 @@ struct QueueAccessImpl {
                            std::to_string(st.lap) + " at " + std::to_string(pos));
         break;
       }
-      if (pos - h >= kUnits) return std::nullopt;
+      if (pos - h >= kUnits) return false;
     }
   }
 
-  static void publish(QueueState& s, std::uint64_t pos, std::uint64_t ready) {
+  // After a take at the head: the next take starts past the record, and the shared head moves
+  // there when it lags kHintLag (by CAS from what was read: every record between was freed).
+  static void passed_head(QueueState& s, OwnerCache& me, const Taken& taken, std::uint64_t end) {
+    if (!taken.at_head) return;
+    me.from = end;
+    if (end - taken.head >= kHintLag) {
+      std::uint64_t expect = taken.head;
+      s.head.compare_exchange_strong(expect, end, std::memory_order_release,
+                                     std::memory_order_relaxed);
+    }
+  }
+
+  // The item is published, then counted; a consumer seen asleep (looked at right after the
+  // claim) is woken.
+  static void publish(QueueState& s, OwnerCache& me, std::uint64_t pos, std::uint64_t ready,
+                      bool wake) {
     if (s.joinable) s.unfinished.fetch_add(1);
     stamp_at(s, pos).store(ready, std::memory_order_release);
     fault(QueueStep::put_published);
-    s.put_items.fetch_add(1, std::memory_order_seq_cst);
-    wake_one(s.put_items, s.get_waiters);
+    // Counted once published (qsize() never counts an item nobody can take yet: a consumer
+    // woken for one would pass on a wake-up for nothing).
+    bump(me.counts->put);
+    if (wake) wake_one(s.item_seq, s.get_waiters);
   }
 
-  static void put_inline(QueueState& s, std::uint32_t me, std::uint64_t pos, const void* data,
+  // Whether a consumer sleeps (or is about to): looked at after the claim, whose CAS orders it
+  // (wait_for says why that is enough).
+  static bool consumer_sleeps(QueueState& s) {
+    return s.get_waiters.sleeping.load(std::memory_order_seq_cst) != 0;
+  }
+
+  static void put_inline(QueueState& s, OwnerCache& me, std::uint64_t pos, const void* data,
                          std::uint32_t len) {
+    const bool wake = consumer_sleeps(s);
     if (g_queue_fault) [[unlikely]] {  // a test's kill points: in two halves
       fault(QueueStep::put_claimed);
       ring_write(s, pos, 0, data, len / 2);
@@ -742,63 +993,79 @@ struct QueueAccessImpl {
     } else {
       ring_write(s, pos, 0, data, len);
     }
-    publish(s, pos, pack({Unit::ready, false, me, len, lap_of(pos)}));
+    publish(s, me, pos, pack({Unit::ready, false, me.index, len, lap_of(pos)}), wake);
   }
 
-  // Waits until `attempt` succeeds (or the deadline: false): producers for a consumer to free
-  // something (counter got_items, waiters put_waiters), consumers for an item (put_items,
-  // get_waiters). `attempt` is tried after `counter` is read, and the counter read again after
-  // the registration, so that a change between the failed try and the sleep is never missed.
+  // Waits until `attempt` succeeds (or the deadline: false): producers for room (sleeping on
+  // room_seq, registered in put_waiters), consumers for an item (item_seq, get_waiters).
+  //
+  // The eventcount: a waiter reads the word, registers, tries once more, then sleeps on the
+  // word. The other side looks at the registrations right after the CAS that claims (or takes)
+  // its record, and wakes one sleeper once its step is done. Registration and that CAS are both
+  // seq_cst read-modify-writes, so one of the two sees the other: either the mover sees the
+  // sleeper (and wakes it), or the waiter's last try sees the record claimed (taken) by a mover
+  // still at work; then it naps only kBusyNap at a time, as nobody will wake it.
   template <class Attempt, class More>
-  static bool wait_for(QueueCore& q, std::atomic<std::uint32_t>& counter, Waiters& waiters,
-                       const Deadline& deadline, bool reap_when_idle, Attempt&& attempt,
-                       More&& more) {
+  static bool wait_for(QueueCore& q, std::atomic<std::uint32_t>& word, Waiters& waiters,
+                       const Deadline& deadline, Attempt&& attempt, More&& more) {
     bool slept = false;
+    auto done = [&] {
+      // Woken for one and more are there: the next sleeper's turn (nobody else wakes it
+      // while the wake-up this one cleared was pending).
+      if (slept && more()) wake_one(word, waiters);
+      return true;
+    };
+    auto busy_since = Clock::now();
+    bool was_busy = false;
     for (;;) {
-      const std::uint32_t seen = counter.load(std::memory_order_seq_cst);
-      if (attempt()) {
-        // Woken for one and more are there: the next sleeper's turn (nobody else wakes it
-        // while the wake-up this one cleared was pending).
-        if (slept && more()) wake_one(counter, waiters);
-        return true;
-      }
+      bool busy = false;
+      if (attempt(busy)) return done();
       if (past(deadline)) return false;
-      bool moved = false;
+      // Spin: longer than a put or get takes, far shorter than a scheduler's tick.
       const auto spin_until = Clock::now() + kSpin;
-      for (int i = 0; !moved; ++i) {
-        pause();
-        moved = counter.load(std::memory_order_relaxed) != seen;
-        if ((i & 63) == 63) {
+      for (int i = 1;; ++i) {
+        for (int k = 0; k < 8; ++k) pause();
+        busy = false;
+        if (attempt(busy)) return done();
+        if ((i & 7) == 0) {
           if (Clock::now() >= spin_until) break;
           // The peer may be waiting for this CPU (more runnable threads than CPUs): let it run.
           std::this_thread::yield();
         }
       }
-      if (moved) continue;
+      const std::uint32_t seen = word.load(std::memory_order_seq_cst);
       waiters.sleeping.fetch_add(1, std::memory_order_seq_cst);
+      busy = false;
+      bool got = attempt(busy);
       bool woken = true;
-      if (counter.load(std::memory_order_seq_cst) == seen) {
-        woken = sleep_on(counter, seen, deadline);
+      if (!got && !past(deadline)) {
+        woken = sleep_on(word, seen, deadline, busy ? kBusyNap : kRecheck);
         slept = true;
       }
       waiters.sleeping.fetch_sub(1, std::memory_order_seq_cst);
       waiters.pending.store(0, std::memory_order_seq_cst);
-      // Nothing for kRecheck: a dead peer may hold the ring.
-      if (!woken && reap_when_idle) reap_ring(q);
+      if (got) return done();
+      // Nothing for kRecheck, or held up that long by a mover: a dead peer may hold the ring.
+      if (busy && !was_busy) busy_since = Clock::now();
+      was_busy = busy;
+      if ((!woken && !busy) || (busy && Clock::now() - busy_since >= kRecheck)) {
+        reap_ring(q);
+        busy_since = Clock::now();
+      }
     }
   }
 
   template <class Attempt>
   static bool wait_room(QueueCore& q, const Deadline& deadline, Attempt&& attempt) {
     QueueState& s = *q.s_;
-    return wait_for(q, s.got_items, s.put_waiters, deadline, true, attempt,
+    return wait_for(q, s.room_seq, s.put_waiters, deadline, attempt,
                     [&] { return s.maxsize <= 0 || q.qsize() < s.maxsize; });
   }
 
   template <class Attempt>
   static bool wait_item(QueueCore& q, const Deadline& deadline, Attempt&& attempt) {
     // More than the one this consumer took (not yet counted as got).
-    return wait_for(q, q.s_->put_items, q.s_->get_waiters, deadline, false, attempt,
+    return wait_for(q, q.s_->item_seq, q.s_->get_waiters, deadline, attempt,
                     [&] { return q.qsize() > 1; });
   }
 };
@@ -818,6 +1085,7 @@ QueueCore::QueueCore(long maxsize, bool joinable) {
             static_cast<std::uint64_t>(Clock::now().time_since_epoch().count());
   if (s_->uid == 0) s_->uid = 1;
   std::snprintf(s_->name, sizeof s_->name, "mp-queue-%d-%u", me.pid, n);
+  map_window();
 }
 
 void QueueCore::adopt(const BlockRef& ref) {
@@ -827,6 +1095,25 @@ void QueueCore::adopt(const BlockRef& ref) {
   if (s_->magic != kMagic || s_->version != kVersion || s_->units != kUnits ||
       s_->heap_base != kHeapBase)
     throw ProcessError("mp::Queue: the shared segment handed over is not a queue's");
+  map_window();
+}
+
+void QueueCore::map_window() {
+  // Address space only (the pages are the memfd's, touched once reserved). Without it, every
+  // large item is mapped while it is copied.
+  try {
+    void* p = posix::memfd_map_window(block_descriptor(block_), kHeapBase, kWindow);
+    window_ = std::shared_ptr<std::byte>(
+        static_cast<std::byte*>(p), [](std::byte* w) { posix::memfd_unmap_range(w, kWindow); });
+  } catch (const std::system_error&) {
+    window_.reset();
+  }
+}
+
+std::byte* QueueCore::window(std::uint64_t off, std::uint64_t len) const {
+  if (!window_ || off < kHeapBase || off - kHeapBase > kWindow || len > kWindow - (off - kHeapBase))
+    return nullptr;
+  return window_.get() + (off - kHeapBase);
 }
 
 std::uint32_t queue_sleepers(const QueueCore& q) {
@@ -838,9 +1125,15 @@ std::string QueueCore::name() const {
 }
 
 long QueueCore::qsize() const {
-  const auto put = s_->put_items.load(std::memory_order_seq_cst);
-  const auto got = s_->got_items.load(std::memory_order_seq_cst);
-  return std::max<long>(static_cast<std::int32_t>(put - got), 0);
+  // Every registered thread's counts (a thread counts its put before it publishes the item, its
+  // get once it has freed the record).
+  std::uint64_t put = 0, got = 0;
+  const std::uint32_t n = std::min(s_->owners_used.load(std::memory_order_acquire), kOwners);
+  for (std::uint32_t i = 0; i < n; ++i) {
+    got += s_->counts[i].got.load(std::memory_order_acquire);
+    put += s_->counts[i].put.load(std::memory_order_acquire);
+  }
+  return std::max<long>(static_cast<std::int64_t>(put - got), 0);
 }
 
 bool QueueCore::full() const {
@@ -863,7 +1156,7 @@ std::uint64_t QueueCore::lost() const {
 }
 
 bool QueueCore::put(const void* data, std::size_t len, bool block,
-                    std::optional<Duration> timeout) {
+                    const std::optional<Duration>& timeout) {
   QueueState& s = *s_;
   using A = QueueAccessImpl;
   OwnerCache& me = A::owner(*this);
@@ -872,25 +1165,28 @@ bool QueueCore::put(const void* data, std::size_t len, bool block,
   if (len > kInlineMax) return put_large(data, len, deadline);
   const auto bytes = static_cast<std::uint32_t>(len);
   if (s.maxsize <= 0) {
-    if (auto pos = A::try_claim(s, me, bytes, false)) [[likely]] {
-      A::put_inline(s, me.index, *pos, data, bytes);
+    bool busy = false;
+    if (const auto pos = A::try_claim(s, me, bytes, false, busy); pos != A::kNoPos) [[likely]] {
+      A::put_inline(s, me, pos, data, bytes);
       return true;
     }
-    return A::wait_room(*this, deadline, [&] {
-      auto pos = A::try_claim(s, me, bytes, false);
-      if (pos) A::put_inline(s, me.index, *pos, data, bytes);
-      return pos.has_value();
+    return A::wait_room(*this, deadline, [&](bool& busy) {
+      const auto pos = A::try_claim(s, me, bytes, false, busy);
+      if (pos == A::kNoPos) return false;
+      A::put_inline(s, me, pos, data, bytes);
+      return true;
     });
   }
   const int fd = block_descriptor(block_);
   bool timed_out = false;
-  const bool done = A::wait_room(*this, deadline, [&] {
+  const bool done = A::wait_room(*this, deadline, [&](bool& busy) {
     RingLock g(lock_, s, fd, deadline);
     if (!g) return timed_out = true;
     if (qsize() >= s.maxsize) return false;
-    auto pos = A::try_claim(s, me, bytes, false);
-    if (pos) A::put_inline(s, me.index, *pos, data, bytes);
-    return pos.has_value();
+    const auto pos = A::try_claim(s, me, bytes, false, busy);
+    if (pos == A::kNoPos) return false;
+    A::put_inline(s, me, pos, data, bytes);
+    return true;
   });
   return done && !timed_out;
 }
@@ -902,39 +1198,75 @@ bool QueueCore::put_large(const void* data, std::size_t len, const Deadline& dea
   const int fd = block_descriptor(block_);
   if (deadline && Clock::now() >= *deadline && full()) return false;
 
-  // The item first gets pages of its own and is copied there without the lock.
+  // The item first gets pages of its own (a kept extent of its size class, or new ones at the
+  // heap's top) and is copied there without the lock.
+  const std::uint64_t cap = capacity(len);
   std::uint32_t slot = kNoSlot;
   Extent extent{};
-  {
+  bool reused = false;
+  enum Reserved { kTimedOut, kDone, kWait };
+  auto reserve = [&](bool may_wait) {
     RingLock g(lock_, s, fd, deadline);
-    if (!g) return false;
+    if (!g) return kTimedOut;
+    // The latest given back first: its pages may still be in a cache.
+    std::uint32_t k = s.n_kept;
+    while (k > 0 && s.kept[k - 1].cap != cap) --k;
+    reused = k > 0;
+    if (reused) --k;
+    // None kept, and a pipeline of large items in flight (a consumer will give one back soon):
+    // waiting a little for it costs less than new pages, which both sides fault in.
+    if (!reused && may_wait && cap <= kKeepBytes && s.live - s.n_kept >= kPipeline) return kWait;
     Journal& j = s.journal;
     j.heap_top = s.heap_top;
     j.live = s.live;
-    extent = {s.live == 0 ? s.heap_base : s.heap_top, len};
-    j.extent = extent;
+    j.n_kept = s.n_kept;
     j.slot = kNoSlot;
+    if (reused) {
+      extent = {s.kept[k].off, len};
+      j.kept_i = k;
+      j.kept_was = s.kept[k];
+    } else {
+      extent = {s.live == 0 ? s.heap_base : s.heap_top, len};
+    }
+    j.extent = extent;
     begin(j, kReserve);
-    s.heap_top = extent.off;
+    if (reused) {  // the last kept extent takes its entry
+      s.kept[k] = s.kept[--s.n_kept];
+      s.kept_bytes -= cap;
+    } else {
+      s.heap_top = extent.off;
+    }
     slot = claim_slot(s, fd, extent);
     j.slot = slot;
-    s.heap_top += pages(len);
-    ++s.live;
+    if (!reused) {
+      s.heap_top += cap;
+      ++s.live;
+    }
     end(j);
+    return kDone;
+  };
+  Reserved r = reserve(true);
+  if (r == kWait) {
+    // Bounded by about what new pages cost (~1 ms a MiB here), so that a queue nobody reads
+    // only takes puts more slowly.
+    Deadline until = Clock::now() + std::chrono::microseconds(cap >> 10);
+    if (deadline && *deadline < *until) until = deadline;
+    A::wait_room(*this, until, [&](bool&) { return s.n_kept.load(std::memory_order_relaxed) > 0; });
+    r = reserve(false);
   }
+  if (r == kTimedOut) return false;
   auto give_back = [&] {
     RingLock g(lock_, s, fd, std::nullopt);
     drop_extent(s, fd, extent);
     free_slot(s, slot);
   };
   try {
-    posix::memfd_reserve(fd, extent.off, pages(len));
-    void* dst = posix::memfd_map_range(fd, extent.off, pages(len));
+    if (!reused) posix::memfd_reserve(fd, extent.off, cap);  // a kept extent has its pages
+    ExtentPages pages(fd, extent, window(extent.off, cap));
+    std::byte* dst = pages.data();
     std::memcpy(dst, data, len / 2);
     fault(QueueStep::put_large_copying);
-    std::memcpy(static_cast<std::byte*>(dst) + len / 2,
-                static_cast<const std::byte*>(data) + len / 2, len - len / 2);
-    posix::memfd_unmap_range(dst, pages(len));
+    std::memcpy(dst + len / 2, static_cast<const std::byte*>(data) + len / 2, len - len / 2);
   } catch (const std::system_error& e) {
     give_back();
     throw ProcessError("mp::Queue '" + name_of(s) + "': no room for an item of " +
@@ -960,28 +1292,29 @@ bool QueueCore::put_large(const void* data, std::size_t len, const Deadline& dea
     fault(QueueStep::put_large_handed_over);
   };
   auto publish = [&](std::uint64_t pos) {
-    A::publish(s, pos, pack({Unit::ready, true, me.index, sizeof(Extent), lap_of(pos)}));
+    A::publish(s, me, pos, pack({Unit::ready, true, me.index, sizeof(Extent), lap_of(pos)}),
+               A::consumer_sleeps(s));
   };
   bool timed_out = false;
   const bool bounded = s.maxsize > 0;
-  const bool done = A::wait_room(*this, deadline, [&] {
+  const bool done = A::wait_room(*this, deadline, [&](bool& busy) {
     if (bounded) {  // the count checked and the item published under one hold of the lock
       RingLock g(lock_, s, fd, deadline);
       if (!g) return timed_out = true;
       if (qsize() >= s.maxsize) return false;
-      auto pos = A::try_claim(s, me, 0, true);
-      if (!pos) return false;
-      hand_over(*pos);
-      publish(*pos);
+      const auto pos = A::try_claim(s, me, 0, true, busy);
+      if (pos == A::kNoPos) return false;
+      hand_over(pos);
+      publish(pos);
       return true;
     }
-    auto pos = A::try_claim(s, me, 0, true);
-    if (!pos) return false;
+    const auto pos = A::try_claim(s, me, 0, true, busy);
+    if (pos == A::kNoPos) return false;
     {
       RingLock g(lock_, s, fd, std::nullopt);
-      hand_over(*pos);
+      hand_over(pos);
     }
-    publish(*pos);
+    publish(pos);
     return true;
   });
   if (!done || timed_out) {
@@ -991,21 +1324,22 @@ bool QueueCore::put_large(const void* data, std::size_t len, const Deadline& dea
   return true;
 }
 
-bool QueueCore::get(ItemSink sink, void* ctx, bool block, std::optional<Duration> timeout) {
+bool QueueCore::get(ItemSink sink, void* ctx, bool block, const std::optional<Duration>& timeout) {
   QueueState& s = *s_;
   using A = QueueAccessImpl;
-  const std::uint32_t me = A::owner(*this).index;
+  OwnerCache& me = A::owner(*this);
   const Deadline deadline = block ? deadline_after(timeout) : Deadline(Clock::now());
-  std::optional<A::Taken> taken = A::try_take(s, me);
-  if (!taken && !A::wait_item(*this, deadline, [&] {
-        taken = A::try_take(s, me);
-        return taken.has_value();
-      }))
+  bool busy = false;
+  A::Taken taken;
+  if (!A::try_take(s, me, busy, taken) &&
+      !A::wait_item(*this, deadline, [&](bool& busy) { return A::try_take(s, me, busy, taken); }))
     return false;
-  const std::uint64_t pos = taken->pos;
+  // A producer asleep for room, looked at right after the take's CAS (see wait_for).
+  const bool producer_sleeps = s.put_waiters.sleeping.load(std::memory_order_seq_cst) != 0;
+  const std::uint64_t pos = taken.pos;
   fault(QueueStep::get_taken);
-  if (!taken->rec.large) [[likely]] {
-    const std::uint32_t n = taken->rec.bytes;
+  if (!taken.rec.large) [[likely]] {
+    const std::uint32_t n = taken.rec.bytes;
     void* dst = nullptr;
     try {
       dst = sink(ctx, n);
@@ -1013,8 +1347,8 @@ bool QueueCore::get(ItemSink sink, void* ctx, bool block, std::optional<Duration
       free_units(s, pos, n);
       s.lost.fetch_add(1);
       item_done(s);
-      s.got_items.fetch_add(1, std::memory_order_seq_cst);
-      wake_one(s.got_items, s.put_waiters);
+      bump(me.counts->got);
+      wake_room(s);
       throw;
     }
     if (g_queue_fault) [[unlikely]] {
@@ -1025,13 +1359,14 @@ bool QueueCore::get(ItemSink sink, void* ctx, bool block, std::optional<Duration
       ring_read(s, pos, 0, dst, n);
     }
     free_units(s, pos, n);
-    // The head passes it at once when it was the oldest. By CAS: producers reuse the units the
-    // head has passed, so it must never go back.
-    if (taken->at_head) {
-      std::uint64_t expect = pos;
-      s.head.compare_exchange_strong(expect, pos + units_of(n), std::memory_order_release,
-                                     std::memory_order_relaxed);
-    }
+    A::passed_head(s, me, taken, pos + units_of(n));
+    bump(me.counts->got);
+    // Bounded: producers wait for the count, which no take orders (wake_room's bump does).
+    if (s.maxsize > 0)
+      wake_room(s);
+    else if (producer_sleeps)
+      wake_one(s.room_seq, s.put_waiters);
+    return true;
   } else {
     const int fd = block_descriptor(block_);
     std::byte payload[sizeof(Extent)];
@@ -1040,33 +1375,34 @@ bool QueueCore::get(ItemSink sink, void* ctx, bool block, std::optional<Duration
     bool delivered = false;
     try {
       extent = check_extent(name_view(s), payload, s.heap_base, s.heap_top, posix::page_size());
-      void* dst = sink(ctx, extent.len);
-      const std::uint64_t n = pages(extent.len);
-      void* src = posix::memfd_map_range(fd, extent.off, n);
+      auto* dst = static_cast<std::byte*>(sink(ctx, extent.len));
+      ExtentPages pages(fd, extent, window(extent.off, capacity(extent.len)));
+      const std::byte* src = pages.data();
       std::memcpy(dst, src, extent.len / 2);
       fault(QueueStep::get_large_copying);
-      std::memcpy(static_cast<std::byte*>(dst) + extent.len / 2,
-                  static_cast<const std::byte*>(src) + extent.len / 2, extent.len - extent.len / 2);
-      posix::memfd_unmap_range(src, n);
+      std::memcpy(dst + extent.len / 2, src + extent.len / 2, extent.len - extent.len / 2);
       delivered = true;
     } catch (...) {
       RingLock g(lock_, s, fd, std::nullopt);
       if (extent.len != 0) {
-        finish_large(s, fd, pos, taken->word, extent, true);
+        finish_large(s, fd, pos, taken.word, extent, true);
       } else {
         s.lost.fetch_add(1);
         free_units(s, pos, sizeof(Extent));
       }
       item_done(s);
-      s.got_items.fetch_add(1, std::memory_order_seq_cst);
-      wake_one(s.got_items, s.put_waiters);
+      bump(me.counts->got);
+      wake_room(s);
       throw;
     }
     RingLock g(lock_, s, fd, std::nullopt);
-    finish_large(s, fd, pos, taken->word, extent, !delivered);
+    finish_large(s, fd, pos, taken.word, extent, !delivered);
   }
-  s.got_items.fetch_add(1, std::memory_order_seq_cst);
-  wake_one(s.got_items, s.put_waiters);
+  A::passed_head(s, me, taken, pos + 1);
+  bump(me.counts->got);
+  // A producer may wait for the extent given back, not for room (put_large): told always.
+  wake_room(s);
+  (void)producer_sleeps;
   return true;
 }
 

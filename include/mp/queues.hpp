@@ -45,8 +45,10 @@ class QueueCore {
   QueueCore(long maxsize, bool joinable);
   QueueCore() = default;  // a handle being loaded in a child
   // False when not done: full / empty (at once, or when the timeout ran out).
-  bool put(const void* data, std::size_t len, bool block, std::optional<Duration> timeout);
-  bool get(ItemSink sink, void* ctx, bool block, std::optional<Duration> timeout);
+  // (The timeout by reference: an optional passed by value is written a byte at a time and
+  // read whole, a store-forwarding stall on every call.)
+  bool put(const void* data, std::size_t len, bool block, const std::optional<Duration>& timeout);
+  bool get(ItemSink sink, void* ctx, bool block, const std::optional<Duration>& timeout);
   long qsize() const;
   bool full() const;
   std::uint64_t lost() const;
@@ -70,8 +72,13 @@ class QueueCore {
   void adopt(const BlockRef& ref);
   bool put_large(const void* data, std::size_t len,
                  const std::optional<std::chrono::steady_clock::time_point>& deadline);
+  void map_window();
+  std::byte* window(std::uint64_t off, std::uint64_t len) const;
   std::shared_ptr<SharedBlock> block_;
   QueueState* s_ = nullptr;
+  // Large items' pages near the heap's base, mapped once in this process (their extents are
+  // reused: no mapping, no page fault per item); nullptr when it could not be mapped.
+  std::shared_ptr<std::byte> window_;
   mutable Lock lock_;  // large items' pages, bounded puts: short steps only, never a wait
   friend struct QueueAccess;
   friend struct QueueAccessImpl;

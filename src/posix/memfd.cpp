@@ -43,6 +43,13 @@ void* memfd_map_range(int fd, std::uint64_t offset, std::size_t len) {
   return p;
 }
 
+void* memfd_map_window(int fd, std::uint64_t offset, std::size_t len) {
+  void* p = ::mmap(nullptr, len, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_NORESERVE, fd,
+                   static_cast<off_t>(offset));
+  if (p == MAP_FAILED) throw std::system_error(errno, std::system_category(), "mmap");
+  return p;
+}
+
 void memfd_unmap_range(void* addr, std::size_t len) noexcept {
   ::munmap(addr, len);
 }

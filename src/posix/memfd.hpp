@@ -17,6 +17,9 @@ void memfd_truncate(int fd, std::uint64_t size);
 /// A shared read-write mapping of [offset, offset+len) (offset page-aligned). Throws system_error.
 void* memfd_map_range(int fd, std::uint64_t offset, std::size_t len);
 void memfd_unmap_range(void* addr, std::size_t len) noexcept;
+/// The same, not populated and possibly beyond the file's end: a window kept mapped, whose
+/// pages are touched only once reserved (a page past the end would be SIGBUS).
+void* memfd_map_window(int fd, std::uint64_t offset, std::size_t len);
 /// The page size extents are aligned to.
 std::size_t page_size() noexcept;
 
