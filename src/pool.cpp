@@ -174,19 +174,21 @@ struct PoolWorker : Process {
   std::uint32_t slot = 0;
   std::string initializer;
   std::int64_t maxtasks = 0;
+  std::int64_t spin_ns = 0;  // EngineOptions::spin
 
   PoolWorker() = default;
   PoolWorker(Connection c, RawArray<std::uint64_t> s, std::uint32_t i, std::string init,
-             std::int64_t m)
+             std::int64_t m, std::int64_t spin)
       : Process(Options{.daemon = true}),
         conn(std::move(c)),
         slots(std::move(s)),
         slot(i),
         initializer(std::move(init)),
-        maxtasks(m) {}
+        maxtasks(m),
+        spin_ns(spin) {}
 
   void run() override;
-  MP_FIELDS(PoolWorker, conn, slots, slot, initializer, maxtasks)
+  MP_FIELDS(PoolWorker, conn, slots, slot, initializer, maxtasks, spin_ns)
 };
 
 void PoolWorker::run() {
@@ -218,6 +220,19 @@ void PoolWorker::run() {
     for (;;) {
       std::optional<Frame> f = reader.next();
       if (!f) {
+        // Hot: the next task often comes within microseconds of the last result; polling for
+        // it a bounded time saves the sleep and the wake-up (the idle worker then sleeps).
+        if (spin_ns > 0) {
+          const auto until = Clock::now() + std::chrono::nanoseconds(spin_ns);
+          std::optional<std::size_t> n;
+          do n = posix::recv_nowait(fd, reader.space());
+          while (!n && Clock::now() < until);
+          if (n) {
+            reader.commit(*n);
+            if (*n == 0) return;
+            continue;
+          }
+        }
         // Nothing whole yet: wait for more, or for the parent's end (an orphan leaves).
         posix::PollFd p[2] = {{fd}, {parent}};
         if (posix::poll_fds(std::span(p, parent >= 0 ? 2 : 1), std::nullopt) == 0) continue;
@@ -249,7 +264,11 @@ struct Worker {
   int pid = 0;
   std::deque<std::uint64_t> inflight;  // sent, in order; the first is running or next
   std::string outbox;
-  std::size_t sent = 0;  // of the outbox
+  std::size_t sent = 0;       // of the outbox
+  std::size_t unflushed = 0;  // tasks of `inflight` whose frames are still (partly) in the outbox
+  // How long its tasks take, as the parent sees results come back (automatic window).
+  Clock::time_point started;  // when the first of `inflight` began, as far as we can tell
+  double service_s = 0;       // moving average; 0: nothing measured yet
   FrameReader inbox;
   std::int64_t completed = 0;
   bool init_failed = false;
@@ -320,8 +339,9 @@ struct Engine::Impl {
   void start_worker(std::uint32_t slot) {
     auto [ours, theirs] = Pipe(true);
     auto w = std::make_unique<Worker>();
-    w->proc = std::make_unique<PoolWorker>(std::move(theirs), slots, slot, o.initializer,
-                                           o.maxtasksperchild.value_or(0));
+    w->proc = std::make_unique<PoolWorker>(
+        std::move(theirs), slots, slot, o.initializer, o.maxtasksperchild.value_or(0),
+        std::chrono::duration_cast<std::chrono::nanoseconds>(o.spin).count());
     const Context& ctx = context();
     ctx.bind_to(*w->proc);
     w->proc->set_name(method_prefix(ctx.start_method()) + w->proc->name());
@@ -358,21 +378,37 @@ struct Engine::Impl {
       w.deadline = Clock::now() + std::chrono::duration_cast<Clock::duration>(*o.task_timeout);
   }
 
-  // Each task to the worker with the fewest in flight (an idle one first), up to the window.
+  // How many tasks a worker may hold. Automatic: 4, and more while its tasks are short, up to
+  // about kQueued of work queued in it, so that a stream of tiny tasks is sent (and answered)
+  // many to a write and a worker rarely sleeps between them, while slow tasks keep the small
+  // window that balances them. What a dead worker held is known whatever the size.
+  static constexpr std::size_t kMinWindow = 4, kMaxWindow = 64;
+  static constexpr double kQueued = 1e-3;  // seconds
+  std::size_t window(const Worker& w) const {
+    if (o.window > 0) return std::size_t(std::clamp(o.window, 1, int(kMaxWindow)));
+    if (w.service_s <= 0) return kMinWindow;
+    return std::size_t(std::clamp(kQueued / w.service_s, double(kMinWindow), double(kMaxWindow)));
+  }
+
+  bool has_room(const Worker& w) const {
+    return !w.retiring && !w.init_failed && w.inflight.size() < window(w);
+  }
+
+  // Each task to the worker with the fewest in flight (an idle one first), up to its window.
   void dispatch() {
-    const std::size_t window = std::size_t(std::clamp(o.window, 1, 16));
     while (!pending.empty()) {
       Worker* best = nullptr;
       for (auto& w : workers)
-        if (w && !w->retiring && !w->init_failed && w->inflight.size() < window &&
-            (!best || w->inflight.size() < best->inflight.size()))
+        if (w && has_room(*w) && (!best || w->inflight.size() < best->inflight.size()))
           best = w.get();
       if (!best) break;
       const std::uint64_t id = pending.front();
       pending.pop_front();
       Task& t = tasks.at(id);
       append_frame(best->outbox, id, kOk, t.payload);
+      if (best->inflight.empty()) best->started = Clock::now();
       best->inflight.push_back(id);
+      ++best->unflushed;
       t.job->task_sent(t.index);
       set_deadline(*best);
     }
@@ -398,12 +434,14 @@ struct Engine::Impl {
     if (w.sent == w.outbox.size()) {
       w.outbox.clear();
       w.sent = 0;
+      w.unflushed = 0;
     }
   }
 
   void on_frame(Worker& w, const Frame& f) {
     if (f.status == kReady) {
       w.ready = true;
+      w.started = Clock::now();  // its start-up is not a task's time
       set_deadline(w);
       return;
     }
@@ -423,6 +461,12 @@ struct Engine::Impl {
     w.deadline.reset();
     set_deadline(w);
     ++w.completed;
+    // The next task began when this one ended (or when it arrives, if later: then the time
+    // measured includes its trip, which errs towards the small window).
+    const auto now = Clock::now();
+    const double took = std::chrono::duration<double>(now - w.started).count();
+    w.service_s = w.service_s > 0 ? w.service_s + (took - w.service_s) / 8 : took;
+    w.started = now;
     startup_failures = 0;
     auto it = tasks.find(f.id);
     if (it == tasks.end()) return;  // failed already (timed out)
@@ -584,6 +628,7 @@ void Engine::Impl::loop() {
         w->inflight.clear();
         w->outbox.clear();
         w->sent = 0;
+        w->unflushed = 0;
       }
       if (w->kill_at && now >= *w->kill_at) {
         w->proc->kill();
@@ -716,12 +761,18 @@ SubmitResult Engine::submit(std::vector<Task> tasks) {
       impl_->tasks.emplace(id, std::move(t));
     }
     // Sent from here when a worker has room: the engine's thread is woken only for what is
-    // left (no worker free, one to start, a send that would block, a timeout to watch).
+    // left (a worker to start, a send that would block, a timeout to watch). Tasks waiting for
+    // room need no wake: the results that make room wake it.
     auto& e = *impl_;
     e.dispatch();
-    bool left = !e.pending.empty() || e.o.task_timeout.has_value();
+    bool left = e.o.task_timeout.has_value();
+    if (!e.pending.empty())
+      for (auto& w : e.workers) left = left || !w || e.has_room(*w);
     for (auto& w : e.workers) {
       if (!w || w->outbox.empty() || w->conn.closed()) continue;
+      // A worker with two tasks or more in hand gets the rest with the write that follows its
+      // next result (one write for many tasks): it has work until then.
+      if (w->inflight.size() - w->unflushed >= 2) continue;
       e.flush(*w);
       left = left || !w->outbox.empty();
     }
@@ -806,6 +857,10 @@ int Engine::processes() const {
   return impl_->o.processes;
 }
 
+Duration Engine::spin() const {
+  return impl_->o.spin;
+}
+
 void submit_tasks(Engine& engine, const std::shared_ptr<Job>& job, std::size_t first_task,
                   std::vector<std::string> payloads, const std::vector<std::size_t>& offsets) {
   std::vector<Task> tasks;
@@ -858,6 +913,7 @@ detail::EngineOptions engine_options(PoolOptions o) {
   e.maxtasksperchild = o.maxtasksperchild;
   e.context = o.context;
   e.window = o.window;
+  e.spin = o.spin;
   e.task_timeout = o.task_timeout;
   e.max_startup_failures = o.max_startup_failures;
   e.initializer = o.initializer.payload();

@@ -12,6 +12,7 @@
 // waiting on many (mp::wait, mp::as_completed).
 #pragma once
 
+#include <atomic>
 #include <condition_variable>
 #include <cstddef>
 #include <deque>
@@ -41,6 +42,7 @@ struct ExecutorOptions {
   std::optional<int> max_tasks_per_child = std::nullopt;
   std::optional<Duration> task_timeout = std::nullopt;  ///< as PoolOptions::task_timeout
   int max_startup_failures = 0;                         ///< as PoolOptions
+  Duration spin = Duration(0);                          ///< as PoolOptions::spin
 };
 
 template <class R>
@@ -58,7 +60,8 @@ template <class R>
 class FutureState final : public Job, public std::enable_shared_from_this<FutureState<R>> {
  public:
   enum Phase { kPending, kRunning, kCancelled, kFinished };
-  explicit FutureState(std::weak_ptr<Engine> engine) : engine_(std::move(engine)) {}
+  explicit FutureState(const std::shared_ptr<Engine>& engine)
+      : engine_(engine), spin_(engine->spin()) {}
 
   void task_sent(std::size_t) override {
     std::lock_guard l(m_);
@@ -98,6 +101,9 @@ class FutureState final : public Job, public std::enable_shared_from_this<Future
   }
   // Waits (at most `timeout`); false if not done by then.
   bool wait(std::optional<Duration> timeout) {
+    if (spin_until(timeout ? std::min(spin_, *timeout) : spin_,
+                   [&] { return done_flag_.load(std::memory_order_acquire); }))
+      return true;
     std::unique_lock l(m_);
     auto done = [&] { return phase_ >= kCancelled; };
     if (!timeout) {
@@ -155,6 +161,7 @@ class FutureState final : public Job, public std::enable_shared_from_this<Future
       if (phase_ >= kCancelled) return;
       phase_ = phase;
       error_ = std::move(error);
+      done_flag_.store(true, std::memory_order_release);
       callbacks.swap(callbacks_);
       waiters.swap(waiters_);
     }
@@ -168,6 +175,8 @@ class FutureState final : public Job, public std::enable_shared_from_this<Future
   }
 
   std::weak_ptr<Engine> engine_;
+  Duration spin_;
+  std::atomic<bool> done_flag_{false};  // phase_ >= kCancelled, for the spin (no lock)
   std::mutex m_;
   std::condition_variable cv_;
   Phase phase_ = kPending;

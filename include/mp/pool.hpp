@@ -12,6 +12,7 @@
 #pragma once
 
 #include <algorithm>
+#include <atomic>
 #include <condition_variable>
 #include <cstddef>
 #include <exception>
@@ -41,7 +42,11 @@ struct PoolOptions {
   Initializer initializer = {};                        ///< run once in each worker before any task
   std::optional<int> maxtasksperchild = std::nullopt;  ///< a worker is replaced after this many
   const Context* context = nullptr;  ///< start method (default: the default context)
-  int window = 4;                    ///< tasks sent to a worker ahead of its results (1-16)
+  int window = 0;  ///< tasks sent to a worker ahead of its results (1-64; 0: automatic,
+                   ///< 4, growing to 64 while tasks take well under a millisecond)
+  Duration spin = Duration(0);  ///< hot mode: a worker waiting for a task, and a caller waiting
+                                ///< in get(), poll this long before sleeping (at most 50 us is
+                                ///< useful; it costs CPU only while the pool is busy, none idle)
   std::optional<Duration> task_timeout =
       std::nullopt;              ///< a task past it fails with mp::TimeoutError and
                                  ///< its worker is killed and replaced
@@ -79,8 +84,9 @@ template <class V, class R>
 class ResultState final : public ResultSource<V> {
  public:
   ResultState(std::size_t items, std::vector<std::size_t> offsets, CallbackFor<V> callback,
-              ErrorCallback error_callback)
-      : items_(items),
+              ErrorCallback error_callback, Duration spin = Duration(0))
+      : spin_(spin),
+        items_(items),
         offsets_(std::move(offsets)),
         left_(offsets_.size()),
         callback_(std::move(callback)),
@@ -113,10 +119,14 @@ class ResultState final : public ResultSource<V> {
   }
 
   void wait() override {
+    if (spin_until(spin_, [&] { return done_flag_.load(std::memory_order_acquire); })) return;
     std::unique_lock l(m_);
     cv_.wait(l, [&] { return done_; });
   }
   bool wait(Duration timeout) override {
+    if (spin_until(std::min(spin_, timeout),
+                   [&] { return done_flag_.load(std::memory_order_acquire); }))
+      return true;
     std::unique_lock l(m_);
     return cv_.wait_for(l, timeout, [&] { return done_; });
   }
@@ -153,6 +163,7 @@ class ResultState final : public ResultSource<V> {
     {
       std::lock_guard l(m_);
       done_ = true;
+      done_flag_.store(true, std::memory_order_release);
     }
     cv_.notify_all();
     try {
@@ -171,6 +182,8 @@ class ResultState final : public ResultSource<V> {
     }
   }
 
+  Duration spin_;
+  std::atomic<bool> done_flag_{false};  // done_, for the spin that reads it without the lock
   std::vector<Wire<R>> items_;
   std::vector<std::size_t> offsets_;  // each task's first item
   std::size_t left_;
@@ -437,8 +450,8 @@ class Pool {
                         std::size_t n, detail::CallbackFor<V> callback,
                         detail::ErrorCallback error_callback, std::exception_ptr encoding) {
     check_running();
-    auto state = std::make_shared<detail::ResultState<V, R>>(n, offsets, std::move(callback),
-                                                             std::move(error_callback));
+    auto state = std::make_shared<detail::ResultState<V, R>>(
+        n, offsets, std::move(callback), std::move(error_callback), engine_->spin());
     if (encoding) {
       for (std::size_t k = 0; k < offsets.size(); ++k) state->task_failed(k, encoding);
     } else {

@@ -158,13 +158,26 @@ struct EngineOptions {
   int processes = 1;
   std::optional<int> maxtasksperchild;
   const Context* context = nullptr;  // nullptr: the default context
-  int window = 4;                    // tasks sent to a worker before its first result is back
+  int window = 0;  // tasks sent to a worker ahead of its results (0: automatic, 4-64)
+  Duration spin = Duration(0);  // how long a worker or a waiting caller polls before sleeping
   std::optional<Duration> task_timeout;
   int max_startup_failures = 0;  // 0: max(5, 2 * processes)
   std::string initializer;       // an Initializer's payload (empty: none)
   bool on_demand = false;        // start workers as tasks need them (the executor), not at once
   bool finish_at_exit = false;   // at exit: let queued tasks finish (the executor), not terminate
 };
+
+// Polls done() for at most `spin` before a caller sleeps: a result that comes within it is
+// taken without a wake-up (EngineOptions::spin). True once done() is.
+template <class Done>
+bool spin_until(Duration spin, Done done) {
+  if (spin <= Duration(0)) return done();
+  const auto until =
+      std::chrono::steady_clock::now() + std::chrono::duration_cast<std::chrono::nanoseconds>(spin);
+  while (!done())
+    if (std::chrono::steady_clock::now() >= until) return false;
+  return true;
+}
 
 struct SubmitResult {
   bool accepted = false;
@@ -197,6 +210,7 @@ class Engine {
   /// The pids of the live workers (tests, and Pool::_pool's counterpart).
   std::vector<int> worker_pids() const;
   int processes() const;
+  Duration spin() const;
 
   struct Impl;
 
