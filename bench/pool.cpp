@@ -482,8 +482,7 @@ void register_all() {
       ->UseRealTime()
       ->Unit(kMillisecond)
       ->Iterations(1);
-  benchmark::RegisterBenchmark("mp_pool_idle_cpu_hot",
-                               [](S& s) { run_mp_idle_cpu(s, g_hot_pool); })
+  benchmark::RegisterBenchmark("mp_pool_idle_cpu_hot", [](S& s) { run_mp_idle_cpu(s, g_hot_pool); })
       ->UseRealTime()
       ->Unit(kMillisecond)
       ->Iterations(1);

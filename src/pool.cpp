@@ -273,6 +273,7 @@ struct Worker {
   std::int64_t completed = 0;
   bool init_failed = false;
   bool ready = false;                         // it said so (kReady)
+  bool eof = false;                           // its end is closed: nothing more to read
   bool retiring = false;                      // told to stop (task timeout, close): no more tasks
   std::optional<Clock::time_point> deadline;  // the running task's (task_timeout)
   std::optional<Clock::time_point> kill_at;   // terminated: killed if still there then
@@ -318,6 +319,12 @@ struct Engine::Impl {
   std::thread thread;
   std::once_flag joined;
   std::vector<Outcome> outcomes;
+  // Callers blocked in Engine::wait() on the workers' sockets: their wake-up sockets, and the
+  // sockets of workers gone meanwhile, kept open (not reused for another file) until they leave.
+  std::vector<int> waiters;
+  int pollers = 0;
+  std::vector<Connection> gone_conns;
+  std::vector<std::pair<posix::unique_fd, posix::unique_fd>> bells;  // the idle ones
 
   explicit Impl(EngineOptions opts) : o(std::move(opts)), slots(std::size_t(o.processes)) {
     auto [r, w] = posix::make_socketpair();
@@ -353,6 +360,40 @@ struct Engine::Impl {
     w->pid = w->proc->pid().value_or(0);
     workers[slot] = std::move(w);
   }
+
+  // Drops a worker's record; its socket outlives it while a caller polls it.
+  void drop_worker(std::unique_ptr<Worker>& w) {
+    if (pollers > 0 && !w->conn.closed()) gone_conns.push_back(std::move(w->conn));
+    w.reset();
+  }
+
+  // Under the lock, after outcomes were handed out: a caller polling the sockets whose result
+  // another thread read is told to look at its state again.
+  void wake_waiters() {
+    const std::byte b{1};
+    for (int fd : waiters) posix::send_nowait(fd, std::span(&b, 1));
+  }
+
+  // Under the lock: sends what can go now (the calling thread writes it); true if the engine's
+  // thread must be woken for the rest (a worker to start, a send that would block, a timeout to
+  // watch, a broken pool). Tasks waiting for room need no wake: the results that make room do.
+  bool send_now() {
+    dispatch();
+    bool left = o.task_timeout.has_value() || broken != nullptr;
+    if (!pending.empty())
+      for (auto& w : workers) left = left || !w || has_room(*w);
+    for (auto& w : workers) {
+      if (!w || w->outbox.empty() || w->conn.closed()) continue;
+      // A worker with two tasks or more in hand gets the rest with the write that follows its
+      // next result (one write for many tasks): it has work until then.
+      if (w->inflight.size() - w->unflushed >= 2) continue;
+      flush(*w);
+      left = left || !w->outbox.empty();
+    }
+    return left;
+  }
+
+  bool wait(const Job* job, const std::function<bool()>& done, std::optional<Duration> timeout);
 
   void fail(std::uint64_t id, std::exception_ptr error) {
     auto it = tasks.find(id);
@@ -494,7 +535,10 @@ struct Engine::Impl {
       w.inbox.commit(n.value_or(0));
       while (auto f = w.inbox.next()) on_frame(w, *f);
       if (!n) return true;
-      if (*n == 0) return false;
+      if (*n == 0) {
+        w.eof = true;
+        return false;
+      }
     }
   }
 
@@ -532,7 +576,7 @@ struct Engine::Impl {
             std::to_string(w.pid) + ") ended with exit code " + std::to_string(code)));
     }
     w.proc->close();
-    workers[slot].reset();
+    drop_worker(workers[slot]);
   }
 
   // Ends every worker: SIGTERM (or SIGKILL), then SIGKILL after a grace period; reaps them.
@@ -547,7 +591,7 @@ struct Engine::Impl {
         w->proc->join();
       }
       w->proc->close();
-      w.reset();
+      drop_worker(w);
     }
   }
 
@@ -577,6 +621,7 @@ void Engine::Impl::loop() {
       l.unlock();
       deliver(batch);
       l.lock();
+      wake_waiters();
     }
     if (state == kTerminate) {
       fail_all(std::make_exception_ptr(BrokenProcessPool("pool terminated")));
@@ -645,7 +690,7 @@ void Engine::Impl::loop() {
     for (std::uint32_t i = 0; i < workers.size(); ++i) {
       auto& w = workers[i];
       if (!w) continue;
-      if (!w->conn.closed()) {
+      if (!w->conn.closed() && !w->eof) {
         flush(*w);
         fds.push_back({w->conn.fileno(), !w->outbox.empty()});
         owner.push_back(i);
@@ -654,8 +699,13 @@ void Engine::Impl::loop() {
       owner.push_back(i | 0x80000000u);
     }
     batch.swap(outcomes);
+    if (!batch.empty()) {
+      l.unlock();
+      deliver(batch);
+      l.lock();
+      wake_waiters();
+    }
     l.unlock();
-    deliver(batch);
     std::optional<Duration> timeout;
     if (next_deadline) timeout = std::max(Duration(*next_deadline - Clock::now()), Duration(0));
     posix::poll_fds(fds, timeout);
@@ -674,7 +724,7 @@ void Engine::Impl::loop() {
       Worker& w = *workers[i];
       if (owner[k] & 0x80000000u) {
         if (fds[k].readable) on_death(i);
-      } else if (fds[k].readable && !w.conn.closed()) {
+      } else if (fds[k].readable && !w.conn.closed() && !w.eof) {
         try {
           drain(w);
         } catch (const std::exception&) {
@@ -688,6 +738,102 @@ void Engine::Impl::loop() {
   batch.swap(outcomes);
   l.unlock();
   deliver(batch);
+  l.lock();
+  wake_waiters();
+}
+
+// The waiting caller reads the workers' sockets itself, as the engine's thread does (both
+// are woken by a result; whoever takes the lock first reads it): its own job's outcomes are
+// delivered here, so a result reaches it without the hand-off from the engine's thread (one
+// wake-up less on every round trip). The rest are left to that thread.
+bool Engine::Impl::wait(const Job* job, const std::function<bool()>& done,
+                        std::optional<Duration> timeout) {
+  // A wake-up socket of the engine's, this thread's while it waits: written by whoever hands
+  // out outcomes while it polls.
+  std::pair<posix::unique_fd, posix::unique_fd> bell;
+  {
+    std::lock_guard l(m);
+    if (!bells.empty()) {
+      bell = std::move(bells.back());
+      bells.pop_back();
+    }
+  }
+  if (!bell.first) bell = posix::make_socketpair();
+  struct GiveBack {
+    Impl& e;
+    std::pair<posix::unique_fd, posix::unique_fd>& bell;
+    ~GiveBack() {
+      std::lock_guard l(e.m);
+      e.bells.push_back(std::move(bell));
+    }
+  } give_back{*this, bell};
+  const auto start = Clock::now();
+  const auto spin_until = start + std::chrono::duration_cast<Clock::duration>(o.spin);
+  const auto deadline =
+      timeout
+          ? start + std::chrono::duration_cast<Clock::duration>(std::min(*timeout, Duration(1e9)))
+          : Clock::time_point::max();
+  std::vector<Outcome> mine;
+  std::vector<posix::PollFd> fds;
+  for (;;) {
+    if (done()) return true;
+    const auto now = Clock::now();
+    if (now >= deadline) return false;
+    const bool spinning = now < spin_until;
+    {
+      std::lock_guard l(m);
+      for (auto& w : workers) {
+        if (!w || w->conn.closed() || w->eof) continue;
+        try {
+          drain(*w);
+        } catch (const std::exception&) {
+          w->proc->kill();  // it sent garbage: it goes, as a dead worker does
+        }
+      }
+      // Ours to deliver; the others' go to the engine's thread.
+      auto others = std::stable_partition(outcomes.begin(), outcomes.end(),
+                                          [&](const Outcome& out) { return out.job.get() == job; });
+      std::move(outcomes.begin(), others, std::back_inserter(mine));
+      outcomes.erase(outcomes.begin(), others);
+      if (send_now() || !outcomes.empty()) wake();
+      if (!mine.empty()) {
+        // Delivered below; a caller polling for this same job is told then.
+      } else if (!spinning) {
+        fds.clear();
+        fds.push_back({bell.first.get()});
+        for (auto& w : workers)
+          if (w && !w->conn.closed() && !w->eof) fds.push_back({w->conn.fileno()});
+        waiters.push_back(bell.second.get());
+        ++pollers;
+      }
+    }
+    if (!mine.empty()) {
+      deliver(mine);
+      std::lock_guard l(m);
+      wake_waiters();
+      continue;
+    }
+    if (spinning) continue;
+    // Checked again now that we are registered: the result may have been handed out between
+    // the check above and the registration.
+    if (!done()) {
+      std::optional<Duration> left;
+      if (deadline != Clock::time_point::max())
+        left = std::max(Duration(deadline - Clock::now()), Duration(0));
+      posix::poll_fds(fds, left);
+    }
+    std::lock_guard l(m);
+    std::erase(waiters, bell.second.get());
+    if (--pollers == 0) gone_conns.clear();
+    std::byte drainbuf[64];
+    while (posix::recv_nowait(bell.first.get(), drainbuf).value_or(0) > 0) {
+    }
+  }
+}
+
+bool Engine::wait(const Job* job, const std::function<bool()>& done,
+                  std::optional<Duration> timeout) {
+  return impl_->wait(job, done, timeout);
 }
 
 namespace {
@@ -760,23 +906,8 @@ SubmitResult Engine::submit(std::vector<Task> tasks) {
       impl_->pending.push_back(id);
       impl_->tasks.emplace(id, std::move(t));
     }
-    // Sent from here when a worker has room: the engine's thread is woken only for what is
-    // left (a worker to start, a send that would block, a timeout to watch). Tasks waiting for
-    // room need no wake: the results that make room wake it.
-    auto& e = *impl_;
-    e.dispatch();
-    bool left = e.o.task_timeout.has_value();
-    if (!e.pending.empty())
-      for (auto& w : e.workers) left = left || !w || e.has_room(*w);
-    for (auto& w : e.workers) {
-      if (!w || w->outbox.empty() || w->conn.closed()) continue;
-      // A worker with two tasks or more in hand gets the rest with the write that follows its
-      // next result (one write for many tasks): it has work until then.
-      if (w->inflight.size() - w->unflushed >= 2) continue;
-      e.flush(*w);
-      left = left || !w->outbox.empty();
-    }
-    if (!left) return {true, nullptr};
+    // Sent from here when a worker has room: the engine's thread is woken only for the rest.
+    if (!impl_->send_now()) return {true, nullptr};
   }
   impl_->wake();
   return {true, nullptr};
@@ -828,6 +959,12 @@ void Engine::cancel_pending() {
   }
   impl_->wake();
   for (auto& t : cancelled) t.job->task_cancelled(t.index);
+  notify_waiters();
+}
+
+void Engine::notify_waiters() {
+  std::lock_guard l(impl_->m);
+  impl_->wake_waiters();
 }
 
 std::exception_ptr Engine::broken() const {
@@ -855,10 +992,6 @@ std::vector<int> Engine::worker_pids() const {
 
 int Engine::processes() const {
   return impl_->o.processes;
-}
-
-Duration Engine::spin() const {
-  return impl_->o.spin;
 }
 
 void submit_tasks(Engine& engine, const std::shared_ptr<Job>& job, std::size_t first_task,

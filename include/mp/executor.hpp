@@ -60,8 +60,7 @@ template <class R>
 class FutureState final : public Job, public std::enable_shared_from_this<FutureState<R>> {
  public:
   enum Phase { kPending, kRunning, kCancelled, kFinished };
-  explicit FutureState(const std::shared_ptr<Engine>& engine)
-      : engine_(engine), spin_(engine->spin()) {}
+  explicit FutureState(std::weak_ptr<Engine> engine) : engine_(std::move(engine)) {}
 
   void task_sent(std::size_t) override {
     std::lock_guard l(m_);
@@ -93,6 +92,7 @@ class FutureState final : public Job, public std::enable_shared_from_this<Future
     auto engine = engine_.lock();
     if (!engine || !engine->cancel(this, 0)) return false;  // sent meanwhile: running
     finish(kCancelled, nullptr);
+    engine->notify_waiters();  // a thread in result() may be reading the sockets for it
     return true;
   }
   Phase phase() {
@@ -101,9 +101,12 @@ class FutureState final : public Job, public std::enable_shared_from_this<Future
   }
   // Waits (at most `timeout`); false if not done by then.
   bool wait(std::optional<Duration> timeout) {
-    if (spin_until(timeout ? std::min(spin_, *timeout) : spin_,
-                   [&] { return done_flag_.load(std::memory_order_acquire); }))
-      return true;
+    if (done_flag_.load(std::memory_order_acquire)) return true;
+    // This thread reads its result itself (a done callback then runs here: CPython runs them
+    // in a thread of the process that added them).
+    if (auto engine = engine_.lock())
+      return engine->wait(
+          this, [&] { return done_flag_.load(std::memory_order_acquire); }, timeout);
     std::unique_lock l(m_);
     auto done = [&] { return phase_ >= kCancelled; };
     if (!timeout) {
@@ -175,8 +178,7 @@ class FutureState final : public Job, public std::enable_shared_from_this<Future
   }
 
   std::weak_ptr<Engine> engine_;
-  Duration spin_;
-  std::atomic<bool> done_flag_{false};  // phase_ >= kCancelled, for the spin (no lock)
+  std::atomic<bool> done_flag_{false};  // phase_ >= kCancelled, read without the lock
   std::mutex m_;
   std::condition_variable cv_;
   Phase phase_ = kPending;

@@ -84,8 +84,8 @@ template <class V, class R>
 class ResultState final : public ResultSource<V> {
  public:
   ResultState(std::size_t items, std::vector<std::size_t> offsets, CallbackFor<V> callback,
-              ErrorCallback error_callback, Duration spin = Duration(0))
-      : spin_(spin),
+              ErrorCallback error_callback, std::weak_ptr<Engine> engine = {})
+      : engine_(std::move(engine)),
         items_(items),
         offsets_(std::move(offsets)),
         left_(offsets_.size()),
@@ -118,17 +118,21 @@ class ResultState final : public ResultSource<V> {
     settle();
   }
 
-  void wait() override {
-    if (spin_until(spin_, [&] { return done_flag_.load(std::memory_order_acquire); })) return;
+  void wait() override { wait_for(std::nullopt); }
+  bool wait(Duration timeout) override { return wait_for(timeout); }
+  bool wait_for(std::optional<Duration> timeout) {
+    if (done_flag_.load(std::memory_order_acquire)) return true;
+    // Without callbacks (which run in a pool thread), this thread reads its result itself.
+    if (!callback_ && !error_callback_)
+      if (auto engine = engine_.lock())
+        return engine->wait(
+            this, [&] { return done_flag_.load(std::memory_order_acquire); }, timeout);
     std::unique_lock l(m_);
-    cv_.wait(l, [&] { return done_; });
-  }
-  bool wait(Duration timeout) override {
-    if (spin_until(std::min(spin_, timeout),
-                   [&] { return done_flag_.load(std::memory_order_acquire); }))
+    if (!timeout) {
+      cv_.wait(l, [&] { return done_; });
       return true;
-    std::unique_lock l(m_);
-    return cv_.wait_for(l, timeout, [&] { return done_; });
+    }
+    return cv_.wait_for(l, *timeout, [&] { return done_; });
   }
   bool ready() override {
     std::lock_guard l(m_);
@@ -182,8 +186,8 @@ class ResultState final : public ResultSource<V> {
     }
   }
 
-  Duration spin_;
-  std::atomic<bool> done_flag_{false};  // done_, for the spin that reads it without the lock
+  std::weak_ptr<Engine> engine_;
+  std::atomic<bool> done_flag_{false};  // done_, read without the lock
   std::vector<Wire<R>> items_;
   std::vector<std::size_t> offsets_;  // each task's first item
   std::size_t left_;
@@ -450,8 +454,8 @@ class Pool {
                         std::size_t n, detail::CallbackFor<V> callback,
                         detail::ErrorCallback error_callback, std::exception_ptr encoding) {
     check_running();
-    auto state = std::make_shared<detail::ResultState<V, R>>(
-        n, offsets, std::move(callback), std::move(error_callback), engine_->spin());
+    auto state = std::make_shared<detail::ResultState<V, R>>(n, offsets, std::move(callback),
+                                                             std::move(error_callback), engine_);
     if (encoding) {
       for (std::size_t k = 0; k < offsets.size(); ++k) state->task_failed(k, encoding);
     } else {

@@ -158,7 +158,7 @@ struct EngineOptions {
   int processes = 1;
   std::optional<int> maxtasksperchild;
   const Context* context = nullptr;  // nullptr: the default context
-  int window = 0;  // tasks sent to a worker ahead of its results (0: automatic, 4-64)
+  int window = 0;               // tasks sent to a worker ahead of its results (0: automatic, 4-64)
   Duration spin = Duration(0);  // how long a worker or a waiting caller polls before sleeping
   std::optional<Duration> task_timeout;
   int max_startup_failures = 0;  // 0: max(5, 2 * processes)
@@ -166,18 +166,6 @@ struct EngineOptions {
   bool on_demand = false;        // start workers as tasks need them (the executor), not at once
   bool finish_at_exit = false;   // at exit: let queued tasks finish (the executor), not terminate
 };
-
-// Polls done() for at most `spin` before a caller sleeps: a result that comes within it is
-// taken without a wake-up (EngineOptions::spin). True once done() is.
-template <class Done>
-bool spin_until(Duration spin, Done done) {
-  if (spin <= Duration(0)) return done();
-  const auto until =
-      std::chrono::steady_clock::now() + std::chrono::duration_cast<std::chrono::nanoseconds>(spin);
-  while (!done())
-    if (std::chrono::steady_clock::now() >= until) return false;
-  return true;
-}
 
 struct SubmitResult {
   bool accepted = false;
@@ -202,6 +190,13 @@ class Engine {
   bool cancel(const Job* job, std::size_t task);
   /// Takes every queued task off the queue (each job is told: task_cancelled).
   void cancel_pending();
+  /// Waits until done() (within `timeout`; false if not), reading the workers' results in
+  /// this thread meanwhile: `job`'s are delivered here (it must have no callback that has to
+  /// run in a pool thread), the others are left to the engine's thread.
+  bool wait(const Job* job, const std::function<bool()>& done, std::optional<Duration> timeout);
+  /// Tells the callers in wait() to look at their jobs again (one was finished outside the
+  /// engine: a Future cancelled).
+  void notify_waiters();
   /// Why the pool is broken (null: it is not).
   std::exception_ptr broken() const;
   /// Waits for the workers to end (after close() or terminate()).
@@ -210,7 +205,6 @@ class Engine {
   /// The pids of the live workers (tests, and Pool::_pool's counterpart).
   std::vector<int> worker_pids() const;
   int processes() const;
-  Duration spin() const;
 
   struct Impl;
 
