@@ -745,7 +745,8 @@ void Engine::Impl::loop() {
 // The waiting caller reads the workers' sockets itself, as the engine's thread does (both
 // are woken by a result; whoever takes the lock first reads it): its own job's outcomes are
 // delivered here, so a result reaches it without the hand-off from the engine's thread (one
-// wake-up less on every round trip). The rest are left to that thread.
+// wake-up less on every round trip), and so are those of other jobs without callbacks (no
+// wake-up of that thread for them). The rest are left to that thread.
 bool Engine::Impl::wait(const Job* job, const std::function<bool()>& done,
                         std::optional<Duration> timeout) {
   // A wake-up socket of the engine's, this thread's while it waits: written by whoever hands
@@ -790,9 +791,10 @@ bool Engine::Impl::wait(const Job* job, const std::function<bool()>& done,
           w->proc->kill();  // it sent garbage: it goes, as a dead worker does
         }
       }
-      // Ours to deliver; the others' go to the engine's thread.
-      auto others = std::stable_partition(outcomes.begin(), outcomes.end(),
-                                          [&](const Outcome& out) { return out.job.get() == job; });
+      // Delivered here when their jobs allow it (ours does); the others by the engine's thread.
+      auto others = std::stable_partition(
+          outcomes.begin(), outcomes.end(),
+          [&](const Outcome& out) { return out.job.get() == job || out.job->any_thread(); });
       std::move(outcomes.begin(), others, std::back_inserter(mine));
       outcomes.erase(outcomes.begin(), others);
       if (send_now() || !outcomes.empty()) wake();

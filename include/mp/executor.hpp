@@ -82,6 +82,9 @@ class FutureState final : public Job, public std::enable_shared_from_this<Future
     finish(kFinished, std::move(error));
   }
   void task_cancelled(std::size_t) override { finish(kCancelled, nullptr); }
+  // Done callbacks run in the thread that finishes the future: CPython's promise is only a
+  // thread of the process that added them.
+  bool any_thread() const override { return true; }
 
   bool cancel() {
     {

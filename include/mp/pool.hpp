@@ -118,12 +118,15 @@ class ResultState final : public ResultSource<V> {
     settle();
   }
 
+  bool any_thread() const override { return !callback_ && !error_callback_; }
   void wait() override { wait_for(std::nullopt); }
   bool wait(Duration timeout) override { return wait_for(timeout); }
   bool wait_for(std::optional<Duration> timeout) {
     if (done_flag_.load(std::memory_order_acquire)) return true;
-    // Without callbacks (which run in a pool thread), this thread reads its result itself.
-    if (!callback_ && !error_callback_)
+    // One task (apply): this thread reads its result itself, a wake-up less. A call of many
+    // tasks (map) streams its results through the engine's thread: two readers would take
+    // turns on every piece of a large result.
+    if (any_thread() && offsets_.size() == 1)
       if (auto engine = engine_.lock())
         return engine->wait(
             this, [&] { return done_flag_.load(std::memory_order_acquire); }, timeout);
@@ -523,6 +526,7 @@ class LazyMap final : public Job,
         lookahead_(lookahead),
         engine_(std::move(engine)) {}
 
+  bool any_thread() const override { return true; }  // no callbacks: it only parks results
   void task_done(std::size_t task, std::string_view bytes) override {
     std::vector<Wire<R>> chunk;
     try {

@@ -145,6 +145,9 @@ class Job {
   // Sent to a worker (a Future is running from then on, as in CPython). Under the engine's
   // lock: it must only record it.
   virtual void task_sent(std::size_t) {}
+  // Whether its outcomes may be delivered in any thread of the parent, a caller's waiting in
+  // Engine::wait() included (no callback that must run in a pool thread).
+  virtual bool any_thread() const { return false; }
 };
 
 struct Task {
@@ -191,8 +194,8 @@ class Engine {
   /// Takes every queued task off the queue (each job is told: task_cancelled).
   void cancel_pending();
   /// Waits until done() (within `timeout`; false if not), reading the workers' results in
-  /// this thread meanwhile: `job`'s are delivered here (it must have no callback that has to
-  /// run in a pool thread), the others are left to the engine's thread.
+  /// this thread meanwhile: those of jobs that allow it (Job::any_thread) are delivered here,
+  /// the others are left to the engine's thread.
   bool wait(const Job* job, const std::function<bool()>& done, std::optional<Duration> timeout);
   /// Tells the callers in wait() to look at their jobs again (one was finished outside the
   /// engine: a Future cancelled).
