@@ -513,7 +513,7 @@ struct Engine::Impl {
     if (it == tasks.end()) return;  // failed already (timed out)
     Task& t = it->second;
     if (f.status == kOk) {
-      outcomes.push_back({std::move(t.job), t.index, std::string(f.payload), nullptr});
+      outcomes.push_back({std::move(t.job), t.index, result_buffer(f.payload), nullptr});
     } else {
       ErrorInfo e;
       reduction::InArchive(f.payload)(e);
@@ -595,15 +595,42 @@ struct Engine::Impl {
     }
   }
 
+  // Without the lock; then delivered() with it.
   void deliver(std::vector<Outcome>& batch) {
     for (auto& out : batch) {
       if (out.error)
         out.job->task_failed(out.index, out.error);
       else
         out.job->task_done(out.index, out.result);
+      out.job.reset();
     }
-    batch.clear();
   }
+  // Under the lock: the large result buffers are kept for the next results (a fresh one of a
+  // megabyte costs its page faults every time: slow on some VMs), and the callers polling the
+  // sockets are told to look at their states again.
+  void delivered(std::vector<Outcome>& batch) {
+    for (auto& out : batch)
+      if (out.result.capacity() >= kKeepMin && out.result.capacity() <= kKeepMax &&
+          spare.size() < kSpares)
+        spare.push_back(std::move(out.result));
+    batch.clear();
+    wake_waiters();
+  }
+  std::string result_buffer(std::string_view bytes) {
+    std::string buf;
+    if (bytes.size() >= kKeepMin) {
+      auto it = std::find_if(spare.begin(), spare.end(),
+                             [&](const std::string& b) { return b.capacity() >= bytes.size(); });
+      if (it != spare.end()) {
+        buf = std::move(*it);
+        spare.erase(it);
+      }
+    }
+    buf.assign(bytes);
+    return buf;
+  }
+  static constexpr std::size_t kKeepMin = 64 << 10, kKeepMax = 16 << 20, kSpares = 8;
+  std::vector<std::string> spare;
 
   void loop();
 };
@@ -621,7 +648,7 @@ void Engine::Impl::loop() {
       l.unlock();
       deliver(batch);
       l.lock();
-      wake_waiters();
+      delivered(batch);
     }
     if (state == kTerminate) {
       fail_all(std::make_exception_ptr(BrokenProcessPool("pool terminated")));
@@ -703,7 +730,7 @@ void Engine::Impl::loop() {
       l.unlock();
       deliver(batch);
       l.lock();
-      wake_waiters();
+      delivered(batch);
     }
     l.unlock();
     std::optional<Duration> timeout;
@@ -739,7 +766,7 @@ void Engine::Impl::loop() {
   l.unlock();
   deliver(batch);
   l.lock();
-  wake_waiters();
+  delivered(batch);
 }
 
 // The waiting caller reads the workers' sockets itself, as the engine's thread does (both
@@ -812,7 +839,7 @@ bool Engine::Impl::wait(const Job* job, const std::function<bool()>& done,
     if (!mine.empty()) {
       deliver(mine);
       std::lock_guard l(m);
-      wake_waiters();
+      delivered(mine);
       continue;
     }
     if (spinning) continue;

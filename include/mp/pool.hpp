@@ -15,6 +15,8 @@
 #include <atomic>
 #include <condition_variable>
 #include <cstddef>
+#include <cstdint>
+#include <cstring>
 #include <exception>
 #include <functional>
 #include <iterator>
@@ -96,14 +98,25 @@ class ResultState final : public ResultSource<V> {
 
   void task_done(std::size_t task, std::string_view bytes) override {
     try {
-      std::vector<Wire<R>> chunk;
-      reduction::InArchive ar(bytes);
-      ar(chunk);
       const std::size_t first = offsets_[task];
       const std::size_t end = task + 1 < offsets_.size() ? offsets_[task + 1] : items_.size();
-      if (chunk.size() != end - first)
-        throw ProcessError("a task's results do not match its items");
-      std::move(chunk.begin(), chunk.end(), items_.begin() + static_cast<std::ptrdiff_t>(first));
+      using W = Wire<R>;
+      if constexpr (std::is_arithmetic_v<W> && !std::is_same_v<W, bool>) {
+        // cereal writes such a vector as its size (u64) and the items' bytes: copied into
+        // place, without a vector in between (a map's chunk is megabytes).
+        std::uint64_t n = 0;
+        if (bytes.size() >= sizeof n) std::memcpy(&n, bytes.data(), sizeof n);
+        if (bytes.size() < sizeof n || n != end - first || bytes.size() - sizeof n != n * sizeof(W))
+          throw ProcessError("a task's results do not match its items");
+        if (n > 0) std::memcpy(items_.data() + first, bytes.data() + sizeof n, n * sizeof(W));
+      } else {
+        std::vector<W> chunk;
+        reduction::InArchive ar(bytes);
+        ar(chunk);
+        if (chunk.size() != end - first)
+          throw ProcessError("a task's results do not match its items");
+        std::move(chunk.begin(), chunk.end(), items_.begin() + static_cast<std::ptrdiff_t>(first));
+      }
     } catch (...) {
       return task_failed(task, std::current_exception());
     }
