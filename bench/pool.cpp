@@ -7,8 +7,10 @@
 //     fork()ed child reads them (blocking) and echoes them back; one round trip.
 //   - floor_socketpair_busypoll20us_roundtrip: the same, but each side first spins up to 20 us on
 //     recv(MSG_DONTWAIT) before a blocking read: what the issue's "hot" target (a bounded spin
-//     before a worker or the waiting caller sleeps, <= 0.5x the blocking floor) can reach. The
-//     pool has no such spin (yet): its ratio to this floor is reported for information.
+//     before a worker or the waiting caller sleeps, <= 0.5x the blocking floor) can reach.
+//   - mp_pool_apply_roundtrip_hot, mp_executor_submit_roundtrip_hot: the same round trips on a
+//     pool (an executor) made with PoolOptions::spin = 50 us (hot mode: workers and the waiting
+//     caller poll that long before they sleep); against the blocking floor, target <= 0.5x.
 //   - mp_pool_apply_async_throughput: 100,000 apply_async(inc, i) (chunksize 1, all in flight),
 //     then get() on each; the time is per 100,000 tasks, tasks_per_s the rate.
 //   - mp_pool_map_1M: pool.map(inc, 1,000,000 ints) with the automatic chunksize; items_per_s.
@@ -19,8 +21,9 @@
 //     of kills after which the replacement worker was already in worker_pids() when get()
 //     threw (the replacement's start was on the path from the death to the error). This case
 //     has a pool of its own, and reports its apply round trip before and after the kills.
-//   - mp_pool_idle_cpu: the CPU the workers and the parent's dispatcher thread use while the
-//     pool sits idle for 2 s (/proc/<pid>/schedstat, ns), in us per second of idle.
+//   - mp_pool_idle_cpu, mp_pool_idle_cpu_hot: the CPU the workers and the parent's dispatcher
+//     thread use while the pool (the hot pool) sits idle for 2 s (/proc/<pid>/schedstat, ns), in
+//     us per second of idle: the spin must cost nothing once idle.
 //
 // Round trips are in real time, median of 5 repetitions of 0.1 s, interleaved at random
 // (--benchmark_enable_random_interleaving=true; a later flag may turn it off) so that a change
@@ -77,6 +80,7 @@ constexpr int kKills = 100;
 constexpr auto kIdle = std::chrono::seconds(2);
 constexpr std::size_t kSmall = 8;  // bytes per floor message
 constexpr long kSpinNs = 20'000;
+constexpr auto kHotSpin = std::chrono::microseconds(50);  // PoolOptions::spin of the hot cases
 
 // ---- the tasks
 
@@ -94,8 +98,9 @@ int block_forever(std::string fifo) {
   for (;;) ::pause();
 }
 
-// The pool every mp case uses (made in main, after mp::init).
+// The pool every mp case uses (made in main, after mp::init), and the hot one (spin on).
 mp::Pool* g_pool = nullptr;
+mp::Pool* g_hot_pool = nullptr;
 
 using Clock = std::chrono::steady_clock;
 double seconds_since(Clock::time_point t0) {
@@ -104,18 +109,18 @@ double seconds_since(Clock::time_point t0) {
 
 // ---- mp
 
-void run_mp_apply_roundtrip(benchmark::State& state) {
+void run_mp_apply_roundtrip(benchmark::State& state, mp::Pool* pool) {
   try {
     int x = 0;
-    for (auto _ : state) x = g_pool->apply(inc, x);
+    for (auto _ : state) x = pool->apply(inc, x);
     if (x != static_cast<int>(state.iterations())) state.SkipWithError("wrong results");
   } catch (const std::exception& e) {
     state.SkipWithError(e.what());
   }
 }
 
-// window 0: the shared pool (PoolOptions' default window, 2); else a pool of its own with that
-// window (for information: how much of the rate the window decides).
+// window 0: the shared pool (PoolOptions' default, automatic window); else a pool of its own with
+// that fixed window (for information: how much of the rate the window decides).
 void run_mp_apply_async_throughput(benchmark::State& state, int window) {
   try {
     std::optional<mp::Pool> own;
@@ -280,18 +285,18 @@ std::optional<std::uint64_t> workers_ns(const std::vector<int>& pids) {
   return sum;
 }
 
-void run_mp_idle_cpu(benchmark::State& state) {
+void run_mp_idle_cpu(benchmark::State& state, mp::Pool* pool) {
   try {
     double workers_us = 0, dispatcher_us = 0;
     for (auto _ : state) {
-      g_pool->apply(inc, 0);  // every worker up, nothing in flight
-      const auto pids = g_pool->worker_pids();
+      pool->apply(inc, 0);  // every worker up, nothing in flight
+      const auto pids = pool->worker_pids();
       const auto w0 = workers_ns(pids), d0 = other_threads_ns();
       const auto t0 = Clock::now();
       std::this_thread::sleep_for(kIdle);  // the measurement window, not a synchronisation
       const auto w1 = workers_ns(pids), d1 = other_threads_ns();
       const double s = seconds_since(t0);
-      if (!w0 || !w1 || !d0 || !d1 || g_pool->worker_pids() != pids) {
+      if (!w0 || !w1 || !d0 || !d1 || pool->worker_pids() != pids) {
         state.SkipWithError("cannot read /proc/<pid>/schedstat, or a worker changed");
         return;
       }
@@ -307,9 +312,9 @@ void run_mp_idle_cpu(benchmark::State& state) {
 
 #if MP_BENCH_EXECUTOR
 // ProcessPoolExecutor on the same engine: the same trivial task.
-void run_mp_executor_submit_roundtrip(benchmark::State& state) {
+void run_mp_executor_submit_roundtrip(benchmark::State& state, mp::Duration spin) {
   try {
-    mp::ProcessPoolExecutor ex({.max_workers = kWorkers});
+    mp::ProcessPoolExecutor ex({.max_workers = kWorkers, .spin = spin});
     int x = 0;
     for (auto _ : state) x = ex.submit(inc, x).result();
     if (x != static_cast<int>(state.iterations())) state.SkipWithError("wrong results");
@@ -430,12 +435,16 @@ void register_all() {
         ->Repetitions(5)
         ->ReportAggregatesOnly();
   };
-  roundtrip("mp_pool_apply_roundtrip", run_mp_apply_roundtrip);
+  roundtrip("mp_pool_apply_roundtrip", [](S& s) { run_mp_apply_roundtrip(s, g_pool); });
+  roundtrip("mp_pool_apply_roundtrip_hot", [](S& s) { run_mp_apply_roundtrip(s, g_hot_pool); });
   roundtrip("floor_socketpair_roundtrip", [](S& s) { run_floor_roundtrip(s, 0); });
   roundtrip("floor_socketpair_busypoll20us_roundtrip",
             [](S& s) { run_floor_roundtrip(s, kSpinNs); });
 #if MP_BENCH_EXECUTOR
-  roundtrip("mp_executor_submit_roundtrip", run_mp_executor_submit_roundtrip);
+  roundtrip("mp_executor_submit_roundtrip",
+            [](S& s) { run_mp_executor_submit_roundtrip(s, mp::Duration(0)); });
+  roundtrip("mp_executor_submit_roundtrip_hot",
+            [](S& s) { run_mp_executor_submit_roundtrip(s, kHotSpin); });
 #endif
   benchmark::RegisterBenchmark("mp_pool_apply_async_throughput",
                                [](S& s) { run_mp_apply_async_throughput(s, 0); })
@@ -444,8 +453,8 @@ void register_all() {
       ->Iterations(1)
       ->Repetitions(5)
       ->ReportAggregatesOnly();
-  benchmark::RegisterBenchmark("mp_pool_apply_async_throughput_window16",
-                               [](S& s) { run_mp_apply_async_throughput(s, 16); })
+  benchmark::RegisterBenchmark("mp_pool_apply_async_throughput_window4",
+                               [](S& s) { run_mp_apply_async_throughput(s, 4); })
       ->UseRealTime()
       ->Unit(kMillisecond)
       ->Iterations(1)
@@ -469,7 +478,11 @@ void register_all() {
       ->UseRealTime()
       ->Unit(kMillisecond)
       ->Iterations(1);
-  benchmark::RegisterBenchmark("mp_pool_idle_cpu", run_mp_idle_cpu)
+  benchmark::RegisterBenchmark("mp_pool_idle_cpu", [](S& s) { run_mp_idle_cpu(s, g_pool); })
+      ->UseRealTime()
+      ->Unit(kMillisecond)
+      ->Iterations(1);
+  benchmark::RegisterBenchmark("mp_pool_idle_cpu_hot", [](S& s) { run_mp_idle_cpu(s, g_hot_pool); })
       ->UseRealTime()
       ->Unit(kMillisecond)
       ->Iterations(1);
@@ -523,13 +536,15 @@ void print_summary(const Collector& c, const std::string& load_before) {
   };
   const Row rows[] = {
       {"mp_pool_apply_roundtrip", "floor_socketpair_roundtrip", 1.5, ""},
-      {"mp_pool_apply_roundtrip", "floor_socketpair_roundtrip", 0.5,
-       "(hot: needs a bounded spin, which the pool does not have yet)"},
-      {"mp_pool_apply_roundtrip", "floor_socketpair_busypoll20us_roundtrip", 0,
-       "against the 20 us busy-poll floor"},
+      {"mp_pool_apply_roundtrip_hot", "floor_socketpair_roundtrip", 0.5,
+       "(hot: PoolOptions::spin 50 us)"},
+      {"mp_pool_apply_roundtrip_hot", "floor_socketpair_busypoll20us_roundtrip", 0,
+       "hot, against the 20 us busy-poll floor"},
       {"floor_socketpair_busypoll20us_roundtrip", "floor_socketpair_roundtrip", 0,
        "what a 20 us spin buys the floor (issue: ~0.33x)"},
       {"mp_executor_submit_roundtrip", "floor_socketpair_roundtrip", 1.5, ""},
+      {"mp_executor_submit_roundtrip_hot", "floor_socketpair_roundtrip", 0.5,
+       "(hot: ExecutorOptions::spin 50 us)"},
   };
   for (const Row& r : rows) {
     auto n = t.find(r.num), d = t.find(r.den);
@@ -550,9 +565,9 @@ void print_summary(const Collector& c, const std::string& load_before) {
   if (auto v = counter("mp_pool_apply_async_throughput", "tasks_per_s"))
     std::printf("  %-58s %9.0f k tasks/s  >= 300 k %s\n",
                 "apply_async, chunksize 1, 100k in flight", *v / 1e3, verdict(*v >= 300e3));
-  if (auto v = counter("mp_pool_apply_async_throughput_window16", "tasks_per_s"))
-    std::printf("  %-58s %9.0f k tasks/s  (information: PoolOptions::window 16, not 2)\n",
-                "the same, window 16", *v / 1e3);
+  if (auto v = counter("mp_pool_apply_async_throughput_window4", "tasks_per_s"))
+    std::printf("  %-58s %9.0f k tasks/s  (information: a fixed PoolOptions::window 4)\n",
+                "the same, window 4", *v / 1e3);
   if (auto v = counter("mp_executor_submit_throughput", "tasks_per_s"))
     std::printf("  %-58s %9.0f k tasks/s  >= 300 k %s\n", "executor submit, 100k in flight",
                 *v / 1e3, verdict(*v >= 300e3));
@@ -580,13 +595,16 @@ void print_summary(const Collector& c, const std::string& load_before) {
         "  the replacement worker was already started when get() threw: %.0f%% of the "
         "kills\n",
         *v * 100);
-  auto w = counter("mp_pool_idle_cpu", "workers_us_per_s");
-  auto d = counter("mp_pool_idle_cpu", "dispatcher_us_per_s");
-  if (w && d)
-    std::printf(
-        "idle pool over %lld s: workers %.1f us/s, dispatcher thread %.1f us/s of CPU "
-        "(%.4f%% of a CPU; ~0 %s)\n",
-        static_cast<long long>(kIdle.count()), *w, *d, (*w + *d) / 1e4, verdict(*w + *d < 100));
+  for (const char* name : {"mp_pool_idle_cpu", "mp_pool_idle_cpu_hot"}) {
+    auto w = counter(name, "workers_us_per_s");
+    auto d = counter(name, "dispatcher_us_per_s");
+    if (w && d)
+      std::printf(
+          "idle pool%s over %lld s: workers %.1f us/s, dispatcher thread %.1f us/s of CPU "
+          "(%.4f%% of a CPU; ~0 %s)\n",
+          std::string(name).ends_with("_hot") ? " (hot: spin 50 us)" : "",
+          static_cast<long long>(kIdle.count()), *w, *d, (*w + *d) / 1e4, verdict(*w + *d < 100));
+  }
 }
 
 }  // namespace
@@ -608,11 +626,15 @@ int main(int argc, char** argv) {
   const std::string load_before = loadavg();  // the machine may be shared: say how busy it was
   {
     mp::Pool pool(kWorkers);
+    mp::Pool hot({.processes = kWorkers, .spin = kHotSpin});
     g_pool = &pool;
+    g_hot_pool = &hot;
     benchmark::RunSpecifiedBenchmarks(&reporter);
-    g_pool = nullptr;
-    pool.close();
-    pool.join();
+    g_pool = g_hot_pool = nullptr;
+    for (mp::Pool* p : {&pool, &hot}) {
+      p->close();
+      p->join();
+    }
   }
   benchmark::Shutdown();
   print_summary(reporter, load_before);

@@ -26,6 +26,7 @@ detail::EngineOptions engine_options(ExecutorOptions o) {
   e.context = ctx;
   e.task_timeout = o.task_timeout;
   e.max_startup_failures = o.max_startup_failures;
+  e.spin = o.spin;
   e.initializer = o.initializer.payload();
   e.on_demand = true;
   e.finish_at_exit = true;

@@ -174,19 +174,21 @@ struct PoolWorker : Process {
   std::uint32_t slot = 0;
   std::string initializer;
   std::int64_t maxtasks = 0;
+  std::int64_t spin_ns = 0;  // EngineOptions::spin
 
   PoolWorker() = default;
   PoolWorker(Connection c, RawArray<std::uint64_t> s, std::uint32_t i, std::string init,
-             std::int64_t m)
+             std::int64_t m, std::int64_t spin)
       : Process(Options{.daemon = true}),
         conn(std::move(c)),
         slots(std::move(s)),
         slot(i),
         initializer(std::move(init)),
-        maxtasks(m) {}
+        maxtasks(m),
+        spin_ns(spin) {}
 
   void run() override;
-  MP_FIELDS(PoolWorker, conn, slots, slot, initializer, maxtasks)
+  MP_FIELDS(PoolWorker, conn, slots, slot, initializer, maxtasks, spin_ns)
 };
 
 void PoolWorker::run() {
@@ -218,6 +220,19 @@ void PoolWorker::run() {
     for (;;) {
       std::optional<Frame> f = reader.next();
       if (!f) {
+        // Hot: the next task often comes within microseconds of the last result; polling for
+        // it a bounded time saves the sleep and the wake-up (the idle worker then sleeps).
+        if (spin_ns > 0) {
+          const auto until = Clock::now() + std::chrono::nanoseconds(spin_ns);
+          std::optional<std::size_t> n;
+          do n = posix::recv_nowait(fd, reader.space());
+          while (!n && Clock::now() < until);
+          if (n) {
+            reader.commit(*n);
+            if (*n == 0) return;
+            continue;
+          }
+        }
         // Nothing whole yet: wait for more, or for the parent's end (an orphan leaves).
         posix::PollFd p[2] = {{fd}, {parent}};
         if (posix::poll_fds(std::span(p, parent >= 0 ? 2 : 1), std::nullopt) == 0) continue;
@@ -249,11 +264,16 @@ struct Worker {
   int pid = 0;
   std::deque<std::uint64_t> inflight;  // sent, in order; the first is running or next
   std::string outbox;
-  std::size_t sent = 0;  // of the outbox
+  std::size_t sent = 0;       // of the outbox
+  std::size_t unflushed = 0;  // tasks of `inflight` whose frames are still (partly) in the outbox
+  // How long its tasks take, as the parent sees results come back (automatic window).
+  Clock::time_point started;  // when the first of `inflight` began, as far as we can tell
+  double service_s = 0;       // moving average; 0: nothing measured yet
   FrameReader inbox;
   std::int64_t completed = 0;
   bool init_failed = false;
   bool ready = false;                         // it said so (kReady)
+  bool eof = false;                           // its end is closed: nothing more to read
   bool retiring = false;                      // told to stop (task timeout, close): no more tasks
   std::optional<Clock::time_point> deadline;  // the running task's (task_timeout)
   std::optional<Clock::time_point> kill_at;   // terminated: killed if still there then
@@ -299,6 +319,12 @@ struct Engine::Impl {
   std::thread thread;
   std::once_flag joined;
   std::vector<Outcome> outcomes;
+  // Callers blocked in Engine::wait() on the workers' sockets: their wake-up sockets, and the
+  // sockets of workers gone meanwhile, kept open (not reused for another file) until they leave.
+  std::vector<int> waiters;
+  int pollers = 0;
+  std::vector<Connection> gone_conns;
+  std::vector<std::pair<posix::unique_fd, posix::unique_fd>> bells;  // the idle ones
 
   explicit Impl(EngineOptions opts) : o(std::move(opts)), slots(std::size_t(o.processes)) {
     auto [r, w] = posix::make_socketpair();
@@ -320,8 +346,9 @@ struct Engine::Impl {
   void start_worker(std::uint32_t slot) {
     auto [ours, theirs] = Pipe(true);
     auto w = std::make_unique<Worker>();
-    w->proc = std::make_unique<PoolWorker>(std::move(theirs), slots, slot, o.initializer,
-                                           o.maxtasksperchild.value_or(0));
+    w->proc = std::make_unique<PoolWorker>(
+        std::move(theirs), slots, slot, o.initializer, o.maxtasksperchild.value_or(0),
+        std::chrono::duration_cast<std::chrono::nanoseconds>(o.spin).count());
     const Context& ctx = context();
     ctx.bind_to(*w->proc);
     w->proc->set_name(method_prefix(ctx.start_method()) + w->proc->name());
@@ -333,6 +360,40 @@ struct Engine::Impl {
     w->pid = w->proc->pid().value_or(0);
     workers[slot] = std::move(w);
   }
+
+  // Drops a worker's record; its socket outlives it while a caller polls it.
+  void drop_worker(std::unique_ptr<Worker>& w) {
+    if (pollers > 0 && !w->conn.closed()) gone_conns.push_back(std::move(w->conn));
+    w.reset();
+  }
+
+  // Under the lock, after outcomes were handed out: a caller polling the sockets whose result
+  // another thread read is told to look at its state again.
+  void wake_waiters() {
+    const std::byte b{1};
+    for (int fd : waiters) posix::send_nowait(fd, std::span(&b, 1));
+  }
+
+  // Under the lock: sends what can go now (the calling thread writes it); true if the engine's
+  // thread must be woken for the rest (a worker to start, a send that would block, a timeout to
+  // watch, a broken pool). Tasks waiting for room need no wake: the results that make room do.
+  bool send_now() {
+    dispatch();
+    bool left = o.task_timeout.has_value() || broken != nullptr;
+    if (!pending.empty())
+      for (auto& w : workers) left = left || !w || has_room(*w);
+    for (auto& w : workers) {
+      if (!w || w->outbox.empty() || w->conn.closed()) continue;
+      // A worker with two tasks or more in hand gets the rest with the write that follows its
+      // next result (one write for many tasks): it has work until then.
+      if (w->inflight.size() - w->unflushed >= 2) continue;
+      flush(*w);
+      left = left || !w->outbox.empty();
+    }
+    return left;
+  }
+
+  bool wait(const Job* job, const std::function<bool()>& done, std::optional<Duration> timeout);
 
   void fail(std::uint64_t id, std::exception_ptr error) {
     auto it = tasks.find(id);
@@ -358,21 +419,37 @@ struct Engine::Impl {
       w.deadline = Clock::now() + std::chrono::duration_cast<Clock::duration>(*o.task_timeout);
   }
 
-  // Each task to the worker with the fewest in flight (an idle one first), up to the window.
+  // How many tasks a worker may hold. Automatic: 4, and more while its tasks are short, up to
+  // about kQueued of work queued in it, so that a stream of tiny tasks is sent (and answered)
+  // many to a write and a worker rarely sleeps between them, while slow tasks keep the small
+  // window that balances them. What a dead worker held is known whatever the size.
+  static constexpr std::size_t kMinWindow = 4, kMaxWindow = 64;
+  static constexpr double kQueued = 1e-3;  // seconds
+  std::size_t window(const Worker& w) const {
+    if (o.window > 0) return std::size_t(std::clamp(o.window, 1, int(kMaxWindow)));
+    if (w.service_s <= 0) return kMinWindow;
+    return std::size_t(std::clamp(kQueued / w.service_s, double(kMinWindow), double(kMaxWindow)));
+  }
+
+  bool has_room(const Worker& w) const {
+    return !w.retiring && !w.init_failed && w.inflight.size() < window(w);
+  }
+
+  // Each task to the worker with the fewest in flight (an idle one first), up to its window.
   void dispatch() {
-    const std::size_t window = std::size_t(std::clamp(o.window, 1, 16));
     while (!pending.empty()) {
       Worker* best = nullptr;
       for (auto& w : workers)
-        if (w && !w->retiring && !w->init_failed && w->inflight.size() < window &&
-            (!best || w->inflight.size() < best->inflight.size()))
+        if (w && has_room(*w) && (!best || w->inflight.size() < best->inflight.size()))
           best = w.get();
       if (!best) break;
       const std::uint64_t id = pending.front();
       pending.pop_front();
       Task& t = tasks.at(id);
       append_frame(best->outbox, id, kOk, t.payload);
+      if (best->inflight.empty()) best->started = Clock::now();
       best->inflight.push_back(id);
+      ++best->unflushed;
       t.job->task_sent(t.index);
       set_deadline(*best);
     }
@@ -398,12 +475,14 @@ struct Engine::Impl {
     if (w.sent == w.outbox.size()) {
       w.outbox.clear();
       w.sent = 0;
+      w.unflushed = 0;
     }
   }
 
   void on_frame(Worker& w, const Frame& f) {
     if (f.status == kReady) {
       w.ready = true;
+      w.started = Clock::now();  // its start-up is not a task's time
       set_deadline(w);
       return;
     }
@@ -423,12 +502,18 @@ struct Engine::Impl {
     w.deadline.reset();
     set_deadline(w);
     ++w.completed;
+    // The next task began when this one ended (or when it arrives, if later: then the time
+    // measured includes its trip, which errs towards the small window).
+    const auto now = Clock::now();
+    const double took = std::chrono::duration<double>(now - w.started).count();
+    w.service_s = w.service_s > 0 ? w.service_s + (took - w.service_s) / 8 : took;
+    w.started = now;
     startup_failures = 0;
     auto it = tasks.find(f.id);
     if (it == tasks.end()) return;  // failed already (timed out)
     Task& t = it->second;
     if (f.status == kOk) {
-      outcomes.push_back({std::move(t.job), t.index, std::string(f.payload), nullptr});
+      outcomes.push_back({std::move(t.job), t.index, result_buffer(f.payload), nullptr});
     } else {
       ErrorInfo e;
       reduction::InArchive(f.payload)(e);
@@ -450,7 +535,10 @@ struct Engine::Impl {
       w.inbox.commit(n.value_or(0));
       while (auto f = w.inbox.next()) on_frame(w, *f);
       if (!n) return true;
-      if (*n == 0) return false;
+      if (*n == 0) {
+        w.eof = true;
+        return false;
+      }
     }
   }
 
@@ -488,7 +576,7 @@ struct Engine::Impl {
             std::to_string(w.pid) + ") ended with exit code " + std::to_string(code)));
     }
     w.proc->close();
-    workers[slot].reset();
+    drop_worker(workers[slot]);
   }
 
   // Ends every worker: SIGTERM (or SIGKILL), then SIGKILL after a grace period; reaps them.
@@ -503,19 +591,46 @@ struct Engine::Impl {
         w->proc->join();
       }
       w->proc->close();
-      w.reset();
+      drop_worker(w);
     }
   }
 
+  // Without the lock; then delivered() with it.
   void deliver(std::vector<Outcome>& batch) {
     for (auto& out : batch) {
       if (out.error)
         out.job->task_failed(out.index, out.error);
       else
         out.job->task_done(out.index, out.result);
+      out.job.reset();
     }
-    batch.clear();
   }
+  // Under the lock: the large result buffers are kept for the next results (a fresh one of a
+  // megabyte costs its page faults every time: slow on some VMs), and the callers polling the
+  // sockets are told to look at their states again.
+  void delivered(std::vector<Outcome>& batch) {
+    for (auto& out : batch)
+      if (out.result.capacity() >= kKeepMin && out.result.capacity() <= kKeepMax &&
+          spare.size() < kSpares)
+        spare.push_back(std::move(out.result));
+    batch.clear();
+    wake_waiters();
+  }
+  std::string result_buffer(std::string_view bytes) {
+    std::string buf;
+    if (bytes.size() >= kKeepMin) {
+      auto it = std::find_if(spare.begin(), spare.end(),
+                             [&](const std::string& b) { return b.capacity() >= bytes.size(); });
+      if (it != spare.end()) {
+        buf = std::move(*it);
+        spare.erase(it);
+      }
+    }
+    buf.assign(bytes);
+    return buf;
+  }
+  static constexpr std::size_t kKeepMin = 64 << 10, kKeepMax = 16 << 20, kSpares = 8;
+  std::vector<std::string> spare;
 
   void loop();
 };
@@ -533,6 +648,7 @@ void Engine::Impl::loop() {
       l.unlock();
       deliver(batch);
       l.lock();
+      delivered(batch);
     }
     if (state == kTerminate) {
       fail_all(std::make_exception_ptr(BrokenProcessPool("pool terminated")));
@@ -584,6 +700,7 @@ void Engine::Impl::loop() {
         w->inflight.clear();
         w->outbox.clear();
         w->sent = 0;
+        w->unflushed = 0;
       }
       if (w->kill_at && now >= *w->kill_at) {
         w->proc->kill();
@@ -600,7 +717,7 @@ void Engine::Impl::loop() {
     for (std::uint32_t i = 0; i < workers.size(); ++i) {
       auto& w = workers[i];
       if (!w) continue;
-      if (!w->conn.closed()) {
+      if (!w->conn.closed() && !w->eof) {
         flush(*w);
         fds.push_back({w->conn.fileno(), !w->outbox.empty()});
         owner.push_back(i);
@@ -609,8 +726,13 @@ void Engine::Impl::loop() {
       owner.push_back(i | 0x80000000u);
     }
     batch.swap(outcomes);
+    if (!batch.empty()) {
+      l.unlock();
+      deliver(batch);
+      l.lock();
+      delivered(batch);
+    }
     l.unlock();
-    deliver(batch);
     std::optional<Duration> timeout;
     if (next_deadline) timeout = std::max(Duration(*next_deadline - Clock::now()), Duration(0));
     posix::poll_fds(fds, timeout);
@@ -629,7 +751,7 @@ void Engine::Impl::loop() {
       Worker& w = *workers[i];
       if (owner[k] & 0x80000000u) {
         if (fds[k].readable) on_death(i);
-      } else if (fds[k].readable && !w.conn.closed()) {
+      } else if (fds[k].readable && !w.conn.closed() && !w.eof) {
         try {
           drain(w);
         } catch (const std::exception&) {
@@ -643,6 +765,104 @@ void Engine::Impl::loop() {
   batch.swap(outcomes);
   l.unlock();
   deliver(batch);
+  l.lock();
+  delivered(batch);
+}
+
+// The waiting caller reads the workers' sockets itself, as the engine's thread does (both
+// are woken by a result; whoever takes the lock first reads it): its own job's outcomes are
+// delivered here, so a result reaches it without the hand-off from the engine's thread (one
+// wake-up less on every round trip), and so are those of other jobs without callbacks (no
+// wake-up of that thread for them). The rest are left to that thread.
+bool Engine::Impl::wait(const Job* job, const std::function<bool()>& done,
+                        std::optional<Duration> timeout) {
+  // A wake-up socket of the engine's, this thread's while it waits: written by whoever hands
+  // out outcomes while it polls.
+  std::pair<posix::unique_fd, posix::unique_fd> bell;
+  {
+    std::lock_guard l(m);
+    if (!bells.empty()) {
+      bell = std::move(bells.back());
+      bells.pop_back();
+    }
+  }
+  if (!bell.first) bell = posix::make_socketpair();
+  struct GiveBack {
+    Impl& e;
+    std::pair<posix::unique_fd, posix::unique_fd>& bell;
+    ~GiveBack() {
+      std::lock_guard l(e.m);
+      e.bells.push_back(std::move(bell));
+    }
+  } give_back{*this, bell};
+  const auto start = Clock::now();
+  const auto spin_until = start + std::chrono::duration_cast<Clock::duration>(o.spin);
+  const auto deadline =
+      timeout
+          ? start + std::chrono::duration_cast<Clock::duration>(std::min(*timeout, Duration(1e9)))
+          : Clock::time_point::max();
+  std::vector<Outcome> mine;
+  std::vector<posix::PollFd> fds;
+  for (;;) {
+    if (done()) return true;
+    const auto now = Clock::now();
+    if (now >= deadline) return false;
+    const bool spinning = now < spin_until;
+    {
+      std::lock_guard l(m);
+      for (auto& w : workers) {
+        if (!w || w->conn.closed() || w->eof) continue;
+        try {
+          drain(*w);
+        } catch (const std::exception&) {
+          w->proc->kill();  // it sent garbage: it goes, as a dead worker does
+        }
+      }
+      // Delivered here when their jobs allow it (ours does); the others by the engine's thread.
+      auto others = std::stable_partition(
+          outcomes.begin(), outcomes.end(),
+          [&](const Outcome& out) { return out.job.get() == job || out.job->any_thread(); });
+      std::move(outcomes.begin(), others, std::back_inserter(mine));
+      outcomes.erase(outcomes.begin(), others);
+      if (send_now() || !outcomes.empty()) wake();
+      if (!mine.empty()) {
+        // Delivered below; a caller polling for this same job is told then.
+      } else if (!spinning) {
+        fds.clear();
+        fds.push_back({bell.first.get()});
+        for (auto& w : workers)
+          if (w && !w->conn.closed() && !w->eof) fds.push_back({w->conn.fileno()});
+        waiters.push_back(bell.second.get());
+        ++pollers;
+      }
+    }
+    if (!mine.empty()) {
+      deliver(mine);
+      std::lock_guard l(m);
+      delivered(mine);
+      continue;
+    }
+    if (spinning) continue;
+    // Checked again now that we are registered: the result may have been handed out between
+    // the check above and the registration.
+    if (!done()) {
+      std::optional<Duration> left;
+      if (deadline != Clock::time_point::max())
+        left = std::max(Duration(deadline - Clock::now()), Duration(0));
+      posix::poll_fds(fds, left);
+    }
+    std::lock_guard l(m);
+    std::erase(waiters, bell.second.get());
+    if (--pollers == 0) gone_conns.clear();
+    std::byte drainbuf[64];
+    while (posix::recv_nowait(bell.first.get(), drainbuf).value_or(0) > 0) {
+    }
+  }
+}
+
+bool Engine::wait(const Job* job, const std::function<bool()>& done,
+                  std::optional<Duration> timeout) {
+  return impl_->wait(job, done, timeout);
 }
 
 namespace {
@@ -715,17 +935,8 @@ SubmitResult Engine::submit(std::vector<Task> tasks) {
       impl_->pending.push_back(id);
       impl_->tasks.emplace(id, std::move(t));
     }
-    // Sent from here when a worker has room: the engine's thread is woken only for what is
-    // left (no worker free, one to start, a send that would block, a timeout to watch).
-    auto& e = *impl_;
-    e.dispatch();
-    bool left = !e.pending.empty() || e.o.task_timeout.has_value();
-    for (auto& w : e.workers) {
-      if (!w || w->outbox.empty() || w->conn.closed()) continue;
-      e.flush(*w);
-      left = left || !w->outbox.empty();
-    }
-    if (!left) return {true, nullptr};
+    // Sent from here when a worker has room: the engine's thread is woken only for the rest.
+    if (!impl_->send_now()) return {true, nullptr};
   }
   impl_->wake();
   return {true, nullptr};
@@ -777,6 +988,12 @@ void Engine::cancel_pending() {
   }
   impl_->wake();
   for (auto& t : cancelled) t.job->task_cancelled(t.index);
+  notify_waiters();
+}
+
+void Engine::notify_waiters() {
+  std::lock_guard l(impl_->m);
+  impl_->wake_waiters();
 }
 
 std::exception_ptr Engine::broken() const {
@@ -858,6 +1075,7 @@ detail::EngineOptions engine_options(PoolOptions o) {
   e.maxtasksperchild = o.maxtasksperchild;
   e.context = o.context;
   e.window = o.window;
+  e.spin = o.spin;
   e.task_timeout = o.task_timeout;
   e.max_startup_failures = o.max_startup_failures;
   e.initializer = o.initializer.payload();

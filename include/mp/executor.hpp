@@ -12,6 +12,7 @@
 // waiting on many (mp::wait, mp::as_completed).
 #pragma once
 
+#include <atomic>
 #include <condition_variable>
 #include <cstddef>
 #include <deque>
@@ -41,6 +42,7 @@ struct ExecutorOptions {
   std::optional<int> max_tasks_per_child = std::nullopt;
   std::optional<Duration> task_timeout = std::nullopt;  ///< as PoolOptions::task_timeout
   int max_startup_failures = 0;                         ///< as PoolOptions
+  Duration spin = Duration(0);                          ///< as PoolOptions::spin
 };
 
 template <class R>
@@ -80,6 +82,9 @@ class FutureState final : public Job, public std::enable_shared_from_this<Future
     finish(kFinished, std::move(error));
   }
   void task_cancelled(std::size_t) override { finish(kCancelled, nullptr); }
+  // Done callbacks run in the thread that finishes the future: CPython's promise is only a
+  // thread of the process that added them.
+  bool any_thread() const override { return true; }
 
   bool cancel() {
     {
@@ -90,6 +95,7 @@ class FutureState final : public Job, public std::enable_shared_from_this<Future
     auto engine = engine_.lock();
     if (!engine || !engine->cancel(this, 0)) return false;  // sent meanwhile: running
     finish(kCancelled, nullptr);
+    engine->notify_waiters();  // a thread in result() may be reading the sockets for it
     return true;
   }
   Phase phase() {
@@ -98,6 +104,12 @@ class FutureState final : public Job, public std::enable_shared_from_this<Future
   }
   // Waits (at most `timeout`); false if not done by then.
   bool wait(std::optional<Duration> timeout) {
+    if (done_flag_.load(std::memory_order_acquire)) return true;
+    // This thread reads its result itself (a done callback then runs here: CPython runs them
+    // in a thread of the process that added them).
+    if (auto engine = engine_.lock())
+      return engine->wait(
+          this, [&] { return done_flag_.load(std::memory_order_acquire); }, timeout);
     std::unique_lock l(m_);
     auto done = [&] { return phase_ >= kCancelled; };
     if (!timeout) {
@@ -155,6 +167,7 @@ class FutureState final : public Job, public std::enable_shared_from_this<Future
       if (phase_ >= kCancelled) return;
       phase_ = phase;
       error_ = std::move(error);
+      done_flag_.store(true, std::memory_order_release);
       callbacks.swap(callbacks_);
       waiters.swap(waiters_);
     }
@@ -168,6 +181,7 @@ class FutureState final : public Job, public std::enable_shared_from_this<Future
   }
 
   std::weak_ptr<Engine> engine_;
+  std::atomic<bool> done_flag_{false};  // phase_ >= kCancelled, read without the lock
   std::mutex m_;
   std::condition_variable cv_;
   Phase phase_ = kPending;

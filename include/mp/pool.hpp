@@ -12,8 +12,11 @@
 #pragma once
 
 #include <algorithm>
+#include <atomic>
 #include <condition_variable>
 #include <cstddef>
+#include <cstdint>
+#include <cstring>
 #include <exception>
 #include <functional>
 #include <iterator>
@@ -41,7 +44,11 @@ struct PoolOptions {
   Initializer initializer = {};                        ///< run once in each worker before any task
   std::optional<int> maxtasksperchild = std::nullopt;  ///< a worker is replaced after this many
   const Context* context = nullptr;  ///< start method (default: the default context)
-  int window = 4;                    ///< tasks sent to a worker ahead of its results (1-16)
+  int window = 0;  ///< tasks sent to a worker ahead of its results (1-64; 0: automatic,
+                   ///< 4, growing to 64 while tasks take well under a millisecond)
+  Duration spin = Duration(0);  ///< hot mode: a worker waiting for a task, and a caller waiting
+                                ///< in get(), poll this long before sleeping (at most 50 us is
+                                ///< useful; it costs CPU only while the pool is busy, none idle)
   std::optional<Duration> task_timeout =
       std::nullopt;              ///< a task past it fails with mp::TimeoutError and
                                  ///< its worker is killed and replaced
@@ -79,8 +86,9 @@ template <class V, class R>
 class ResultState final : public ResultSource<V> {
  public:
   ResultState(std::size_t items, std::vector<std::size_t> offsets, CallbackFor<V> callback,
-              ErrorCallback error_callback)
-      : items_(items),
+              ErrorCallback error_callback, std::weak_ptr<Engine> engine = {})
+      : engine_(std::move(engine)),
+        items_(items),
         offsets_(std::move(offsets)),
         left_(offsets_.size()),
         callback_(std::move(callback)),
@@ -90,14 +98,25 @@ class ResultState final : public ResultSource<V> {
 
   void task_done(std::size_t task, std::string_view bytes) override {
     try {
-      std::vector<Wire<R>> chunk;
-      reduction::InArchive ar(bytes);
-      ar(chunk);
       const std::size_t first = offsets_[task];
       const std::size_t end = task + 1 < offsets_.size() ? offsets_[task + 1] : items_.size();
-      if (chunk.size() != end - first)
-        throw ProcessError("a task's results do not match its items");
-      std::move(chunk.begin(), chunk.end(), items_.begin() + static_cast<std::ptrdiff_t>(first));
+      using W = Wire<R>;
+      if constexpr (std::is_arithmetic_v<W> && !std::is_same_v<W, bool>) {
+        // cereal writes such a vector as its size (u64) and the items' bytes: copied into
+        // place, without a vector in between (a map's chunk is megabytes).
+        std::uint64_t n = 0;
+        if (bytes.size() >= sizeof n) std::memcpy(&n, bytes.data(), sizeof n);
+        if (bytes.size() < sizeof n || n != end - first || bytes.size() - sizeof n != n * sizeof(W))
+          throw ProcessError("a task's results do not match its items");
+        if (n > 0) std::memcpy(items_.data() + first, bytes.data() + sizeof n, n * sizeof(W));
+      } else {
+        std::vector<W> chunk;
+        reduction::InArchive ar(bytes);
+        ar(chunk);
+        if (chunk.size() != end - first)
+          throw ProcessError("a task's results do not match its items");
+        std::move(chunk.begin(), chunk.end(), items_.begin() + static_cast<std::ptrdiff_t>(first));
+      }
     } catch (...) {
       return task_failed(task, std::current_exception());
     }
@@ -112,13 +131,24 @@ class ResultState final : public ResultSource<V> {
     settle();
   }
 
-  void wait() override {
+  bool any_thread() const override { return !callback_ && !error_callback_; }
+  void wait() override { wait_for(std::nullopt); }
+  bool wait(Duration timeout) override { return wait_for(timeout); }
+  bool wait_for(std::optional<Duration> timeout) {
+    if (done_flag_.load(std::memory_order_acquire)) return true;
+    // One task (apply): this thread reads its result itself, a wake-up less. A call of many
+    // tasks (map) streams its results through the engine's thread: two readers would take
+    // turns on every piece of a large result.
+    if (any_thread() && offsets_.size() == 1)
+      if (auto engine = engine_.lock())
+        return engine->wait(
+            this, [&] { return done_flag_.load(std::memory_order_acquire); }, timeout);
     std::unique_lock l(m_);
-    cv_.wait(l, [&] { return done_; });
-  }
-  bool wait(Duration timeout) override {
-    std::unique_lock l(m_);
-    return cv_.wait_for(l, timeout, [&] { return done_; });
+    if (!timeout) {
+      cv_.wait(l, [&] { return done_; });
+      return true;
+    }
+    return cv_.wait_for(l, *timeout, [&] { return done_; });
   }
   bool ready() override {
     std::lock_guard l(m_);
@@ -153,6 +183,7 @@ class ResultState final : public ResultSource<V> {
     {
       std::lock_guard l(m_);
       done_ = true;
+      done_flag_.store(true, std::memory_order_release);
     }
     cv_.notify_all();
     try {
@@ -171,6 +202,8 @@ class ResultState final : public ResultSource<V> {
     }
   }
 
+  std::weak_ptr<Engine> engine_;
+  std::atomic<bool> done_flag_{false};  // done_, read without the lock
   std::vector<Wire<R>> items_;
   std::vector<std::size_t> offsets_;  // each task's first item
   std::size_t left_;
@@ -438,7 +471,7 @@ class Pool {
                         detail::ErrorCallback error_callback, std::exception_ptr encoding) {
     check_running();
     auto state = std::make_shared<detail::ResultState<V, R>>(n, offsets, std::move(callback),
-                                                             std::move(error_callback));
+                                                             std::move(error_callback), engine_);
     if (encoding) {
       for (std::size_t k = 0; k < offsets.size(); ++k) state->task_failed(k, encoding);
     } else {
@@ -506,6 +539,7 @@ class LazyMap final : public Job,
         lookahead_(lookahead),
         engine_(std::move(engine)) {}
 
+  bool any_thread() const override { return true; }  // no callbacks: it only parks results
   void task_done(std::size_t task, std::string_view bytes) override {
     std::vector<Wire<R>> chunk;
     try {

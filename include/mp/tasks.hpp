@@ -145,6 +145,9 @@ class Job {
   // Sent to a worker (a Future is running from then on, as in CPython). Under the engine's
   // lock: it must only record it.
   virtual void task_sent(std::size_t) {}
+  // Whether its outcomes may be delivered in any thread of the parent, a caller's waiting in
+  // Engine::wait() included (no callback that must run in a pool thread).
+  virtual bool any_thread() const { return false; }
 };
 
 struct Task {
@@ -158,7 +161,8 @@ struct EngineOptions {
   int processes = 1;
   std::optional<int> maxtasksperchild;
   const Context* context = nullptr;  // nullptr: the default context
-  int window = 4;                    // tasks sent to a worker before its first result is back
+  int window = 0;               // tasks sent to a worker ahead of its results (0: automatic, 4-64)
+  Duration spin = Duration(0);  // how long a worker or a waiting caller polls before sleeping
   std::optional<Duration> task_timeout;
   int max_startup_failures = 0;  // 0: max(5, 2 * processes)
   std::string initializer;       // an Initializer's payload (empty: none)
@@ -189,6 +193,13 @@ class Engine {
   bool cancel(const Job* job, std::size_t task);
   /// Takes every queued task off the queue (each job is told: task_cancelled).
   void cancel_pending();
+  /// Waits until done() (within `timeout`; false if not), reading the workers' results in
+  /// this thread meanwhile: those of jobs that allow it (Job::any_thread) are delivered here,
+  /// the others are left to the engine's thread.
+  bool wait(const Job* job, const std::function<bool()>& done, std::optional<Duration> timeout);
+  /// Tells the callers in wait() to look at their jobs again (one was finished outside the
+  /// engine: a Future cancelled).
+  void notify_waiters();
   /// Why the pool is broken (null: it is not).
   std::exception_ptr broken() const;
   /// Waits for the workers to end (after close() or terminate()).
