@@ -1374,7 +1374,11 @@ bool QueueCore::get(ItemSink sink, void* ctx, bool block, const std::optional<Du
     Extent extent{};
     bool delivered = false;
     try {
-      extent = check_extent(name_view(s), payload, s.heap_base, s.heap_top, posix::page_size());
+      // Checked into a variable of its own: the handler below reads `extent`, and an
+      // assignment from the call could be compiled as a write into it before the check threw.
+      const Extent checked =
+          check_extent(name_view(s), payload, s.heap_base, s.heap_top, posix::page_size());
+      extent = checked;
       auto* dst = static_cast<std::byte*>(sink(ctx, extent.len));
       ExtentPages pages(fd, extent, window(extent.off, capacity(extent.len)));
       const std::byte* src = pages.data();

@@ -453,7 +453,9 @@ TEST(Queue, OnePutWakesOneGetter) {
   for (int i = 0; i < kGetters - 1; ++i) q.put(i);
   for (auto& t : getters) t.join();
   EXPECT_EQ(returned.load(), kGetters);
-  EXPECT_LE(mp::detail::g_queue_wakes.load() - wakes, static_cast<std::uint64_t>(kGetters));
+  // A burst: each put wakes at most one sleeper, and each woken getter that still sees an item
+  // passes at most one wake-up on (it may be one a getter woken by a later put takes first).
+  EXPECT_LE(mp::detail::g_queue_wakes.load() - wakes, 1u + 2u * (kGetters - 1));
 }
 
 // ---- across processes ----
