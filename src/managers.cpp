@@ -16,8 +16,6 @@
 // (no reader thread: a lone caller reads its own reply, no hand-off).
 #include "mp/managers.hpp"
 
-#include <cxxabi.h>
-
 #include <condition_variable>
 #include <cstring>
 #include <map>
@@ -28,6 +26,7 @@
 #include <unordered_map>
 
 #include "auth.hpp"
+#include "exception_info.hpp"
 #include "posix/posix.hpp"
 #include "posix/socket.hpp"
 
@@ -80,20 +79,6 @@ std::map<std::string, ConstructorEntry>& constructor_table() {
 std::mutex& tables_mu() {
   static std::mutex m;
   return m;
-}
-
-std::string exception_type() {
-  auto* t = abi::__cxa_current_exception_type();
-  return t ? reduction::demangle(*t) : "unknown exception";
-}
-std::string exception_what() {
-  try {
-    throw;
-  } catch (const std::exception& e) {
-    return e.what();
-  } catch (...) {
-    return "(not derived from std::exception)";
-  }
 }
 
 }  // namespace

@@ -10,8 +10,6 @@
 // every worker's sentinel in one call.
 #include "mp/pool.hpp"
 
-#include <cxxabi.h>
-
 #include <algorithm>
 #include <atomic>
 #include <cstdio>
@@ -21,6 +19,7 @@
 #include <thread>
 #include <unordered_map>
 
+#include "exception_info.hpp"
 #include "mp/connection.hpp"
 #include "mp/context.hpp"
 #include "mp/shared.hpp"
@@ -104,21 +103,6 @@ class FrameReader {
   std::size_t start_ = 0;
   std::size_t end_ = 0;
 };
-
-std::string exception_type() {
-  auto* t = abi::__cxa_current_exception_type();
-  return t ? reduction::demangle(*t) : "unknown exception";
-}
-
-std::string exception_what() {
-  try {
-    throw;
-  } catch (const std::exception& e) {
-    return e.what();
-  } catch (...) {
-    return "(not derived from std::exception)";
-  }
-}
 
 // A task's error as it crosses back: where it happened, its type and what().
 struct ErrorInfo {
