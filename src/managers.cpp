@@ -18,8 +18,11 @@
 
 #include <condition_variable>
 #include <cstring>
+#include <deque>
+#include <functional>
 #include <map>
 #include <mutex>
+#include <random>
 #include <set>
 #include <sstream>
 #include <thread>
@@ -27,8 +30,10 @@
 
 #include "auth.hpp"
 #include "exception_info.hpp"
+#include "mp/synchronize.hpp"
 #include "posix/posix.hpp"
 #include "posix/socket.hpp"
+#include "runtime.hpp"
 
 #include <cereal/types/utility.hpp>
 
@@ -43,6 +48,8 @@ enum Code : std::uint8_t {
   kRelease = 3,
   kShutdown = 4,
   kCount = 5,
+  kIncref = 6,  // a reference held for a receiver (object id, token)
+  kAttach = 7,  // a receiver takes that reference, or a new one (object id, token)
   kOk = 10,
   kMethodError = 11,
   kManagerError = 12,
@@ -120,6 +127,67 @@ std::optional<Address> address_of(const ServerSpec& s) {
   return Address(s.path_or_host);
 }
 
+// Threads for the calls of concurrent types (which may block): one per call in flight, kept
+// for the next once idle, so a Lock's acquire waiting here holds up no other call.
+class CallThreads {
+ public:
+  ~CallThreads() {
+    {
+      std::lock_guard l(mu_);
+      stop_ = true;
+    }
+    cv_.notify_all();
+    for (auto& t : threads_) t.join();
+  }
+
+  void run(std::function<void()> job) {
+    std::lock_guard l(mu_);
+    jobs_.push_back(std::move(job));
+    if (jobs_.size() > idle_)
+      threads_.emplace_back([this] { loop(); });
+    else
+      cv_.notify_one();
+  }
+
+ private:
+  void loop() {
+    std::unique_lock l(mu_);
+    for (;;) {
+      ++idle_;
+      cv_.wait(l, [&] { return stop_ || !jobs_.empty(); });
+      --idle_;
+      if (jobs_.empty()) return;
+      auto job = std::move(jobs_.front());
+      jobs_.pop_front();
+      l.unlock();
+      job();
+      l.lock();
+    }
+  }
+
+  std::mutex mu_;
+  std::condition_variable cv_;
+  std::deque<std::function<void()>> jobs_;
+  std::size_t idle_ = 0;
+  bool stop_ = false;
+  std::vector<std::thread> threads_;
+};
+
+thread_local CallContext tls_call;
+
+}  // namespace
+
+const CallContext& current_call() {
+  return tls_call;
+}
+
+bool CallContext::client_gone() const {
+  if (gone && gone->load(std::memory_order_acquire)) return true;
+  return fd >= 0 && posix::peer_hung_up(fd);
+}
+
+namespace {
+
 class Server {
  public:
   Server(const ServerSpec& spec, AuthenticationString authkey)
@@ -145,7 +213,7 @@ class Server {
         if (!finished_.count(fd)) posix::shutdown_both(fd);
     }
     for (auto& [fd, t] : threads_) t.join();
-    for (auto& [id, o] : objects_) o->ops->destroy(o->p);
+    objects_.clear();
   }
 
   const Address& address() const { return listener_.address(); }
@@ -171,11 +239,38 @@ class Server {
   }
 
  private:
+  // An object and what serves it; it goes with the last call or reference holding it.
   struct Object {
+    Object(const TypeOps* o, void* q) : ops(o), p(q) {}
+    Object(const Object&) = delete;
+    Object& operator=(const Object&) = delete;
     const TypeOps* ops;
     void* p;
-    std::mutex call_mu;
+    std::mutex call_mu;  // held across a call, unless the type is concurrent
     std::size_t refs = 0;
+    ~Object() { ops->destroy(p); }
+  };
+
+  // One connection: a client process.
+  struct Client {
+    explicit Client(int fd) : conn(fd, true, true) {}
+    Connection conn;
+    std::uint64_t id = 0;
+    std::atomic<bool> gone{false};
+    std::mutex send_mu;
+    std::mutex inflight_mu;
+    std::condition_variable inflight_cv;
+    std::size_t inflight = 0;  // calls running on CallThreads
+
+    void reply(std::uint64_t call, std::uint8_t code, std::string_view body) {
+      std::lock_guard l(send_mu);
+      if (gone.load()) return;
+      try {
+        conn.send_bytes(frame(call, code, body));
+      } catch (...) {
+        // the client is going: its reader sees EOF and ends the connection
+      }
+    }
   };
 
   void reap_finished() {
@@ -195,15 +290,52 @@ class Server {
     (void)posix::send_nowait(wake_w_.get(), std::as_bytes(std::span(&c, 1)));
   }
 
+  // Runs one request (not a release) and says how it went: the reply's code and body.
+  std::pair<std::uint8_t, std::string> answer(std::uint8_t op, std::string_view body,
+                                              std::map<std::uint64_t, std::size_t>& held,
+                                              const std::shared_ptr<Object>& object,
+                                              reduction::InArchive* args, const MethodEntry* method,
+                                              std::uint64_t client = 0) {
+    try {
+      if (op == kCall) {
+        std::string out;
+        if (object->ops->concurrent) {
+          method->invoke(object->p, *args, out);
+        } else {
+          std::lock_guard l(object->call_mu);
+          method->invoke(object->p, *args, out);
+        }
+        return {kOk, std::move(out)};
+      }
+      if (op == kCreate) return {kOk, create(body, held)};
+      if (op == kShutdown) return {kOk, {}};
+      if (op == kIncref) return {kOk, incref(body, client)};
+      if (op == kAttach) return {kOk, attach(body, held)};
+      if (op == kCount) return {kOk, count()};
+      throw ManagerError("unknown request " + std::to_string(op));
+    } catch (const ManagerError& e) {
+      return {kManagerError, e.what()};
+    } catch (...) {
+      std::string out;
+      reduction::OutArchive ar(out);
+      ar(exception_type(), exception_what());
+      return {kMethodError, std::move(out)};
+    }
+  }
+
   void serve_connection(int fd) {
     std::map<std::uint64_t, std::size_t> held;  // this connection's references
-    Connection conn(fd, true, true);
+    auto client = std::make_shared<Client>(fd);
+    {
+      std::lock_guard l(mu_);
+      client->id = ++next_client_;
+    }
     try {
       const auto deadline = std::chrono::steady_clock::now() + kHandshakeTimeout;
       deliver_challenge(fd, authkey_, deadline);
       answer_challenge(fd, authkey_, deadline);
       for (;;) {
-        std::string request = conn.recv_bytes(kMaxRequest);
+        std::string request = client->conn.recv_bytes(kMaxRequest);
         if (request.size() < kHead) throw ManagerError("a request shorter than its header");
         std::uint64_t id;
         std::memcpy(&id, request.data(), 8);
@@ -213,30 +345,12 @@ class Server {
           release(body, held);
           continue;
         }
-        std::string reply_body;
-        std::uint8_t code = kOk;
-        try {
-          if (op == kCreate)
-            reply_body = create(body, held);
-          else if (op == kCall)
-            reply_body = call(body);
-          else if (op == kShutdown)
-            reply_body = {};
-          else if (op == kCount)
-            reply_body = count();
-          else
-            throw ManagerError("unknown request " + std::to_string(op));
-        } catch (const ManagerError& e) {
-          code = kManagerError;
-          reply_body = e.what();
-        } catch (...) {
-          code = kMethodError;
-          std::string out;
-          reduction::OutArchive ar(out);
-          ar(exception_type(), exception_what());
-          reply_body = std::move(out);
+        if (op == kCall) {
+          serve_call(client, id, std::move(request));
+          continue;
         }
-        conn.send_bytes(frame(id, code, reply_body));
+        auto [code, reply] = answer(op, body, held, nullptr, nullptr, nullptr, client->id);
+        client->reply(id, code, reply);
         if (op == kShutdown) {
           stop();
           break;
@@ -245,33 +359,130 @@ class Server {
     } catch (...) {
       // EOF, a failed handshake, a malformed frame: this connection ends, the others go on.
     }
-    for (const auto& [id, n] : held) drop(id, n);
+    end_client(*client, held);
     std::lock_guard l(mu_);
-    conn.close();
+    client->conn.close();
     finished_.insert(fd);
+  }
+
+  // A call: looked up here; run here, or on a thread of its own for a concurrent type.
+  void serve_call(const std::shared_ptr<Client>& client, std::uint64_t id, std::string bytes) {
+    // Shared with the call's thread: the archive reads the arguments out of it.
+    auto request = std::make_shared<const std::string>(std::move(bytes));
+    std::string_view body(request->data() + kHead, request->size() - kHead);
+    std::shared_ptr<Object> object;
+    const MethodEntry* method = nullptr;
+    auto in = std::make_shared<reduction::InArchive>(body);
+    CallContext context{client->id, 0, &client->gone, client->conn.fileno()};
+    try {
+      std::uint64_t object_id;
+      std::string name;
+      (*in)(object_id, name, context.thread);
+      object = find(object_id);
+      for (std::size_t i = 0; i < object->ops->method_count; ++i)
+        if (name == object->ops->methods[i].name) method = &object->ops->methods[i];
+      if (!method)
+        throw ManagerError(object->ops->display + " has no served method '" + name + "'");
+    } catch (const ManagerError& e) {
+      client->reply(id, kManagerError, e.what());
+      return;
+    } catch (const std::exception& e) {
+      client->reply(id, kManagerError, std::string("a malformed call: ") + e.what());
+      return;
+    }
+    if (!object->ops->concurrent) {
+      tls_call = context;
+      auto [code, reply] = answer(kCall, {}, no_refs_, object, in.get(), method);
+      client->reply(id, code, reply);
+      return;
+    }
+    {
+      std::lock_guard l(client->inflight_mu);
+      ++client->inflight;
+    }
+    threads_for_calls_.run([this, client, id, object, in, method, context, request] {
+      tls_call = context;
+      auto [code, reply] = answer(kCall, {}, no_refs_, object, in.get(), method);
+      client->reply(id, code, reply);
+      std::lock_guard l(client->inflight_mu);
+      if (--client->inflight == 0) client->inflight_cv.notify_all();
+    });
+  }
+
+  // A client's connection ended (however its process did): its blocked calls give up, what
+  // it held is released (a Lock: the next holder is told), then its references go.
+  void end_client(Client& client, std::map<std::uint64_t, std::size_t>& held) {
+    client.gone.store(true, std::memory_order_release);
+    std::vector<std::shared_ptr<Object>> hooked;
+    {
+      std::lock_guard l(mu_);
+      for (auto& [id, o] : objects_)
+        if (o->ops->client_gone) hooked.push_back(o);
+    }
+    for (auto& o : hooked) {
+      if (o->ops->concurrent) {
+        o->ops->client_gone(o->p, client.id);
+      } else {
+        std::lock_guard l(o->call_mu);
+        o->ops->client_gone(o->p, client.id);
+      }
+    }
+    hooked.clear();
+    {
+      std::unique_lock l(client.inflight_mu);
+      client.inflight_cv.wait(l, [&] { return client.inflight == 0; });
+    }
+    std::vector<std::uint64_t> unclaimed;
+    {
+      std::lock_guard l(mu_);
+      for (auto it = transit_.begin(); it != transit_.end();) {
+        if (it->second.second == client.id) {
+          unclaimed.push_back(it->second.first);
+          it = transit_.erase(it);
+        } else {
+          ++it;
+        }
+      }
+    }
+    for (auto id : unclaimed) drop(id, 1);
+    for (const auto& [id, n] : held) drop(id, n);
+  }
+
+  std::shared_ptr<Object> find(std::uint64_t id) {
+    std::lock_guard l(mu_);
+    auto it = objects_.find(id);
+    if (it == objects_.end()) throw ManagerError("no object " + std::to_string(id));
+    return it->second;
   }
 
   std::string create(std::string_view body, std::map<std::uint64_t, std::size_t>& held) {
     reduction::InArchive in(body);
     std::string name, type_key, ctor_key;
     in(name, type_key, ctor_key);
-    auto t = types_.find(name);
-    if (t == types_.end()) throw ManagerError("no type is registered as '" + name + "'");
-    if (type_key != t->second->key)
-      throw ManagerError("'" + name + "' is registered here as another type (" +
-                         t->second->display + ")");
+    const TypeOps* ops = nullptr;
+    if (auto t = types_.find(name); t != types_.end()) {
+      ops = t->second;
+      if (type_key != ops->key)
+        throw ManagerError("'" + name + "' is registered here as another type (" + ops->display +
+                           ")");
+    } else {
+      std::lock_guard l(tables_mu());
+      auto s = type_table().find(type_key);
+      if (s == type_table().end() || !s->second->standard)
+        throw ManagerError("no type is registered as '" + name + "'");
+      ops = s->second;
+    }
     void* (*make)(reduction::InArchive&) = nullptr;
     {
       std::lock_guard l(tables_mu());
       auto c = constructor_table().find(ctor_key);
       if (c == constructor_table().end() || c->second.type_key != type_key)
-        throw ManagerError("no such constructor of " + t->second->display +
+        throw ManagerError("no such constructor of " + ops->display +
                            " in the server's program (a client of another build?)");
       make = c->second.make;
     }
-    auto o = std::make_unique<Object>();
-    o->ops = t->second;
-    o->p = make(in);  // a constructor's exception is the caller's error
+    void* p = make(in);  // a constructor's exception is the caller's error
+    auto o = std::make_shared<Object>(ops, p);
     o->refs = 1;
     std::lock_guard l(mu_);
     const std::uint64_t id = ++next_id_;
@@ -283,33 +494,43 @@ class Server {
     return out;
   }
 
+  // A reference held for a proxy in transit, until its receiver attaches (or the sender's
+  // connection ends).
+  std::string incref(std::string_view body, std::uint64_t client) {
+    reduction::InArchive in(body);
+    std::uint64_t id, token;
+    in(id, token);
+    std::lock_guard l(mu_);
+    auto it = objects_.find(id);
+    if (it == objects_.end()) throw ManagerError("no object " + std::to_string(id));
+    ++it->second->refs;
+    transit_[token] = {id, client};
+    return {};
+  }
+
+  std::string attach(std::string_view body, std::map<std::uint64_t, std::size_t>& held) {
+    reduction::InArchive in(body);
+    std::uint64_t id, token;
+    in(id, token);
+    std::lock_guard l(mu_);
+    auto it = objects_.find(id);
+    if (it == objects_.end())
+      throw ManagerError("object " + std::to_string(id) +
+                         " is gone from the server (its last reference was dropped)");
+    auto t = transit_.find(token);
+    if (token != 0 && t != transit_.end() && t->second.first == id)
+      transit_.erase(t);  // the sender's reference becomes the receiver's
+    else
+      ++it->second->refs;
+    ++held[id];
+    return {};
+  }
+
   std::string count() {
     std::string out;
     reduction::OutArchive ar(out);
     std::lock_guard l(mu_);
     ar(std::uint64_t(objects_.size()));
-    return out;
-  }
-
-  std::string call(std::string_view body) {
-    reduction::InArchive in(body);
-    std::uint64_t id;
-    std::string method;
-    in(id, method);
-    Object* o;
-    {
-      std::lock_guard l(mu_);
-      auto it = objects_.find(id);
-      if (it == objects_.end()) throw ManagerError("no object " + std::to_string(id));
-      o = it->second.get();
-    }
-    const MethodEntry* m = nullptr;
-    for (std::size_t i = 0; i < o->ops->method_count; ++i)
-      if (method == o->ops->methods[i].name) m = &o->ops->methods[i];
-    if (!m) throw ManagerError(o->ops->display + " has no served method '" + method + "'");
-    std::string out;
-    std::lock_guard l(o->call_mu);
-    m->invoke(o->p, in, out);
     return out;
   }
 
@@ -323,22 +544,17 @@ class Server {
     drop(id, 1);
   }
 
-  // The object goes with its last reference (its destructor runs outside the table's lock).
+  // The object goes with its last reference, once no call holds it (its destructor runs
+  // outside the table's lock).
   void drop(std::uint64_t id, std::size_t n) {
-    std::unique_ptr<Object> gone;
-    {
-      std::lock_guard l(mu_);
-      auto it = objects_.find(id);
-      if (it == objects_.end()) return;
-      it->second->refs -= std::min(n, it->second->refs);
-      if (it->second->refs == 0) {
-        gone = std::move(it->second);
-        objects_.erase(it);
-      }
-    }
-    if (gone) {
-      std::lock_guard l(gone->call_mu);  // a call in flight on another connection ends first
-      gone->ops->destroy(gone->p);
+    std::shared_ptr<Object> gone;  // destroyed after the lock is released
+    std::lock_guard l(mu_);
+    auto it = objects_.find(id);
+    if (it == objects_.end()) return;
+    it->second->refs -= std::min(n, it->second->refs);
+    if (it->second->refs == 0) {
+      gone = std::move(it->second);
+      objects_.erase(it);
     }
   }
 
@@ -347,10 +563,15 @@ class Server {
   std::map<std::string, const TypeOps*> types_;
   posix::unique_fd wake_r_, wake_w_;
   std::mutex mu_;
-  std::unordered_map<std::uint64_t, std::unique_ptr<Object>> objects_;
+  std::unordered_map<std::uint64_t, std::shared_ptr<Object>> objects_;
   std::uint64_t next_id_ = 0;
+  std::uint64_t next_client_ = 0;
   std::vector<std::pair<int, std::thread>> threads_;
   std::set<int> finished_;
+  std::map<std::uint64_t, std::size_t> no_refs_;  // a call creates none
+  // Proxies in transit: token -> (object, the sending client).
+  std::unordered_map<std::uint64_t, std::pair<std::uint64_t, std::uint64_t>> transit_;
+  CallThreads threads_for_calls_;
 };
 
 }  // namespace
@@ -376,10 +597,15 @@ void manager_server_main(ServerSpec spec, AuthenticationString authkey, Connecti
 
 class Session {
  public:
-  Session(Address address, Connection conn)
-      : address_(std::move(address)), conn_(std::move(conn)), pid_(posix::getpid()) {}
+  Session(Address address, AuthenticationString authkey, Connection conn)
+      : address_(std::move(address)),
+        authkey_(std::move(authkey)),
+        conn_(std::move(conn)),
+        pid_(posix::getpid()) {}
 
   int pid() const { return pid_; }
+  const Address& address() const { return address_; }
+  const AuthenticationString& authkey() const { return authkey_; }
 
   // Sends a request and waits for its reply's body; throws as the reply says.
   std::string call(std::uint8_t op, const std::string& body) {
@@ -431,6 +657,11 @@ class Session {
       reduction::InArchive in(slot.body);
       std::string type, message;
       in(type, message);
+      // The standard objects' documented errors come back as themselves.
+      if (type == reduction::type_name<Empty>()) throw Empty();
+      if (type == reduction::type_name<Full>()) throw Full();
+      if (type == reduction::type_name<BrokenBarrierError>()) throw BrokenBarrierError();
+      if (type == reduction::type_name<KeyError>()) throw KeyError(message);
       throw RemoteError(type, message, server_pid_, 0);
     }
     throw ManagerError(slot.body);
@@ -468,6 +699,7 @@ class Session {
   }
 
   Address address_;
+  AuthenticationString authkey_;
   Connection conn_;
   int pid_;
   int server_pid_ = 0;
@@ -480,6 +712,49 @@ class Session {
   std::unordered_map<std::uint64_t, Slot*> waiting_;
 };
 
+// This process's session with the server at `address`: one connection per client process,
+// shared by its managers and proxies (a fork child's inherited ones are its parent's).
+std::shared_ptr<Session> session_for(const Address& address, const AuthenticationString& authkey) {
+  static std::mutex mu;
+  static std::map<std::string, std::weak_ptr<Session>> sessions;
+  const std::string key = address_text(address);
+  std::lock_guard l(mu);
+  if (auto s = sessions[key].lock(); s && s->pid() == posix::getpid() && s->authkey() == authkey)
+    return s;
+  auto conn = Client(address, ClientOptions{.authkey = authkey});
+  auto s = std::make_shared<Session>(address, authkey, std::move(conn));
+  sessions[key] = s;
+  return s;
+}
+
+namespace {
+std::string readable(const std::string& mangled) {
+  int status = 0;
+  std::unique_ptr<char, void (*)(void*)> name(
+      abi::__cxa_demangle(mangled.c_str(), nullptr, nullptr, &status), std::free);
+  return status == 0 && name ? name.get() : mangled;
+}
+
+std::string id_and_token(std::uint64_t id, std::uint64_t token) {
+  std::string body;
+  reduction::OutArchive ar(body);
+  ar(id, token);
+  return body;
+}
+
+// The ref's session in this process: a fork child's copy connects and takes a reference of
+// its own on first use.
+std::shared_ptr<Session> bound(ObjectRef& ref) {
+  std::lock_guard l(ref.mu);
+  if (ref.session->pid() != posix::getpid()) {
+    auto s = session_for(ref.session->address(), ref.session->authkey());
+    s->call(kAttach, id_and_token(ref.id, 0));
+    ref.session = s;
+  }
+  return ref.session;
+}
+}  // namespace
+
 ObjectRef::~ObjectRef() {
   if (!session || session->pid() != posix::getpid()) return;  // a fork child's copy: not its own
   std::string body;
@@ -488,14 +763,49 @@ ObjectRef::~ObjectRef() {
   session->post(kRelease, body);
 }
 
-std::string call_method(const ObjectRef& ref, const char* method, const std::string& args) {
-  if (ref.session->pid() != posix::getpid())
-    throw ManagerError("a proxy inherited through fork cannot be used in the child");
+std::string call_method(ObjectRef& ref, const char* method, const std::string& args) {
+  auto session = bound(ref);
+  // Numbers this thread for the server (which thread holds an RLock).
+  static std::atomic<std::uint64_t> threads{0};
+  thread_local const std::uint64_t thread = ++threads;
   std::string body;
   reduction::OutArchive ar(body);
-  ar(ref.id, std::string(method));
+  ar(ref.id, std::string(method), thread);
   body += args;
-  return ref.session->call(kCall, body);
+  return session->call(kCall, body);
+}
+
+void save_ref(reduction::OutArchive& ar, ObjectRef& ref, const char* type_key) {
+  auto session = bound(ref);
+  std::uint64_t token = 0;
+  while (token == 0) token = (std::uint64_t(std::random_device{}()) << 32) ^ std::random_device{}();
+  session->call(kIncref, id_and_token(ref.id, token));
+  const Address& a = session->address();
+  const auto* tcp = std::get_if<std::pair<std::string, int>>(&a);
+  const bool with_key = reduction::spawning();
+  ar(tcp != nullptr, tcp ? tcp->first : std::get<std::string>(a), tcp ? tcp->second : 0, ref.id,
+     token, std::string(type_key), with_key);
+  if (with_key) ar(session->authkey());
+}
+
+std::shared_ptr<ObjectRef> load_ref(reduction::InArchive& ar, const char* type_key) {
+  bool tcp = false, with_key = false;
+  std::string where, type;
+  int port = 0;
+  std::uint64_t id = 0, token = 0;
+  ar(tcp, where, port, id, token, type, with_key);
+  AuthenticationString authkey = current_process().authkey();
+  if (with_key) ar(authkey);
+  if (type != type_key)
+    throw PicklingError("a proxy of another type (" + readable(type) +
+                        ") cannot be loaded as this one (" + readable(type_key) + ")");
+  Address address = tcp ? Address(std::pair<std::string, int>(where, port)) : Address(where);
+  auto session = session_for(address, authkey);
+  session->call(kAttach, id_and_token(id, token));
+  auto ref = std::make_shared<ObjectRef>();
+  ref->session = std::move(session);
+  ref->id = id;
+  return ref;
 }
 
 std::shared_ptr<ObjectRef> create_object(const std::shared_ptr<Session>& session,
@@ -525,6 +835,7 @@ struct BaseManager::State {
   std::optional<Process> server;
   std::shared_ptr<detail::Session> session;
   bool shut = false;
+  int owner = posix::getpid();  // only the process that started the server stops it
 };
 
 namespace {
@@ -543,7 +854,10 @@ BaseManager::BaseManager(ManagerOptions options) : s_(std::make_unique<State>())
   s_->options = std::move(options);
 }
 
+BaseManager::BaseManager(BaseManager&&) noexcept = default;
+
 BaseManager::~BaseManager() {
+  if (!s_) return;  // moved from
   try {
     shutdown();
   } catch (...) {
@@ -625,8 +939,7 @@ void BaseManager::start() {
 
 void BaseManager::connect() {
   if (!s_->address) throw std::logic_error("connect() needs the server's address");
-  auto conn = Client(*s_->address, ClientOptions{.authkey = s_->authkey});
-  s_->session = std::make_shared<detail::Session>(*s_->address, std::move(conn));
+  s_->session = detail::session_for(*s_->address, s_->authkey);
 }
 
 std::size_t BaseManager::number_of_objects() {
@@ -639,8 +952,8 @@ std::size_t BaseManager::number_of_objects() {
 
 std::shared_ptr<detail::Session> BaseManager::session() {
   if (!s_->session) throw std::logic_error("the manager is not started or connected");
-  if (s_->session->pid() != posix::getpid())
-    throw ManagerError("a manager inherited through fork cannot be used in the child");
+  if (s_->session->pid() != posix::getpid())  // a fork child's copy: its own connection
+    s_->session = detail::session_for(*s_->address, s_->authkey);
   return s_->session;
 }
 
@@ -651,7 +964,7 @@ void BaseManager::serve_forever() {
 }
 
 void BaseManager::shutdown() {
-  if (!s_->server || s_->shut) return;
+  if (!s_->server || s_->shut || s_->owner != posix::getpid()) return;
   s_->shut = true;
   if (s_->session) {
     try {

@@ -18,9 +18,12 @@
 #pragma once
 
 #include <array>
+#include <atomic>
 #include <cstdint>
 #include <memory>
+#include <mutex>
 #include <optional>
+#include <stdexcept>
 #include <string>
 #include <tuple>
 #include <type_traits>
@@ -92,6 +95,13 @@ struct TypeOps {
   void (*destroy)(void*);
   const MethodEntry* methods;
   std::size_t method_count;
+  // A concurrent type's methods may block (a Lock's acquire): they run on server threads of
+  // their own, at once, without the per-object mutex; the type does its own locking.
+  bool concurrent;
+  // Called when a client's connection ends (how a Lock it held is released), or null.
+  void (*client_gone)(void*, std::uint64_t client);
+  // One of the SyncManager's types: served without register_type.
+  bool standard;
 };
 bool register_type_ops(const TypeOps* ops);
 // A constructor of a registered type with these (decayed) argument types.
@@ -101,10 +111,51 @@ bool register_constructor(const char* key, const char* type_key,
 template <class T>
 struct Served {
   static void destroy(void* p) { delete static_cast<T*>(p); }
-  static inline const TypeOps ops{typeid(T).name(), reduction::type_name<T>(), &destroy,
-                                  T::mp_methods().data(), T::mp_methods().size()};
+  static void client_gone(void* p, std::uint64_t client) {
+    static_cast<T*>(p)->mp_client_gone(client);
+  }
+  static constexpr bool concurrent() {
+    if constexpr (requires { T::mp_concurrent; })
+      return T::mp_concurrent;
+    else
+      return false;
+  }
+  static constexpr bool standard() {
+    if constexpr (requires { T::mp_standard; })
+      return T::mp_standard;
+    else
+      return false;
+  }
+  static constexpr auto gone_hook() {
+    if constexpr (requires(T & t) { t.mp_client_gone(std::uint64_t{}); })
+      return &client_gone;
+    else
+      return static_cast<void (*)(void*, std::uint64_t)>(nullptr);
+  }
+  static inline const TypeOps ops{typeid(T).name(),
+                                  reduction::type_name<T>(),
+                                  &destroy,
+                                  T::mp_methods().data(),
+                                  T::mp_methods().size(),
+                                  concurrent(),
+                                  gone_hook(),
+                                  standard()};
   static inline const bool registered = register_type_ops(&ops);
 };
+
+// On the server, inside a served method: who is calling. `client` numbers the connection (one
+// per client process), `thread` the calling thread in it; `gone` turns true once the client's
+// connection has ended (a concurrent type's blocking wait gives up then, taking nothing).
+struct CallContext {
+  std::uint64_t client = 0;
+  std::uint64_t thread = 0;
+  const std::atomic<bool>* gone = nullptr;
+  int fd = -1;
+  // Also true once the client's process has died but its connection's end is not yet read
+  // (a getter must not take an item for a dead client).
+  bool client_gone() const;
+};
+const CallContext& current_call();
 
 template <class T, class... A>
 struct Constructor {
@@ -124,12 +175,17 @@ class Session;
 struct ObjectRef {
   std::shared_ptr<Session> session;
   std::uint64_t id = 0;
+  std::mutex mu;  // guards session: a fork child's copy connects again on first use
   ~ObjectRef();
 };
 
 // A call: the request's bytes out, the reply's bytes back (mp::RemoteError for a method's
 // exception, mp::ManagerError once the server is gone).
-std::string call_method(const ObjectRef& ref, const char* method, const std::string& args);
+std::string call_method(ObjectRef& ref, const char* method, const std::string& args);
+// A proxy crossing to another process: the server's address, the object and a reference held
+// for the receiver until it attaches (with the authkey only while spawning, as CPython).
+void save_ref(reduction::OutArchive& ar, ObjectRef& ref, const char* type_key);
+std::shared_ptr<ObjectRef> load_ref(reduction::InArchive& ar, const char* type_key);
 std::shared_ptr<ObjectRef> create_object(const std::shared_ptr<Session>& session,
                                          const std::string& name, const char* type_key,
                                          const char* constructor_key, const std::string& args);
@@ -150,7 +206,21 @@ std::string encode_args(const A&... a) {
 template <class T>
 class Proxy : public T::template mp_proxy_methods<Proxy<T>> {
  public:
-  std::uint64_t id() const { return ref_->id; }
+  /// An empty proxy, what one received is loaded into; calling it throws std::logic_error.
+  Proxy() = default;
+  std::uint64_t id() const { return ref_ ? ref_->id : 0; }
+
+  /// A proxy crosses to a child as a Process argument (every start method) or through a
+  /// Connection; the receiver connects to the server (once per process) and holds its own
+  /// reference.
+  template <class Archive>
+  void save(Archive& ar) const {
+    detail::save_ref(ar, *checked(), typeid(T).name());
+  }
+  template <class Archive>
+  void load(Archive& ar) {
+    ref_ = detail::load_ref(ar, typeid(T).name());
+  }
 
   /// The method M of the object, called on the server (what the named member functions use).
   template <auto M, class... A>
@@ -161,7 +231,7 @@ class Proxy : public T::template mp_proxy_methods<Proxy<T>> {
     // Converted here to the declared types: the server decodes exactly those.
     std::string args = std::apply([](const auto&... p) { return detail::encode_args(p...); },
                                   typename Traits::Args(std::forward<A>(a)...));
-    std::string reply = detail::call_method(*ref_, name, args);
+    std::string reply = detail::call_method(*checked(), name, args);
     if constexpr (!std::is_void_v<typename Traits::Result>) {
       std::decay_t<typename Traits::Result> r{};
       reduction::InArchive in(reply);
@@ -173,6 +243,10 @@ class Proxy : public T::template mp_proxy_methods<Proxy<T>> {
  private:
   friend class BaseManager;
   explicit Proxy(std::shared_ptr<detail::ObjectRef> ref) : ref_(std::move(ref)) {}
+  detail::ObjectRef* checked() const {
+    if (!ref_) throw std::logic_error("an empty proxy (default-constructed, not loaded)");
+    return ref_.get();
+  }
   std::shared_ptr<detail::ObjectRef> ref_;
 };
 
@@ -193,8 +267,8 @@ class BaseManager {
   BaseManager(std::optional<Address> address, std::optional<AuthenticationString> authkey)
       : BaseManager(ManagerOptions{std::move(address), std::move(authkey)}) {}
   ~BaseManager();
-  BaseManager(const BaseManager&) = delete;
-  BaseManager& operator=(const BaseManager&) = delete;
+  BaseManager(BaseManager&&) noexcept;
+  BaseManager& operator=(BaseManager&&) = delete;
 
   /// Serves T under `name` (Python's register(typeid, callable)); before start() or
   /// serve_forever(). A client that connect()s registers the same names.
@@ -224,10 +298,13 @@ class BaseManager {
   Proxy<T> create(A&&... args) {
     using Ctor = detail::Constructor<T, std::decay_t<A>...>;
     (void)Ctor::registered;
+    (void)detail::Served<T>::registered;
     static_assert(std::is_constructible_v<T, std::decay_t<A>...>,
                   "mp: create<T>(args...): T cannot be constructed from these arguments");
-    return Proxy<T>(detail::create_object(session(), name_of(typeid(T).name()), typeid(T).name(),
-                                          Ctor::key(), detail::encode_args(args...)));
+    const std::string& name =
+        detail::Served<T>::standard() ? detail::Served<T>::ops.display : name_of(typeid(T).name());
+    return Proxy<T>(detail::create_object(session(), name, typeid(T).name(), Ctor::key(),
+                                          detail::encode_args(args...)));
   }
 
  private:
@@ -262,13 +339,20 @@ class BaseManager {
 
 /// Inside a class served by a manager: `MP_METHODS(Counter, increment, get)` names the member
 /// functions a Proxy<Counter> may call (one overload each). Leaves access public.
-#define MP_METHODS(Type, ...)                                                             \
+#define MP_METHODS(Type, ...)                          \
+  MP_METHODS_TABLE(Type, __VA_ARGS__)                  \
+  template <class mp_P>                                \
+  struct mp_proxy_methods {                            \
+    MP_FOR_EACH_(MP_METHODS_PROXY_, Type, __VA_ARGS__) \
+  };
+
+/// The served half of MP_METHODS alone, for a class that writes its proxy's member functions
+/// itself (a nested `template <class P> struct mp_proxy_methods`, calling P::call<&Type::f>).
+#define MP_METHODS_TABLE(Type, ...)                                                       \
  public:                                                                                  \
   static const auto& mp_methods() {                                                       \
     static const std::array mp_table{MP_FOR_EACH_(MP_METHODS_ENTRY_, Type, __VA_ARGS__)}; \
     return mp_table;                                                                      \
-  }                                                                                       \
-  template <class mp_P>                                                                   \
-  struct mp_proxy_methods {                                                               \
-    MP_FOR_EACH_(MP_METHODS_PROXY_, Type, __VA_ARGS__)                                    \
-  };
+  }
+
+#include "mp/sync_manager.hpp"

@@ -179,6 +179,8 @@ bool has_reader(int write_fd);
 void shutdown_write(int socket);
 /// shutdown(SHUT_RDWR): wakes this process's own threads blocked reading or writing it.
 void shutdown_both(int socket);
+/// Whether the peer of a stream socket has closed or shut down its end (POLLRDHUP), now.
+bool peer_hung_up(int socket);
 /// send() of what fits now, without waiting (MSG_DONTWAIT | MSG_NOSIGNAL); the bytes queued
 /// (0 when the buffer is full or the peer has gone: the caller's next blocking send tells).
 std::size_t send_nowait(int socket, std::span<const std::byte> data);

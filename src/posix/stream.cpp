@@ -170,6 +170,14 @@ void shutdown_both(int socket) {
   ::shutdown(socket, SHUT_RDWR);
 }
 
+bool peer_hung_up(int socket) {
+  pollfd p{socket, POLLRDHUP, 0};
+  int r;
+  do r = ::poll(&p, 1, 0);
+  while (r < 0 && errno == EINTR);
+  return r > 0 && (p.revents & (POLLRDHUP | POLLHUP | POLLERR | POLLNVAL));
+}
+
 std::size_t send_nowait(int socket, std::span<const std::byte> data) {
   std::size_t queued = 0;
   while (queued < data.size()) {
