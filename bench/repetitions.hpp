@@ -48,12 +48,12 @@ inline benchmark::internal::Benchmark* repeat(benchmark::internal::Benchmark* b,
 }
 
 // The same for a case that fixes its iterations per repetition (one iteration is a whole
-// measurement: 100k tasks, a batch of kills).
+// measurement: 100k tasks, a batch of kills); one iteration in smoke mode.
 inline benchmark::internal::Benchmark* repeat_iterations(benchmark::internal::Benchmark* b,
                                                          benchmark::IterationCount iterations,
                                                          int reps) {
   return with_spread(b)
-      ->Iterations(iterations)
+      ->Iterations(smoke() ? 1 : iterations)
       ->Repetitions(smoke() ? 2 : reps)
       ->ReportAggregatesOnly();
 }
