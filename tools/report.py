@@ -393,8 +393,9 @@ class Chart:
 
     def script(self, svg):
         out = ["set terminal svg size 900,480 dynamic enhanced font 'sans,13' background '#ffffff'",
-               f"set output '{svg}'", f"set title {json.dumps(self.title)}",
-               f"set xlabel {json.dumps(self.xlabel)}", f"set ylabel {json.dumps(self.ylabel)}",
+               f"set output '{svg}'", f"set title {json.dumps(self.title)} noenhanced",
+               f"set xlabel {json.dumps(self.xlabel)} noenhanced",
+               f"set ylabel {json.dumps(self.ylabel)} noenhanced",
                "set grid ytics mytics lc rgb '#dddddd'", "set key outside right top",
                "set border 3", "set tics nomirror"]
         if self.logx:
@@ -433,14 +434,17 @@ def bars(name, title, ylabel, groups, series, values, unit_scale):
     for i, (s, colour) in enumerate(series):
         c = 2 + 3 * i
         ch.plots.append(f"{d} using {c}:{c + 1}:{c + 2}:xtic(1) title {json.dumps(s)} "
-                        f"lc rgb '{colour}'")
+                        f"noenhanced lc rgb '{colour}'")
     return ch
 
 
-def lines(name, title, xlabel, ylabel, curves, unit_scale, logx=True):
-    """Curves with min-max error bars: curves = [(label, colour, dashed, [(x, Value)])]."""
+def lines(name, title, xlabel, ylabel, curves, unit_scale, logx=True, xtics=None):
+    """Curves with min-max error bars: curves = [(label, colour, dashed, [(x, Value)])];
+    xtics: [(label, x)] to name the x axis's ticks."""
     ch = Chart(name, title, xlabel, ylabel, logx=logx)
     ch.extra = ["set key outside right top"]
+    if xtics:
+        ch.extra.append("set xtics (" + ", ".join(f"{json.dumps(t)} {x}" for t, x in xtics) + ")")
     for label, colour, dashed, points in curves:
         pts = [(x, v) for x, v in points if v]
         if not pts:
@@ -449,7 +453,7 @@ def lines(name, title, xlabel, ylabel, curves, unit_scale, logx=True):
                        f"{v.hi * unit_scale:.6g}") for x, v in pts])
         dt = "dt 2" if dashed else "dt 1"
         ch.plots.append(f"{d} using 1:2:3:4 with yerrorlines title {json.dumps(label)} "
-                        f"lc rgb '{colour}' lw 2 {dt} pt 7 ps 0.6")
+                        f"noenhanced lc rgb '{colour}' lw 2 {dt} pt 7 ps 0.6")
     return ch
 
 
@@ -495,7 +499,8 @@ def charts(parts):
                        sweep_points(ps, "", "MiB", py_prefix=f"{m}_parent_memory")))
     ch = lines("start_vs_memory", "Start + join against the parent's memory",
                "memory the parent has touched (MiB, log scale)",
-               "time per start + join (ms, log scale)", curves, 1e3, logx=2)
+               "time per start + join (ms, log scale)", curves, 1e3, logx=2,
+               xtics=[(size_label(m << 20), m) for m in (1, 4, 16, 64, 256, 1024, 4096)])
     out.append(ch)
 
     q = parts["queue"]
@@ -523,7 +528,8 @@ def charts(parts):
                   q, "", "bytes", py_prefix="queue_1p1c_bytes")])]
     out.append(lines("queue_vs_item_size", "Queue throughput against the item's size",
                      "item size (bytes, log scale)", "MiB per second (log scale)", curves,
-                     1 / (1 << 20), logx=2))
+                     1 / (1 << 20), logx=2,
+                     xtics=[(size_label(n), n) for n in QUEUE_SIZES]))
 
     pl = parts["pool"]
     groups = ["Pool apply", "executor submit().result()"]
@@ -567,6 +573,16 @@ def charts(parts):
                        sweep_points(pl, "", "chunksize", py_prefix="pool_map_chunksize"))], 1,
                      logx=2))
     return out
+
+
+QUEUE_SIZES = [8, 64, 512, 4096, 32768, 262144, 2 << 20, 16 << 20, 64 << 20]  # bench/queue.cpp's
+
+
+def size_label(n):
+    for k, p in ((1 << 30, "GiB"), (1 << 20, "MiB"), (1 << 10, "KiB")):
+        if n >= k:
+            return f"{n // k} {p}"
+    return f"{n} B"
 
 
 def _rate(v):
