@@ -2,19 +2,22 @@
 # Builds the benchmarks (Release) and runs them, each part followed by the same measurements with
 # CPython's multiprocessing, compared:
 #   process_start: mp's process start (spawn, fork, forkserver) against its floors, one at a time
-#     and 64 at once. About 2 minutes on 2 cores.
+#     and 64 at once, and against the parent's memory (1 MiB to 4 GiB). About 3 minutes on 2
+#     cores.
 #   connection: mp::Pipe() round trips and bandwidth between two processes against write/read on
 #     a socketpair and on pipes, unpinned, on one CPU and on a CPU each. About 40 s on 2 cores.
 #   sync: Lock/RLock/Semaphore acquire+release, a two-process hand-off, Value<int64_t> locked
 #     increments and SharedMemory create/attach/unlink cycles against sem_t, std::atomic and
 #     raw shm_open floors. About 40 s on 2 cores.
 #   pool: mp::Pool(2) apply round trip against a blocking and a 20 us busy-poll socketpair round
-#     trip, apply_async and map throughput, SIGKILL-to-WorkerLost latency, an idle pool's CPU;
-#     then CPython's Pool(2) and ProcessPoolExecutor(2). About 40 s on 2 cores.
+#     trip, apply_async and map throughput, SIGKILL-to-WorkerLost latency, an idle pool's CPU,
+#     map throughput against the task count and the chunksize; then CPython's Pool(2) and
+#     ProcessPoolExecutor(2). About 1.5 minutes on 2 cores.
 #   queue: mp::Queue throughput (1x1 8-byte and 100-byte items, 1 MiB items, 2x2), ping-pong
 #     and put+get in one thread against a plain SPSC ring, Boost.Interprocess message_queue
-#     (when libboost-dev is installed), futex ping-pong and memcpy floors; then CPython's Queue
-#     and SimpleQueue. About 2 minutes on 2 cores.
+#     (when libboost-dev is installed), futex ping-pong and memcpy floors, and throughput against
+#     the item's size (8 B to 64 MiB); then CPython's Queue and SimpleQueue. About 3 minutes on 2
+#     cores.
 #   bench/run.sh [Google Benchmark flags, e.g. --benchmark_filter=spawn]
 # Environment: BUILD (build dir, default build/bench; one that is already configured keeps its
 # build type and options, the benchmarks are switched on in it), PYTHON (default Debian's
