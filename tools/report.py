@@ -62,9 +62,12 @@ class Row:
 
 
 class Area:
-    def __init__(self, key, title, part, rows, note="", timing=""):
+    """printed: how the part's printed tables start (a line of its output each), which the
+    smoke check looks for."""
+
+    def __init__(self, key, title, part, rows, note="", timing="", printed=()):
         self.key, self.title, self.part, self.rows, self.note = key, title, part, rows, note
-        self.timing = timing
+        self.timing, self.printed = timing, printed
 
 
 SFX = (("", "unpinned"), ("_1core", "both on 1 core"), ("_2cores", "a core each"))
@@ -96,7 +99,9 @@ AREAS = [
     ], note="A no-op child, started and joined, one at a time unless said otherwise. What the "
        "parent holds costs fork the page tables it copies; spawn and forkserver stay flat (see "
        "the chart of start time against the parent's memory). Most of a spawn is the dynamic "
-       "loader: compare the no-op C++ floor.", timing="real time"),
+       "loader: compare the no-op C++ floor.", timing="real time",
+       printed=["ratio of median real times", "per start (median of",
+                "per start while the parent holds"]),
     Area("connection", "Connections", "connection", [
         *[Row(f"Pipe() round trip, 8 bytes, {where}", M("mp_roundtrip" + s),
               M("floor_socketpair_roundtrip" + s), "write/read on a socketpair",
@@ -111,7 +116,8 @@ AREAS = [
               P("bandwidth_recv_bytes" + s), kind="rate", unit="B/s") for s, where in SFX],
     ], note="Between the parent and a forked child. Where the two processes run decides the "
        "result more than anything: unpinned, on one core (every message a context switch), and "
-       "on a core each (every message wakes the other core).", timing="real time"),
+       "on a core each (every message wakes the other core).", timing="real time",
+       printed=["ratio of medians (time; bandwidth", "round trip of 8 bytes:"]),
     Area("sync", "Synchronisation", "sync", [
         Row("Lock acquire + release", M("mp_lock_acquire_release", "cpu"),
             M("floor_sem_t_acquire_release", "cpu"), "a process-shared sem_t",
@@ -133,7 +139,8 @@ AREAS = [
           for s, where in SFX],
     ], note="Uncontended cases in one process are CPU time (on a shared machine real time also "
        "counts whoever else ran); the hand-off between two processes is real time, a round trip "
-       "(two wake-ups).", timing="CPU time in one process, real time in two"),
+       "(two wake-ups).", timing="CPU time in one process, real time in two",
+       printed=["ratio of medians (ns;", "uncontended acquire + release"]),
     Area("shared_memory", "Shared memory", "sync", [
         Row("SharedMemory 4 KiB create + attach + close + unlink", M("mp_shm_cycle", "cpu"),
             M("floor_shm_cycle", "cpu"), "shm_open, ftruncate, mmap, shm_unlink",
@@ -165,7 +172,7 @@ AREAS = [
         Row("put + get in one thread", M("mp_queue_put_get_one_thread", "cpu")),
     ], note="Items between a forked producer and this process. CPython's 8-byte items are ints; "
        "the Boost row's CPython column is SimpleQueue.", timing="real time (one thread: CPU "
-       "time)"),
+       "time)", printed=["throughput ratio", "case (median of", "python_queue_pingpong"]),
     Area("pool", "Pool", "pool", [
         Row("apply round trip", M("mp_pool_apply_roundtrip"), M("floor_socketpair_roundtrip"),
             "a blocking socketpair round trip", P("pool_apply_roundtrip")),
@@ -185,7 +192,9 @@ AREAS = [
             M("mp_pool_workerlost_latency", "median_ms", 1e-3)),
     ], note="mp::Pool(2) and mp::ProcessPoolExecutor(2) against CPython's Pool(2) and "
        "ProcessPoolExecutor(2), a trivial int task. CPython hangs or breaks its executor when a "
-       "worker is killed.", timing="real time"),
+       "worker is killed.", timing="real time",
+       printed=["round trips: ratio of medians", "throughput (median of",
+                "multiprocessing.Pool(2):"]),
     # Managers and MPI: an entry each here once bench/ has them.
 ]
 
@@ -199,16 +208,6 @@ SUMMARY = [
     ("pool", "apply round trip"),
     ("pool", "map of 1M ints, automatic chunksize"),
 ]
-
-# Printed tables each part's output must show in smoke mode (a line starting with the text).
-TABLES = {
-    "process_start": ["ratio of median real times", "per start (median of",
-                      "per start while the parent holds"],
-    "connection": ["ratio of medians (time; bandwidth", "round trip of 8 bytes:"],
-    "sync": ["ratio of medians (ns;", "uncontended acquire + release"],
-    "pool": ["round trips: ratio of medians", "throughput (median of", "multiprocessing.Pool(2):"],
-    "queue": ["throughput ratio", "case (median of", "python_queue_pingpong"],
-}
 
 
 # ---- reading the results
@@ -421,6 +420,10 @@ def bars(name, title, ylabel, groups, series, values, unit_scale):
     ch.extra = ["set style data histogram", "set style histogram errorbars gap 1.5 lw 1",
                 "set style fill solid 0.85 border -1", "set boxwidth 0.9", "set bars front",
                 "set xtics scale 0", "set yrange [*:*]"]
+    # A series or a group with no value at all (a case compiled out, CPython not run) is left
+    # out: gnuplot refuses a histogram column without a valid point.
+    series = [(s, c) for s, c in series if any(values.get((g, s)) for g in groups)]
+    groups = [g for g in groups if any(values.get((g, s)) for s, _ in series)]
     rows = []
     for g in groups:
         row = [json.dumps(g)]
@@ -768,9 +771,9 @@ def main():
         if args.log:
             with open(args.log, errors="replace") as f:
                 log = f.read()
-            for part, heads in TABLES.items():
-                problems += [f"{part}: its output has no table starting '{h}'"
-                             for h in heads if not re.search("^ *" + re.escape(h), log, re.M)]
+            for a in AREAS:
+                problems += [f"{a.part}: its output has no table starting '{h}'"
+                             for h in a.printed if not re.search("^ *" + re.escape(h), log, re.M)]
         # Cases that exist only where the machine has them (Boost's headers, an executor).
         optional = {"boost_message_queue_1p1c_u64"}
         problems = [p for p in problems if not any(o in p for o in optional)]
