@@ -92,7 +92,8 @@ def main():
     if args.smoke:
         args.r, reps = 1, 1
         ASYNC_TASKS, SUBMIT_TASKS, MAP_ITEMS = 200, 100, 10_000
-        SWEEP_TASKS, SWEEP_CHUNK_ITEMS, SWEEP_CHUNKSIZES = SWEEP_TASKS[:2], 200, SWEEP_CHUNKSIZES[:2]
+        SWEEP_TASKS, SWEEP_CHUNK_ITEMS = SWEEP_TASKS[:2], 200
+        SWEEP_CHUNKSIZES = SWEEP_CHUNKSIZES[:2]
     mp = mp_results(args.mp_json) if args.mp_json else {}
     method = multiprocessing.get_start_method()
     print(f"CPython {sys.version.split()[0]} ({sys.executable}), {WORKERS} workers, "

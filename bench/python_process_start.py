@@ -5,9 +5,9 @@ Prints, for each start method, the median milliseconds per start (one child at a
 warm-up), the median milliseconds per batch of 64 concurrent starts (64 starts back to back, then
 64 joins), and, for forkserver, the first start in a fresh interpreter (which includes starting
 the server). Given the JSON that process_start wrote (--benchmark_out=FILE
---benchmark_out_format=json), it also prints how many times faster mp is for the same method. Then the start per method
-while this parent holds 1 MiB to 4 GiB of touched memory (up to half of MemAvailable), as
-bench/process_start's *_parent_memory cases.
+--benchmark_out_format=json), it also prints how many times faster mp is for the same method.
+Then the start per method while this parent holds 1 MiB to 4 GiB of touched memory (up to half
+of MemAvailable), as bench/process_start's *_parent_memory cases.
 
     python3 bench/python_process_start.py [-n 40] [-b 3] [--methods spawn,fork,forkserver]
                                           [--mp-json FILE] [--json FILE] [--smoke]

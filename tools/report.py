@@ -56,7 +56,8 @@ class Row:
     unit: how to print it ("s" with SI prefixes; "/s", "B/s"). per: what a rate counts."""
 
     def __init__(self, label, mp, floor=None, floor_label="", py=None, kind="time", unit=None):
-        self.label, self.mp, self.floor, self.floor_label, self.py = label, mp, floor, floor_label, py
+        self.label, self.mp, self.floor, self.floor_label = label, mp, floor, floor_label
+        self.py = py
         self.kind = kind
         self.unit = unit or ("s" if kind == "time" else "/s")
 

@@ -15,7 +15,7 @@ ctest --preset default
 # In the tree just built (RelWithDebInfo will do: nothing is timed), so that only the benchmarks
 # compile; libbenchmark-dev is installed by tools/report.sh, Boost's queue floor is left out when
 # libboost-dev is missing.
-echo "== every benchmark and CPython script in smoke mode: each runs and prints its tables (no speed is checked)"
+echo "== every benchmark and CPython script in smoke mode (each runs and prints its tables)"
 BUILD=build/default sh tools/report.sh --smoke
 
 echo "== build and test under ASan + UBSan"
