@@ -155,19 +155,19 @@ AREAS = [
        "/dev/shm is an error there instead of a SIGBUS at the first write, as in CPython; the "
        "second floor pays for the same.", timing="CPU time"),
     Area("queue", "Queues", "queue", [
-        Row("Queue 1x1, 8-byte items", M("mp_queue_1p1c_u64", "items_per_second"),
+        Row("Queue 1×1, 8-byte items", M("mp_queue_1p1c_u64", "items_per_second"),
             M("floor_spsc_ring_1p1c_u64", "items_per_second"), "a plain SPSC ring",
             P("queue_1p1c_int"), kind="rate"),
-        Row("Queue 1x1, 8-byte items, against Boost", M("mp_queue_1p1c_u64", "items_per_second"),
+        Row("Queue 1×1, 8-byte items, against Boost", M("mp_queue_1p1c_u64", "items_per_second"),
             M("boost_message_queue_1p1c_u64", "items_per_second"),
             "Boost.Interprocess message_queue", P("simplequeue_1p1c_int"), kind="rate"),
-        Row("Queue 1x1, 100-byte strings", M("mp_queue_1p1c_string100", "items_per_second"),
+        Row("Queue 1×1, 100-byte strings", M("mp_queue_1p1c_string100", "items_per_second"),
             py=P("queue_1p1c_bytes100"), kind="rate"),
-        Row("Queue 1x1, 1 MiB strings", M("mp_queue_1p1c_1MiB", "bytes_per_second"),
+        Row("Queue 1×1, 1 MiB strings", M("mp_queue_1p1c_1MiB", "bytes_per_second"),
             M("floor_memcpy_1MiB", "bytes_per_second"), "memcpy of 1 MiB, one thread",
             kind="rate", unit="B/s"),
-        Row("Queue 2x2, 8-byte items", M("mp_queue_2p2c_u64", "items_per_second"),
-            M("mp_queue_1p1c_u64", "items_per_second"), "mp's Queue 1x1", kind="rate"),
+        Row("Queue 2×2, 8-byte items", M("mp_queue_2p2c_u64", "items_per_second"),
+            M("mp_queue_1p1c_u64", "items_per_second"), "mp's Queue 1×1", kind="rate"),
         Row("ping-pong through two Queues", M("mp_queue_pingpong"),
             M("floor_futex_pingpong"), "two futex words (wake, wait)", P("queue_pingpong")),
         Row("put + get in one thread", M("mp_queue_put_get_one_thread", "cpu")),
@@ -205,7 +205,7 @@ SUMMARY = [
     ("process_start", "spawn: start + join"),
     ("connection", "Pipe() round trip, 8 bytes, unpinned"),
     ("sync", "Lock acquire + release"),
-    ("queue", "Queue 1x1, 8-byte items"),
+    ("queue", "Queue 1×1, 8-byte items"),
     ("pool", "apply round trip"),
     ("pool", "map of 1M ints, automatic chunksize"),
 ]
@@ -336,6 +336,16 @@ def sh(*cmd):
         return ""
 
 
+def run_date(parts):
+    """When the run began: the first part's start, as Google Benchmark recorded it."""
+    dates = sorted(p.context["date"] for p in parts.values() if p.context.get("date"))
+    try:
+        t = datetime.datetime.fromisoformat(dates[0]).astimezone(datetime.timezone.utc)
+    except (IndexError, ValueError):
+        t = datetime.datetime.now(datetime.timezone.utc)
+    return t.strftime("%Y-%m-%d %H:%M UTC")
+
+
 def machine(build, parts):
     cpu = ""
     try:
@@ -371,7 +381,7 @@ def machine(build, parts):
         "Python": ", ".join(f"CPython {v}" for v in pys) or "not run",
         "load average during the run (1 min, at each part's start)":
             ", ".join(f"{l[0]:.2f}" for l in loads) or "unknown",
-        "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "date": run_date(parts),
         "commit": commit or "unknown",
     }
 
@@ -420,7 +430,7 @@ def bars(name, title, ylabel, groups, series, values, unit_scale):
     ch = Chart(name, title, "", ylabel)
     ch.extra = ["set style data histogram", "set style histogram errorbars gap 1.5 lw 1",
                 "set style fill solid 0.85 border -1", "set boxwidth 0.9", "set bars front",
-                "set xtics scale 0", "set yrange [*:*]"]
+                "set xtics scale 0 noenhanced", "set yrange [*:*]"]
     # A series or a group with no value at all (a case compiled out, CPython not run) is left
     # out: gnuplot refuses a histogram column without a valid point.
     series = [(s, c) for s, c in series if any(values.get((g, s)) for g in groups)]
@@ -447,6 +457,9 @@ def lines(name, title, xlabel, ylabel, curves, unit_scale, logx=True, xtics=None
     xtics: [(label, x)] to name the x axis's ticks."""
     ch = Chart(name, title, xlabel, ylabel, logx=logx)
     ch.extra = ["set key outside right top"]
+    xs = [x for _, _, _, points in curves for x, v in points if v]
+    if xs and min(xs) > 0:  # a margin either side, so the end points and their ticks show
+        ch.extra.append(f"set xrange [{min(xs) / 1.25:g}:{max(xs) * 1.25:g}]")
     if xtics:
         ch.extra.append("set xtics (" + ", ".join(f"{json.dumps(t)} {x}" for t, x in xtics) + ")")
     for label, colour, dashed, points in curves:
@@ -502,7 +515,7 @@ def charts(parts):
         curves.append((f"CPython {m}", colour, True,
                        sweep_points(ps, "", "MiB", py_prefix=f"{m}_parent_memory")))
     ch = lines("start_vs_memory", "Start + join against the parent's memory",
-               "memory the parent has touched (MiB, log scale)",
+               "memory the parent has touched (log scale)",
                "time per start + join (ms, log scale)", curves, 1e3, logx=2,
                xtics=[(size_label(m << 20), m) for m in (1, 4, 16, 64, 256, 1024, 4096)])
     out.append(ch)
@@ -531,7 +544,7 @@ def charts(parts):
               ("CPython Queue", PY, True, [(x, _bytes_rate(v, x)) for x, v in sweep_points(
                   q, "", "bytes", py_prefix="queue_1p1c_bytes")])]
     out.append(lines("queue_vs_item_size", "Queue throughput against the item's size",
-                     "item size (bytes, log scale)", "MiB per second (log scale)", curves,
+                     "item size (log scale)", "MiB per second (log scale)", curves,
                      1 / (1 << 20), logx=2,
                      xtics=[(size_label(n), n) for n in QUEUE_SIZES]))
 
