@@ -346,7 +346,7 @@ def run_date(parts):
     return t.strftime("%Y-%m-%d %H:%M UTC")
 
 
-def machine(build, parts):
+def machine(results, build, parts):
     cpu = ""
     try:
         with open("/proc/cpuinfo") as f:
@@ -370,9 +370,13 @@ def machine(build, parts):
         compiler = (sh("c++", "--version").splitlines() or [""])[0]
     pys = sorted({p.python for p in parts.values() if p.python})
     loads = [p.context.get("load_avg") for p in parts.values() if p.context.get("load_avg")]
-    commit = sh("git", "-C", ROOT, "rev-parse", "--short", "HEAD")
-    if sh("git", "-C", ROOT, "status", "--porcelain", "--untracked-files=no"):
-        commit += " (with uncommitted changes)"
+    try:  # tools/report.sh's, taken before the run
+        with open(os.path.join(results, "commit")) as f:
+            commit = f.read().strip()
+    except OSError:
+        commit = sh("git", "-C", ROOT, "rev-parse", "--short", "HEAD")
+        if sh("git", "-C", ROOT, "status", "--porcelain", "--untracked-files=no"):
+            commit += " (with uncommitted changes)"
     return {
         "CPU": cpu or platform.processor() or "unknown",
         "cores": f"{os.cpu_count()} (this process may use {len(os.sched_getaffinity(0))})",
@@ -746,7 +750,7 @@ def main():
 
     parts = {name: Part(args.results, name) for name in
              dict.fromkeys(a.part for a in AREAS)}
-    info = machine(args.build, parts)
+    info = machine(args.results, args.build, parts)
     os.makedirs(args.charts, exist_ok=True)
     gnuplot = shutil.which("gnuplot")
     rendered = set()

@@ -36,6 +36,11 @@ else
 fi
 rm -rf "$out"
 mkdir -p "$out"
+# The commit the benchmarks are built from, taken now: the page names it, whatever changes later.
+commit=$(git rev-parse --short HEAD 2>/dev/null || echo unknown)
+[ -z "$(git status --porcelain --untracked-files=no 2>/dev/null)" ] ||
+  commit="$commit (with uncommitted changes)"
+echo "$commit" >"$out/commit"
 
 # The run's output is kept: the smoke check reads each part's tables from it. The status goes
 # through a file, as a pipeline's is tee's.
