@@ -713,7 +713,11 @@ def summary(parts):
         py = part.py_value(r.py) if r.py else None
         fl, py = fl and fl.to(r.kind), py and py.to(r.kind)
         against = f"{fmt_ratio(cost_ratio(mp, fl))} {r.floor_label}" if fl else ""
-        cpy = f"{si(py.median, r.unit)} ({fmt_ratio(cost_ratio(py, mp))} slower)" if py else ""
+        cpy = ""
+        if py:
+            slower = cost_ratio(py, mp)
+            cpy = f"{si(py.median, r.unit)} (" + (f"{fmt_ratio(slower)} slower)" if slower >= 1 else
+                                                   f"{fmt_ratio(1 / slower)} faster)")
         out.append(f"| {label} | {si(mp.median, r.unit)} | {against} | {cpy} |")
     return "\n".join(out)
 
