@@ -10,8 +10,8 @@
 # prints its tables, never how fast: the page goes to build/report-smoke/ labelled as a smoke
 # run, README.md and docs/ are left alone, and it fails if a part or a case did not run.
 # tools/test.sh runs it in the build tree of its tests.
-# Environment: BUILD (default build/bench; for --smoke an already configured tree is used as it
-# is, e.g. tools/test.sh's build/default), PYTHON (as bench/run.sh).
+# Environment: BUILD (default build/bench; a tree already configured keeps its build type and
+# options, e.g. tools/test.sh's build/default for --smoke), PYTHON (as bench/run.sh).
 set -eu
 cd "$(dirname "$0")/.."
 smoke=""
