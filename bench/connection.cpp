@@ -50,6 +50,7 @@
 #include <vector>
 
 #include "pinning.hpp"
+#include "repetitions.hpp"
 
 namespace {
 
@@ -351,11 +352,7 @@ void run_floor_bandwidth(benchmark::State& state, Pin where) {
 
 benchmark::internal::Benchmark* setup(benchmark::internal::Benchmark* b, double min_time) {
   // Median of 5 repetitions: on 2 cores a single run is at the mercy of the scheduler.
-  return b->UseRealTime()
-      ->Unit(benchmark::kMicrosecond)
-      ->MinTime(min_time)
-      ->Repetitions(5)
-      ->ReportAggregatesOnly();
+  return bench::repeat(b->UseRealTime()->Unit(benchmark::kMicrosecond), min_time, 5);
 }
 
 void register_all() {

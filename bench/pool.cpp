@@ -71,6 +71,8 @@
 #include <mp/executor.hpp>
 #endif
 
+#include "repetitions.hpp"
+
 namespace {
 
 constexpr int kWorkers = 2;
@@ -428,12 +430,7 @@ void register_all() {
   using benchmark::kMillisecond;
   using S = benchmark::State;
   auto roundtrip = [](const char* name, auto f) {
-    benchmark::RegisterBenchmark(name, f)
-        ->UseRealTime()
-        ->Unit(kMicrosecond)
-        ->MinTime(0.1)
-        ->Repetitions(5)
-        ->ReportAggregatesOnly();
+    bench::repeat(benchmark::RegisterBenchmark(name, f)->UseRealTime()->Unit(kMicrosecond), 0.1, 5);
   };
   roundtrip("mp_pool_apply_roundtrip", [](S& s) { run_mp_apply_roundtrip(s, g_pool); });
   roundtrip("mp_pool_apply_roundtrip_hot", [](S& s) { run_mp_apply_roundtrip(s, g_hot_pool); });
@@ -446,34 +443,29 @@ void register_all() {
   roundtrip("mp_executor_submit_roundtrip_hot",
             [](S& s) { run_mp_executor_submit_roundtrip(s, kHotSpin); });
 #endif
-  benchmark::RegisterBenchmark("mp_pool_apply_async_throughput",
-                               [](S& s) { run_mp_apply_async_throughput(s, 0); })
-      ->UseRealTime()
-      ->Unit(kMillisecond)
-      ->Iterations(1)
-      ->Repetitions(5)
-      ->ReportAggregatesOnly();
-  benchmark::RegisterBenchmark("mp_pool_apply_async_throughput_window4",
-                               [](S& s) { run_mp_apply_async_throughput(s, 4); })
-      ->UseRealTime()
-      ->Unit(kMillisecond)
-      ->Iterations(1)
-      ->Repetitions(3)
-      ->ReportAggregatesOnly();
+  bench::repeat_iterations(
+      benchmark::RegisterBenchmark("mp_pool_apply_async_throughput",
+                                   [](S& s) { run_mp_apply_async_throughput(s, 0); })
+          ->UseRealTime()
+          ->Unit(kMillisecond),
+      1, 5);
+  bench::repeat_iterations(
+      benchmark::RegisterBenchmark("mp_pool_apply_async_throughput_window4",
+                                   [](S& s) { run_mp_apply_async_throughput(s, 4); })
+          ->UseRealTime()
+          ->Unit(kMillisecond),
+      1, 3);
 #if MP_BENCH_EXECUTOR
-  benchmark::RegisterBenchmark("mp_executor_submit_throughput", run_mp_executor_submit_throughput)
-      ->UseRealTime()
-      ->Unit(kMillisecond)
-      ->Iterations(1)
-      ->Repetitions(5)
-      ->ReportAggregatesOnly();
+  bench::repeat_iterations(benchmark::RegisterBenchmark("mp_executor_submit_throughput",
+                                                        run_mp_executor_submit_throughput)
+                               ->UseRealTime()
+                               ->Unit(kMillisecond),
+                           1, 5);
 #endif
-  benchmark::RegisterBenchmark("mp_pool_map_1M", run_mp_map_1M)
-      ->UseRealTime()
-      ->Unit(kMillisecond)
-      ->MinTime(0.2)
-      ->Repetitions(5)
-      ->ReportAggregatesOnly();
+  bench::repeat(benchmark::RegisterBenchmark("mp_pool_map_1M", run_mp_map_1M)
+                    ->UseRealTime()
+                    ->Unit(kMillisecond),
+                0.2, 5);
   benchmark::RegisterBenchmark("mp_pool_workerlost_latency", run_mp_workerlost_latency)
       ->UseRealTime()
       ->Unit(kMillisecond)
@@ -607,6 +599,60 @@ void print_summary(const Collector& c, const std::string& load_before) {
   }
 }
 
+// ---- how throughput grows with the work: map(inc, n ints) for n = 100 to 1M with the automatic
+// chunksize (mp_pool_map_tasks/tasks:N), and map of 20,000 ints for chunksize 1 to 1024
+// (mp_pool_map_chunksize/chunksize:C); items_per_s as in mp_pool_map_1M. bench/python_pool.py
+// sweeps CPython's Pool the same way.
+
+constexpr std::size_t kSweepTasks[] = {100, 1'000, 10'000, 100'000, 1'000'000};
+constexpr std::size_t kSweepChunkItems = 20'000;
+constexpr std::size_t kSweepChunksizes[] = {1, 4, 16, 64, 256, 1024};
+
+void run_mp_map_sized(benchmark::State& state, std::size_t n, std::optional<std::size_t> chunk) {
+  try {
+    std::vector<int> items(n);
+    for (std::size_t i = 0; i < n; ++i) items[i] = static_cast<int>(i);
+    double busy = 0;
+    for (auto _ : state) {
+      const auto t0 = Clock::now();
+      auto out = g_pool->map(inc, items, chunk);
+      busy += seconds_since(t0);
+      if (out.size() != n || out.back() != static_cast<int>(n))
+        state.SkipWithError("wrong results");
+      benchmark::DoNotOptimize(out.data());
+    }
+    state.counters["items_per_s"] =
+        static_cast<double>(n) * static_cast<double>(state.iterations()) / busy;
+  } catch (const std::exception& e) {
+    state.SkipWithError(e.what());
+  }
+}
+
+void register_map_sweeps() {
+  std::size_t i = 0;
+  for (const std::size_t n : kSweepTasks) {
+    if (!bench::in_sweep(i++)) break;
+    const std::string name = "mp_pool_map_tasks/tasks:" + std::to_string(n);
+    bench::repeat(
+        benchmark::RegisterBenchmark(
+            name.c_str(), [n](benchmark::State& s) { run_mp_map_sized(s, n, std::nullopt); })
+            ->UseRealTime()
+            ->Unit(benchmark::kMillisecond),
+        0.1, 5);
+  }
+  i = 0;
+  for (const std::size_t c : kSweepChunksizes) {
+    if (!bench::in_sweep(i++)) break;
+    const std::string name = "mp_pool_map_chunksize/chunksize:" + std::to_string(c);
+    bench::repeat(
+        benchmark::RegisterBenchmark(
+            name.c_str(), [c](benchmark::State& s) { run_mp_map_sized(s, kSweepChunkItems, c); })
+            ->UseRealTime()
+            ->Unit(benchmark::kMillisecond),
+        0.1, 5);
+  }
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -620,6 +666,7 @@ int main(int argc, char** argv) {
   args.push_back(nullptr);
 
   register_all();
+  register_map_sweeps();
   benchmark::Initialize(&n, args.data());
   if (benchmark::ReportUnrecognizedArguments(n, args.data())) return 1;
   Collector reporter;

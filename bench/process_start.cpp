@@ -13,6 +13,9 @@
 //     load (posix_spawn_self_1GiB_8threads, fork_exit_1GiB_8threads) show that share.
 //   - The *_64concurrent cases start 64 no-op children back to back, then join all 64: the
 //     time reported is per batch of 64.
+//   - The *_parent_memory/MiB:N cases sweep what the parent holds, 1 MiB to 4 GiB of touched
+//     memory (the sizes that fit in half of MemAvailable), for each start method and the
+//     fork + _exit floor: how a start's cost grows with the parent (tools/report.sh charts it).
 //
 //   process_start [--benchmark_* flags]
 #include <mp/mp.hpp>
@@ -33,6 +36,8 @@
 #include <string>
 #include <thread>
 #include <vector>
+
+#include "repetitions.hpp"
 
 extern char** environ;
 
@@ -212,29 +217,31 @@ void BM_fork_exit(benchmark::State& state) {
   }
 }
 
-// ---- 1 GiB of touched memory in the parent
+// ---- touched memory in the parent (1 GiB, or a size of the parent-memory sweep)
 //
-// Every benchmark's Setup says whether it wants the memory, so the result does not depend on the
-// order the benchmarks run in, and the 1 GiB is allocated and touched only when that changes.
+// Every benchmark's Setup says how much memory it wants, so the result does not depend on the
+// order the benchmarks run in, and the memory is allocated and touched only when that changes.
 // MADV_NOHUGEPAGE: 4 KiB pages like an ordinary heap, whatever the machine's THP setting.
 
 constexpr size_t kBallast = size_t{1} << 30;
 void* g_ballast = nullptr;
+size_t g_ballast_size = 0;
 
-void hold_ballast(bool want) {
-  if (want && !g_ballast) {
-    void* p = mmap(NULL, kBallast, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-    if (p == MAP_FAILED) {
-      std::perror("mmap 1 GiB");
-      std::exit(1);
-    }
-    madvise(p, kBallast, MADV_NOHUGEPAGE);
-    std::memset(p, 1, kBallast);
-    g_ballast = p;
-  } else if (!want && g_ballast) {
-    munmap(g_ballast, kBallast);
-    g_ballast = nullptr;
+void hold_ballast(size_t bytes) {
+  if (bytes == g_ballast_size) return;
+  if (g_ballast) munmap(g_ballast, g_ballast_size);
+  g_ballast = nullptr;
+  g_ballast_size = 0;
+  if (bytes == 0) return;
+  void* p = mmap(NULL, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+  if (p == MAP_FAILED) {
+    std::perror("mmap of the parent's memory");
+    std::exit(1);
   }
+  madvise(p, bytes, MADV_NOHUGEPAGE);
+  std::memset(p, 1, bytes);
+  g_ballast = p;
+  g_ballast_size = bytes;
 }
 
 // ---- 8 busy threads in the parent
@@ -264,14 +271,14 @@ void spin_threads(bool want) {
 
 void plain(const benchmark::State&) {
   spin_threads(false);
-  hold_ballast(false);
+  hold_ballast(0);
 }
 void with_1GiB(const benchmark::State&) {
   spin_threads(false);
-  hold_ballast(true);
+  hold_ballast(kBallast);
 }
 void with_1GiB_8threads(const benchmark::State&) {
-  hold_ballast(true);  // touched before the threads compete for the cores
+  hold_ballast(kBallast);  // touched before the threads compete for the cores
   spin_threads(true);
 }
 void stop_threads(const benchmark::State&) {
@@ -279,6 +286,48 @@ void stop_threads(const benchmark::State&) {
 }
 
 // ---- registration
+
+// The parent-memory sweep: 1 MiB to 4 GiB, by 4x, up to half of what the machine has available
+// now (the sweep must not push the machine into swapping or the OOM killer); the first two sizes
+// in smoke mode. Size by size, every method at each size, so each size is touched only once.
+size_t available_bytes() {
+  std::FILE* f = std::fopen("/proc/meminfo", "r");
+  if (!f) return 0;
+  char line[128];
+  unsigned long long kib = 0;
+  while (std::fgets(line, sizeof line, f))
+    if (std::sscanf(line, "MemAvailable: %llu kB", &kib) == 1) break;
+  std::fclose(f);
+  return static_cast<size_t>(kib) << 10;
+}
+
+void with_swept_memory(const benchmark::State& state) {
+  spin_threads(false);
+  hold_ballast(static_cast<size_t>(state.range(0)) << 20);
+}
+
+void register_parent_memory_sweep() {
+  const size_t cap = available_bytes() / 2;
+  const struct {
+    const char* name;
+    void (*fn)(benchmark::State&);
+  } cases[] = {{"mp_spawn_parent_memory", BM_mp_spawn},
+               {"mp_fork_parent_memory", BM_mp_fork},
+               {"mp_forkserver_parent_memory", BM_mp_forkserver},
+               {"fork_exit_parent_memory", BM_fork_exit}};
+  size_t i = 0;
+  for (int64_t mib = 1; mib <= 4096; mib *= 4, ++i) {
+    if (!bench::in_sweep(i) || (static_cast<size_t>(mib) << 20) > cap) break;
+    for (const auto& c : cases)
+      bench::repeat(benchmark::RegisterBenchmark(c.name, c.fn)
+                        ->Arg(mib)
+                        ->ArgName("MiB")
+                        ->Setup(with_swept_memory)
+                        ->UseRealTime()
+                        ->Unit(benchmark::kMicrosecond),
+                    0.2, 5);
+  }
+}
 
 enum class Parent { plain, big, big_busy };
 
@@ -296,11 +345,7 @@ benchmark::internal::Benchmark* setup(benchmark::internal::Benchmark* b,
       break;
   }
   // Median of 5 repetitions: on 2 cores a single run is at the mercy of the scheduler.
-  return b->UseRealTime()
-      ->Unit(benchmark::kMicrosecond)
-      ->MinTime(0.4)
-      ->Repetitions(5)
-      ->ReportAggregatesOnly();
+  return bench::repeat(b->UseRealTime()->Unit(benchmark::kMicrosecond), 0.4, 5);
 }
 
 void register_all() {
@@ -311,13 +356,12 @@ void register_all() {
   setup(benchmark::RegisterBenchmark("fork_exit", BM_fork_exit));
   setup(benchmark::RegisterBenchmark("mp_forkserver", BM_mp_forkserver));
   // Manual time: what each fresh child measured around its own first start + join.
-  benchmark::RegisterBenchmark("forkserver_first_start", BM_forkserver_first_start)
-      ->Setup(plain)
-      ->UseManualTime()
-      ->Unit(benchmark::kMicrosecond)
-      ->Iterations(10)
-      ->Repetitions(5)
-      ->ReportAggregatesOnly();
+  bench::repeat_iterations(
+      benchmark::RegisterBenchmark("forkserver_first_start", BM_forkserver_first_start)
+          ->Setup(plain)
+          ->UseManualTime()
+          ->Unit(benchmark::kMicrosecond),
+      10, 5);
   setup(benchmark::RegisterBenchmark("mp_spawn_1GiB", BM_mp_spawn), Parent::big);
   setup(benchmark::RegisterBenchmark("mp_fork_1GiB", BM_mp_fork), Parent::big);
   setup(benchmark::RegisterBenchmark("mp_forkserver_1GiB", BM_mp_forkserver), Parent::big);
@@ -339,6 +383,7 @@ void register_all() {
       ->Unit(benchmark::kMillisecond);
   setup(benchmark::RegisterBenchmark("mp_forkserver_64concurrent", BM_mp_forkserver_batch))
       ->Unit(benchmark::kMillisecond);
+  register_parent_memory_sweep();
 }
 
 // The console output, plus the median real time of each benchmark (µs) for the ratio table.
@@ -438,6 +483,6 @@ int main(int argc, char** argv) {
   benchmark::RunSpecifiedBenchmarks(&reporter);
   benchmark::Shutdown();
   spin_threads(false);
-  hold_ballast(false);
+  hold_ballast(0);
   print_ratios(reporter.median);
 }

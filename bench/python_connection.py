@@ -10,7 +10,7 @@ where the scheduler puts them, pinned to one CPU, and pinned to a CPU each, as b
 does. Given the JSON that connection wrote (--benchmark_out=FILE --benchmark_out_format=json),
 it also prints mp's numbers and its ratio against CPython for the same measurement.
 
-    python3 bench/python_connection.py [-r 5] [-b 6] [--mp-json FILE]
+    python3 bench/python_connection.py [-r 5] [-b 6] [--mp-json FILE] [--json FILE] [--smoke]
 """
 import os
 import argparse
@@ -21,12 +21,14 @@ import sys
 import time
 
 from placement import Placement
+from results import Results, add_arguments
 
 SMALL = 8
 CHUNK = 1 << 20
 CHUNKS = 64
 TOTAL = CHUNK * CHUNKS
 STOP = b"stop"
+R = Results()
 
 
 def pin_child(cpu):
@@ -89,7 +91,7 @@ def trips(send, recv, ping, n):
     return time.perf_counter() - t0
 
 
-def roundtrip_us(ctx, cpu, reps, batch_s=0.1):
+def roundtrip_us(ctx, cpu, reps, name, batch_s=0.1):
     """Median over `reps` batches (~batch_s each) of the microseconds per round trip."""
     parent, p = start(ctx, echo, cpu)
     ping = bytes(SMALL)
@@ -102,10 +104,10 @@ def roundtrip_us(ctx, cpu, reps, batch_s=0.1):
     for _ in range(reps):
         times.append(trips(send, recv, ping, n) / n)
     stop(parent, p)
-    return statistics.median(times) * 1e6
+    return R.add(name, (t * 1e6 for t in times), "us")
 
 
-def bandwidth_ms(ctx, into, cpu, batches):
+def bandwidth_ms(ctx, into, cpu, batches, name):
     """Median time (ms) to send 64 MiB in 1 MiB messages and get the child's answer."""
     parent, p = start(ctx, sink, into, cpu)
     chunk = bytes([0x5A]) * CHUNK
@@ -119,6 +121,7 @@ def bandwidth_ms(ctx, into, cpu, batches):
         if i:
             times.append(time.perf_counter() - t0)
     stop(parent, p)
+    R.add(name, (TOTAL / (1 << 20) / t for t in times), "MiB/s")
     return statistics.median(times) * 1e3
 
 
@@ -149,7 +152,10 @@ def main():
     ap.add_argument("-b", type=int, default=6,
                     help="timed 64 MiB transfers per way and placement (default 6)")
     ap.add_argument("--mp-json", help="connection's --benchmark_out JSON, to compare")
+    add_arguments(ap)
     args = ap.parse_args()
+    if args.smoke:
+        args.r, args.b = 1, 1
 
     mp = mp_medians_ms(args.mp_json) if args.mp_json else {}
     ctx = multiprocessing.get_context("fork")
@@ -171,7 +177,8 @@ def main():
         with Placement(how) as where:
             if where is None:
                 continue
-            us = roundtrip_us(ctx, where.child_cpu, args.r)
+            us = roundtrip_us(ctx, where.child_cpu, args.r, "roundtrip" + suffix,
+                              0.01 if args.smoke else 0.1)
         show(LABEL[how], us, "mp_roundtrip" + suffix, "us", "8.2f", False)
     print("bandwidth, 64 MiB in 1 MiB messages:")
     for how, suffix in PLACEMENTS:
@@ -179,9 +186,11 @@ def main():
             with Placement(how) as where:
                 if where is None:
                     continue
-                ms = bandwidth_ms(ctx, into, where.child_cpu, args.b)
+                ms = bandwidth_ms(ctx, into, where.child_cpu, args.b,
+                                  f"bandwidth_{name}{suffix}")
             show(f"{name}, {LABEL[how]}", mib_per_s(ms), f"mp_bandwidth_{name}{suffix}", "MiB/s",
                  "8.0f", True)
+    R.write(args.json)
 
 
 if __name__ == "__main__":

@@ -6,31 +6,38 @@ executor.submit(inc, x).result() round trip (median of batches of ~0.1 s, real t
 apply_async and submit throughput (N submitted, then every result waited for; median of 3);
 pool.map(inc, range(1_000_000)) with CPython's automatic chunksize (median of 3). Given the JSON
 that bench/pool wrote (--benchmark_out=FILE --benchmark_out_format=json), it also prints mp's
-number for the same measurement and how many times faster mp is.
+number for the same measurement and how many times faster mp is. Then map's throughput
+against the task count (100 to 1M ints, automatic chunksize) and the chunksize (1 to 1024, 20,000
+ints), as bench/pool's mp_pool_map_tasks and mp_pool_map_chunksize cases.
 
-    python3 bench/python_pool.py [-r 5] [--mp-json FILE]
+    python3 bench/python_pool.py [-r 5] [--mp-json FILE] [--json FILE] [--smoke]
 """
 import argparse
 import concurrent.futures
 import json
 import multiprocessing
-import statistics
 import sys
 import time
+
+from results import Results, add_arguments, benchmark_name
 
 WORKERS = 2
 ASYNC_TASKS = 20_000  # CPython does ~40 k/s: ~0.5 s a batch
 SUBMIT_TASKS = 5_000  # its executor ~8 k/s
 MAP_ITEMS = 1_000_000
+SWEEP_TASKS = [100, 1_000, 10_000, 100_000, 1_000_000]
+SWEEP_CHUNK_ITEMS = 20_000
+SWEEP_CHUNKSIZES = [1, 4, 16, 64, 256, 1024]
+R = Results()
 
 
 def inc(x):
     return x + 1
 
 
-def median_ns(fn, reps, batch_s=0.1):
+def median_ns(name, fn, reps, batch_s=0.1):
     """Median over `reps` batches (~batch_s each) of the real nanoseconds per call of fn's loop
-    body; fn(n) runs the body n times."""
+    body; fn(n) runs the body n times. Kept in R as `name`."""
     def timed(n):
         t0 = time.perf_counter()
         fn(n)
@@ -40,17 +47,17 @@ def median_ns(fn, reps, batch_s=0.1):
     while (t := timed(n)) < batch_s / 4:  # warm-up, and the batch size
         n *= 2
     n = max(1, int(n * batch_s / t))
-    return statistics.median(timed(n) / n for _ in range(reps)) * 1e9
+    return R.add(name, (timed(n) / n * 1e9 for _ in range(reps)), "ns")
 
 
-def median_rate(fn, n, reps=3):
-    """Median over `reps` runs of n / the real seconds fn(n) takes."""
+def median_rate(name, fn, n, reps=3, unit="tasks/s"):
+    """Median over `reps` runs of n / the real seconds fn(n) takes. Kept in R as `name`."""
     rates = []
     for _ in range(reps):
         t0 = time.perf_counter()
         fn(n)
         rates.append(n / (time.perf_counter() - t0))
-    return statistics.median(rates)
+    return R.add(name, rates, unit)
 
 
 def mp_results(path):
@@ -70,7 +77,7 @@ def mp_results(path):
             if b["run_type"] == "iteration" and b.get("repetitions", 1) > 1:
                 continue
             counters = {k: v for k, v in b.items() if k not in skip}
-            out[b["run_name"].split("/")[0]] = (b["real_time"] * scale[b["time_unit"]], counters)
+            out[benchmark_name(b["run_name"])] = (b["real_time"] * scale[b["time_unit"]], counters)
     return out
 
 
@@ -78,7 +85,15 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("-r", type=int, default=5, help="batches, ~0.1 s each, per round trip")
     ap.add_argument("--mp-json", help="bench/pool's --benchmark_out JSON, to compare")
+    add_arguments(ap)
     args = ap.parse_args()
+    global ASYNC_TASKS, SUBMIT_TASKS, MAP_ITEMS, SWEEP_TASKS, SWEEP_CHUNK_ITEMS, SWEEP_CHUNKSIZES
+    reps = 3
+    if args.smoke:
+        args.r, reps = 1, 1
+        ASYNC_TASKS, SUBMIT_TASKS, MAP_ITEMS = 200, 100, 10_000
+        SWEEP_TASKS, SWEEP_CHUNK_ITEMS = SWEEP_TASKS[:2], 200
+        SWEEP_CHUNKSIZES = SWEEP_CHUNKSIZES[:2]
     mp = mp_results(args.mp_json) if args.mp_json else {}
     method = multiprocessing.get_start_method()
     print(f"CPython {sys.version.split()[0]} ({sys.executable}), {WORKERS} workers, "
@@ -122,13 +137,31 @@ def main():
                 sys.exit("map returned the wrong number of items")
 
         print("multiprocessing.Pool(2):")
-        roundtrip("apply(inc, (x,)) round trip", median_ns(apply_loop, args.r),
-                  "mp_pool_apply_roundtrip")
+        roundtrip("apply(inc, (x,)) round trip",
+                  median_ns("pool_apply_roundtrip", apply_loop, args.r), "mp_pool_apply_roundtrip")
         rate(f"apply_async throughput ({ASYNC_TASKS} in flight)",
-             median_rate(apply_async_all, ASYNC_TASKS), "mp_pool_apply_async_throughput",
-             "tasks_per_s", "k tasks/s", 1e3)
-        rate("map(inc, range(1_000_000)), auto chunksize", median_rate(map_all, MAP_ITEMS),
-             "mp_pool_map_1M", "items_per_s", "M items/s", 1e6)
+             median_rate("pool_apply_async_throughput", apply_async_all, ASYNC_TASKS, reps),
+             "mp_pool_apply_async_throughput", "tasks_per_s", "k tasks/s", 1e3)
+        rate(f"map(inc, range({MAP_ITEMS:_})), auto chunksize",
+             median_rate("pool_map_1M", map_all, MAP_ITEMS, reps, "items/s"), "mp_pool_map_1M",
+             "items_per_s", "M items/s", 1e6)
+
+        print("map throughput against the task count (auto chunksize) and the chunksize "
+              f"({SWEEP_CHUNK_ITEMS} ints):")
+        for n in SWEEP_TASKS:
+            name = f"pool_map_tasks/tasks:{n}"
+            rate(f"map of {n} ints", median_rate(name, map_all, n, reps, "items/s"), "mp_" + name,
+                 "items_per_s", "M items/s", 1e6)
+        for c in SWEEP_CHUNKSIZES:
+            name = f"pool_map_chunksize/chunksize:{c}"
+
+            def map_chunked(n, c=c):
+                if len(pool.map(inc, range(n), chunksize=c)) != n:
+                    sys.exit("map returned the wrong number of items")
+
+            rate(f"map, chunksize {c}",
+                 median_rate(name, map_chunked, SWEEP_CHUNK_ITEMS, reps, "items/s"), "mp_" + name,
+                 "items_per_s", "M items/s", 1e6)
 
     with concurrent.futures.ProcessPoolExecutor(WORKERS) as ex:
         ex.submit(inc, 0).result()
@@ -149,12 +182,14 @@ def main():
         print("concurrent.futures.ProcessPoolExecutor(2)" +
               ("" if has_ex else " (against mp's Pool: mp's executor cases are compiled out)") +
               ":")
-        roundtrip("submit(inc, x).result() round trip", median_ns(submit_loop, args.r),
+        roundtrip("submit(inc, x).result() round trip",
+                  median_ns("executor_submit_roundtrip", submit_loop, args.r),
                   "mp_executor_submit_roundtrip" if has_ex else "mp_pool_apply_roundtrip")
         rate(f"submit throughput ({SUBMIT_TASKS} in flight)",
-             median_rate(submit_all, SUBMIT_TASKS),
+             median_rate("executor_submit_throughput", submit_all, SUBMIT_TASKS, reps),
              "mp_executor_submit_throughput" if has_ex else "mp_pool_apply_async_throughput",
              "tasks_per_s", "k tasks/s", 1e3)
+    R.write(args.json)
 
 
 if __name__ == "__main__":

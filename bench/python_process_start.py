@@ -6,19 +6,23 @@ warm-up), the median milliseconds per batch of 64 concurrent starts (64 starts b
 64 joins), and, for forkserver, the first start in a fresh interpreter (which includes starting
 the server). Given the JSON that process_start wrote (--benchmark_out=FILE
 --benchmark_out_format=json), it also prints how many times faster mp is for the same method.
+Then the start per method while this parent holds 1 MiB to 4 GiB of touched memory (up to half
+of MemAvailable), as bench/process_start's *_parent_memory cases.
 
     python3 bench/python_process_start.py [-n 40] [-b 3] [--methods spawn,fork,forkserver]
-                                          [--mp-json FILE]
+                                          [--mp-json FILE] [--json FILE] [--smoke]
 """
 import argparse
 import json
 import multiprocessing
-import statistics
 import subprocess
 import sys
 import time
 
+from results import Results, add_arguments, available_bytes
+
 BATCH = 64
+R = Results()
 
 
 def noop():
@@ -32,10 +36,13 @@ def start_join(ctx):
     return p.exitcode
 
 
-def median_ms(ctx, n, warmup=3):
+WARMUP = 3  # starts before timing; 1 in smoke mode
+
+
+def median_ms(ctx, n, warmup=None, name=None):
     # Warm-up: the first spawn also starts the resource tracker and fills the page cache; the
     # first forkserver start also starts the server (see first_start_ms).
-    for _ in range(warmup):
+    for _ in range(WARMUP if warmup is None else warmup):
         start_join(ctx)
     times = []
     for _ in range(n):
@@ -44,7 +51,7 @@ def median_ms(ctx, n, warmup=3):
         times.append(time.perf_counter() - t0)
         if code != 0:
             sys.exit(f"{ctx.get_start_method()}: child exited with {code}")
-    return statistics.median(times) * 1e3
+    return R.add(name or ctx.get_start_method(), (t * 1e3 for t in times), "ms")
 
 
 def batch_median_ms(ctx, batches):
@@ -61,7 +68,7 @@ def batch_median_ms(ctx, batches):
         bad = [p.exitcode for p in ps if p.exitcode != 0]
         if bad:
             sys.exit(f"{ctx.get_start_method()}: {len(bad)} children failed, e.g. {bad[0]}")
-    return statistics.median(times) * 1e3
+    return R.add(f"{ctx.get_start_method()}_64concurrent", (t * 1e3 for t in times), "ms")
 
 
 def first_start_ms(method, runs):
@@ -71,7 +78,7 @@ def first_start_ms(method, runs):
         out = subprocess.run([sys.executable, __file__, "--first-start", method], check=True,
                              capture_output=True, text=True).stdout
         times.append(float(out))
-    return statistics.median(times)
+    return R.add(f"{method}_first_start", times, "ms")
 
 
 def mp_medians_ms(path):
@@ -93,6 +100,7 @@ def compare(py_ms, mp_ms):
 
 
 def main():
+    global BATCH, WARMUP
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("-n", type=int, default=40, help="timed single starts per method (default 40)")
     ap.add_argument("-b", type=int, default=3,
@@ -103,7 +111,10 @@ def main():
                     help="comma-separated start methods")
     ap.add_argument("--mp-json", help="process_start's --benchmark_out JSON, to compare")
     ap.add_argument("--first-start", metavar="METHOD", help=argparse.SUPPRESS)
+    add_arguments(ap)
     args = ap.parse_args()
+    if args.smoke:  # a batch of 8, not 64: the path runs, nothing is measured
+        args.n, args.b, args.first_runs, BATCH, WARMUP = 2, 1, 1, 8, 1
 
     if args.first_start:  # a fresh interpreter: time its first start, print milliseconds
         ctx = multiprocessing.get_context(args.first_start)
@@ -139,6 +150,26 @@ def main():
         ms = batch_median_ms(multiprocessing.get_context(method), args.b)
         print(f"  python {method:<10} {ms:9.1f} ms per batch" +
               compare(ms, mp.get(f"mp_{method}_{BATCH}concurrent")), flush=True)
+    parent_memory_sweep(methods, 1 if args.smoke else 5, 2 if args.smoke else 7)
+    R.write(args.json)
+
+
+def parent_memory_sweep(methods, n, sizes):
+    """Start + join per method while this process holds 1 MiB, 4 MiB, ... 4 GiB of touched
+    memory (`sizes` of them, up to half of MemAvailable)."""
+    cap = available_bytes() // 2
+    print(f"per start while the parent holds touched memory (median of {n}, after a warm-up):")
+    print(f"  {'MiB':>6} " + " ".join(f"{m + ' ms':>14}" for m in methods))
+    mib = 1
+    for _ in range(sizes):
+        if mib << 20 > cap:
+            break
+        ballast = bytearray(b"\x01") * (mib << 20)  # written, so its pages are really there
+        row = [median_ms(multiprocessing.get_context(m), n, 1, f"{m}_parent_memory/MiB:{mib}")
+               for m in methods]
+        print(f"  {mib:6} " + " ".join(f"{ms:14.3f}" for ms in row), flush=True)
+        del ballast
+        mib *= 4
 
 
 if __name__ == "__main__":  # spawned children re-import this file: they must not measure

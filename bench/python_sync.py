@@ -12,20 +12,22 @@ one CPU and on a CPU each, as bench/sync does; the time is per round trip, in re
 the JSON that sync wrote (--benchmark_out=FILE --benchmark_out_format=json), it also prints
 mp's number for the same measurement and python/mp: how many times slower CPython is.
 
-    python3 bench/python_sync.py [-r 5] [--mp-json FILE]
+    python3 bench/python_sync.py [-r 5] [--mp-json FILE] [--json FILE] [--smoke]
 """
 import argparse
 import json
 import multiprocessing
 import os
-import statistics
 import sys
 import time
 from multiprocessing import shared_memory
 
 from placement import Placement
+from results import Results, add_arguments
 
 SHM_SIZE = 4096
+R = Results()
+BATCH_S = 0.1  # seconds per batch; less in smoke mode
 
 
 def timed(fn, n, clock):
@@ -34,16 +36,17 @@ def timed(fn, n, clock):
     return clock() - t0
 
 
-def median_ns(fn, reps, clock=time.thread_time, batch_s=0.1):
+def median_ns(name, fn, reps, clock=time.thread_time):
     """Median over `reps` batches (~batch_s each) of the nanoseconds per call of fn's loop body;
     fn(n) runs the body n times. As bench/sync: in this thread's CPU time for what runs in one
     process (on a shared machine real time also counts whoever else ran), in real time
-    (clock=time.perf_counter) for what waits for another process."""
+    (clock=time.perf_counter) for what waits for another process. Kept in R as `name`."""
+    batch_s = BATCH_S
     n = 16
     while (t := timed(fn, n, clock)) < batch_s / 4:  # warm-up, and the batch size
         n *= 2
     n = max(1, int(n * batch_s / t))
-    return statistics.median(timed(fn, n, clock) / n for _ in range(reps)) * 1e9
+    return R.add(name, (timed(fn, n, clock) / n * 1e9 for _ in range(reps)), "ns")
 
 
 def acquire_release(lock):
@@ -97,7 +100,7 @@ def pong(ping, pong_, stop, cpu):
 
 
 
-def pingpong_ns(ctx, cpu, reps):
+def pingpong_ns(ctx, cpu, reps, name):
     ping, pong_, stop = ctx.Semaphore(0), ctx.Semaphore(0), ctx.Event()
     p = ctx.Process(target=pong, args=(ping, pong_, stop, cpu))
     p.start()
@@ -108,7 +111,7 @@ def pingpong_ns(ctx, cpu, reps):
             release()
             acquire()
 
-    ns = median_ns(run, reps, time.perf_counter)
+    ns = median_ns(name, run, reps, time.perf_counter)
     stop.set()
     ping.release()
     p.join()
@@ -135,7 +138,11 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("-r", type=int, default=5, help="batches, ~0.1 s each, per case (default 5)")
     ap.add_argument("--mp-json", help="sync's --benchmark_out JSON, to compare")
+    add_arguments(ap)
     args = ap.parse_args()
+    if args.smoke:
+        global BATCH_S
+        args.r, BATCH_S = 1, 0.01
 
     mp = mp_medians_ns(args.mp_json) if args.mp_json else {}
     ctx = multiprocessing.get_context("fork")
@@ -151,25 +158,31 @@ def main():
         print(line, flush=True)
 
     print("uncontended acquire + release, one process:")
-    show("Lock", median_ns(acquire_release(ctx.Lock()), args.r), "mp_lock_acquire_release")
-    show("RLock", median_ns(acquire_release(ctx.RLock()), args.r), "mp_rlock_acquire_release")
-    show("Semaphore", median_ns(acquire_release(ctx.Semaphore()), args.r),
+    show("Lock", median_ns("lock_acquire_release", acquire_release(ctx.Lock()), args.r),
+         "mp_lock_acquire_release")
+    show("RLock", median_ns("rlock_acquire_release", acquire_release(ctx.RLock()), args.r),
+         "mp_rlock_acquire_release")
+    show("Semaphore",
+         median_ns("semaphore_acquire_release", acquire_release(ctx.Semaphore()), args.r),
          "mp_semaphore_acquire_release")
     print("Value('q') incremented under its lock, one process:")
-    show("with v.get_lock(): v.value += 1", median_ns(value_increment(ctx.Value("q", 0)), args.r),
+    show("with v.get_lock(): v.value += 1",
+         median_ns("value_locked_increment", value_increment(ctx.Value("q", 0)), args.r),
          "mp_value_locked_increment")
     print(f"SharedMemory of {SHM_SIZE} bytes: create + attach + close both + unlink:")
-    show("SharedMemory cycle", median_ns(shm_cycle(False), args.r), "mp_shm_cycle", "us")
-    show("the same, page written and read", median_ns(shm_cycle(True), args.r),
-         "mp_shm_cycle_touched", "us")
+    show("SharedMemory cycle", median_ns("shm_cycle", shm_cycle(False), args.r), "mp_shm_cycle",
+         "us")
+    show("the same, page written and read",
+         median_ns("shm_cycle_touched", shm_cycle(True), args.r), "mp_shm_cycle_touched", "us")
     print("hand-off between two processes over two Semaphores, per round trip:")
     for how, suffix, label in (("none", "", "unpinned"), ("same", "_1core", "1 core"),
                                ("split", "_2cores", "2 cores")):
         with Placement(how) as where:
             if where is None:
                 continue
-            ns = pingpong_ns(ctx, where.child_cpu, args.r)
+            ns = pingpong_ns(ctx, where.child_cpu, args.r, "semaphore_pingpong" + suffix)
         show(label, ns, "mp_semaphore_pingpong" + suffix, "us", real=True)
+    R.write(args.json)
 
 
 if __name__ == "__main__":

@@ -28,6 +28,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <atomic>
 #include <climits>
 #include <cstdint>
@@ -41,6 +42,8 @@
 #if MP_BENCH_BOOST
 #include <boost/interprocess/ipc/message_queue.hpp>
 #endif
+
+#include "repetitions.hpp"
 
 namespace {
 
@@ -308,7 +311,7 @@ void add(const std::string& name, F f, bool real,
     b->UseRealTime();
   else
     cpu_timed.insert(name);
-  b->Unit(unit)->MinTime(0.2)->Repetitions(5)->ReportAggregatesOnly();
+  bench::repeat(b->Unit(unit), 0.2, 5);
 }
 
 void register_all() {
@@ -384,6 +387,68 @@ void print_ratios(std::map<std::string, double> t) {
                 p->second / f->second <= 1.2 ? "ok" : "MISSED");
 }
 
+// ---- how throughput grows with the item: std::string items of 8 B to 64 MiB, 1 producer child
+// and this process consuming, against one memcpy of the same size in one thread (CPU time).
+// Items over 32 KiB go through pages of their own; the queue is bounded there (256 MiB of items
+// at most, 2 items at least) so that a producer running ahead cannot fill the machine's memory
+// with 64 MiB items. Registered by name (mp_queue_1p1c_bytes/bytes:N), not by Arg, so that the
+// ratio table's per-name medians keep one line per size.
+
+constexpr std::size_t kSweepBytes[] = {8,
+                                       64,
+                                       512,
+                                       4096,
+                                       32768,
+                                       262144,
+                                       std::size_t{2} << 20,
+                                       std::size_t{16} << 20,
+                                       std::size_t{64} << 20};
+
+void run_mp_1p1c_sized(benchmark::State& state, std::size_t bytes) {
+  const long maxsize =
+      bytes > 32768 ? static_cast<long>(std::max<std::size_t>(2, (std::size_t{256} << 20) / bytes))
+                    : 0;
+  mp::Queue<std::string> q(maxsize);
+  const auto n = static_cast<std::uint64_t>(state.max_iterations);
+  Children kids;
+  kids.spawn([&] {
+    const std::string one(bytes, 'x');
+    for (std::uint64_t i = 0; i < n; ++i) q.put(one);
+  });
+  kids.go();
+  for (auto _ : state) {
+    auto s = q.get();
+    benchmark::DoNotOptimize(s.data());
+  }
+  if (!kids.join()) state.SkipWithError("producer failed");
+  state.SetItemsProcessed(state.iterations());
+  state.SetBytesProcessed(state.iterations() * static_cast<std::int64_t>(bytes));
+}
+
+void run_floor_memcpy_sized(benchmark::State& state, std::size_t bytes) {
+  std::vector<char> a(bytes, 'x'), b(bytes);
+  for (auto _ : state) {
+    std::memcpy(b.data(), a.data(), a.size());
+    benchmark::ClobberMemory();
+  }
+  state.SetItemsProcessed(state.iterations());
+  state.SetBytesProcessed(state.iterations() * static_cast<std::int64_t>(bytes));
+}
+
+void register_item_size_sweep() {
+  std::size_t i = 0;
+  for (const std::size_t bytes : kSweepBytes) {
+    if (!bench::in_sweep(i++)) break;
+    const std::string arg = "/bytes:" + std::to_string(bytes);
+    add(
+        "mp_queue_1p1c_bytes" + arg, [bytes](benchmark::State& s) { run_mp_1p1c_sized(s, bytes); },
+        true);
+    add(
+        "floor_memcpy_bytes" + arg,
+        [bytes](benchmark::State& s) { run_floor_memcpy_sized(s, bytes); }, false);
+  }
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -394,6 +459,7 @@ int main(int argc, char** argv) {
   int n = static_cast<int>(args.size());
   args.push_back(nullptr);
   register_all();
+  register_item_size_sweep();
   benchmark::Initialize(&n, args.data());
   if (benchmark::ReportUnrecognizedArguments(n, args.data())) return 1;
   Collector reporter;

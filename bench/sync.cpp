@@ -64,6 +64,7 @@
 #include <vector>
 
 #include "pinning.hpp"
+#include "repetitions.hpp"
 
 namespace {
 
@@ -427,7 +428,7 @@ void add(const std::string& name, F f, Timing timing,
   else
     cpu_timed.insert(name);
   // Median of 5 repetitions of 0.1 s: on 2 cores a single run is at the mercy of the scheduler.
-  b->Unit(unit)->MinTime(0.1)->Repetitions(5)->ReportAggregatesOnly();
+  bench::repeat(b->Unit(unit), 0.1, 5);
 }
 
 void register_all() {
