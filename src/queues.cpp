@@ -32,13 +32,14 @@
 // is copied; beyond the high-water mark its pages are punched out once read. Bounded queues
 // (maxsize > 0) put under the lock so that maxsize is exact.
 //
-// Waiting is an eventcount: a waiter reads item_seq (consumers) or room_seq (producers),
-// registers in get_waiters / put_waiters, looks once more, then sleeps on the word. A mover looks
+// Waiting is an eventcount: a waiter registers in get_waiters / put_waiters, reads item_seq
+// (consumers) or room_seq (producers), looks once more, then sleeps on the word. A mover looks
 // at the other side's registrations right after its claim or take CAS (no fence of its own), and
-// wakes one sleeper when it has finished; a waiter whose last look met a record claimed (taken)
-// by a mover still at work naps kBusyNap at a time instead (wait_for says why). Every step the
-// two sides must see each other by is seq_cst (no fences: ThreadSanitizer does not model them).
-// A sleeper looks again every kRecheck anyway.
+// wakes one sleeper when it has finished (the word's low bit: no second futex call while a
+// wake-up is on its way); a waiter whose last look met a record claimed (taken) by a mover still
+// at work spins and yields instead, and naps only once that took kBusySpin (wait_for says why).
+// Every step the two sides must see each other by is seq_cst (no fences: ThreadSanitizer does
+// not model them). A sleeper looks again every kRecheck anyway.
 #include "mp/queues.hpp"
 
 #include <algorithm>
@@ -68,7 +69,7 @@ std::atomic<std::uint64_t> g_queue_wakes{0};
 namespace {
 
 constexpr std::uint64_t kMagic = 0x6575657571706d00;  // "\0mpqueue"
-constexpr std::uint32_t kVersion = 3;
+constexpr std::uint32_t kVersion = 4;
 constexpr std::size_t kStateBytes = 128 * 1024;
 constexpr std::size_t kStampsOffset = kStateBytes;
 constexpr std::size_t kRingOffset = kStampsOffset + kUnits * sizeof(std::uint64_t);
@@ -90,8 +91,10 @@ constexpr auto kLockGrace = 1s;   // the longest a try waits for the ring's lock
 // stream never puts its consumer to sleep (each put would then make a futex call, and the
 // consumer fall behind again), far shorter than a scheduler's tick.
 constexpr auto kSpin = 30us;
-// A waiter held up by a record being moved naps this long at a time: its mover may not wake it.
-constexpr auto kBusyNap = 50us;
+// A waiter held up by a record being moved spins this long (its mover may not wake it, and is
+// a few instructions from done unless it lost its CPU), then naps this long at a time.
+constexpr auto kBusySpin = 2ms;
+constexpr auto kBusyNap = 1ms;
 
 enum Op : std::uint32_t { kNone, kReserve, kPublish, kFinish };
 
@@ -138,12 +141,15 @@ struct Journal {
   bool counted = false;
 };
 
-// Who sleeps on one side's counter, and whether a wake-up is on its way: while one is, more
-// puts (or gets) make no futex call, however long the woken thread takes to run; the woken one
-// passes the wake-up on if it sees more than it takes.
+// Who sleeps on one side's word (item_seq, room_seq). The word's low bit says a wake-up is on
+// its way: while it is set, more puts (or gets) make no futex call, however long the woken
+// thread takes to run. It is cleared (the word moved on to the next even value) by whoever
+// looks next: a waiter leaving its sleep, or one about to sleep; that one then looks for items
+// once more, and a woken one passes the wake-up on if it sees more than it takes. (A separate
+// flag, set by a waker after the sleeper it saw had left, stayed set with nobody to clear it:
+// every later wake-up was skipped and the next sleeper lay until kRecheck.)
 struct Waiters {
   std::atomic<std::uint32_t> sleeping{0};
-  std::atomic<std::uint32_t> pending{0};
 };
 
 // One registered thread: tid | low 32 bits of its start time << 32 (0: a free entry).
@@ -172,9 +178,9 @@ struct QueueState {
   alignas(64) std::atomic<std::uint64_t> tail{0};  // a hint: at most ~kHintLag behind the tail
   alignas(64) std::atomic<std::uint64_t> head{0};  // every record before it is freed
   alignas(64) Waiters get_waiters;                 // consumers, asleep on item_seq
-  std::atomic<std::uint32_t> item_seq{0};          // +1 when a put wakes a consumer
+  std::atomic<std::uint32_t> item_seq{0};          // moves on when a put wakes a consumer
   alignas(64) Waiters put_waiters;                 // producers, asleep on room_seq
-  std::atomic<std::uint32_t> room_seq{0};          // +1 when a get wakes a producer
+  std::atomic<std::uint32_t> room_seq{0};          // moves on when a get wakes a producer
   std::atomic<std::uint32_t> owners_used{0};       // registry entries [0, owners_used) used
   alignas(64) std::atomic<std::int64_t> unfinished{0};
   std::atomic<std::uint32_t> done_seq{0};  // +1 when unfinished reaches 0
@@ -411,27 +417,38 @@ bool sleep_on(const std::atomic<std::uint32_t>& word, std::uint32_t seen, const 
   return woken || !capped;
 }
 
-// Wakes one sleeper of `w` (the caller saw one, after the step it waits for was made visible,
-// or before it in the same total order: see wait_for). At most one futex call while a wake-up is
-// pending.
-void wake_one(std::atomic<std::uint32_t>& word, Waiters& w) {
-  if (w.pending.load(std::memory_order_seq_cst) == 0 &&
-      w.pending.exchange(1, std::memory_order_seq_cst) == 0) {
-    word.fetch_add(1, std::memory_order_seq_cst);
+// Wakes one sleeper of `word` (the caller saw one, after the step it waits for was made
+// visible, or before it in the same total order: see wait_for), unless a wake-up is already on
+// its way (the low bit): at most one futex call until a waiter has looked again. The
+// read-modify-write also hands what this thread made visible to whoever clears the bit (its
+// CAS reads this value or a later one), so that one's next look sees it.
+void wake_one(std::atomic<std::uint32_t>& word) {
+  if ((word.fetch_or(1, std::memory_order_seq_cst) & 1) == 0) {
     g_queue_wakes.fetch_add(1, std::memory_order_relaxed);
     posix::futex_wake(word, 1);
   }
 }
 
+// A wake-up that was on its way to this side has arrived (or was for nobody): the word moves
+// to the next even value. That value, to sleep on; `cleared`: this call cleared the bit (the
+// wake-ups skipped meanwhile are this thread's to pass on).
+std::uint32_t settle(std::atomic<std::uint32_t>& word, bool& cleared) {
+  std::uint32_t v = word.load(std::memory_order_seq_cst);
+  while ((v & 1) != 0)
+    if (word.compare_exchange_weak(v, v + 1, std::memory_order_seq_cst)) {
+      cleared = true;
+      return v + 1;
+    }
+  return v;
+}
+
 // Room was made (a record freed, counted as got): a producer that sleeps is told. The bump comes
-// first (it orders the count before the look at the sleepers): slower than a get's fast path,
-// which looks right after its take (QueueCore::get), but needed where no take came first.
+// first (it orders the count before the look at the sleepers; by 2: the low bit is wake_one's):
+// slower than a get's fast path, which looks right after its take (QueueCore::get), but needed
+// where no take came first.
 void wake_room(QueueState& s) {
-  s.room_seq.fetch_add(1, std::memory_order_seq_cst);
-  if (s.put_waiters.sleeping.load(std::memory_order_seq_cst) != 0) {
-    s.put_waiters.pending.store(0, std::memory_order_seq_cst);
-    wake_one(s.room_seq, s.put_waiters);
-  }
+  s.room_seq.fetch_add(2, std::memory_order_seq_cst);
+  if (s.put_waiters.sleeping.load(std::memory_order_seq_cst) != 0) wake_one(s.room_seq);
 }
 
 // One more item put (or got) by the thread owning the counter: it alone writes it.
@@ -440,8 +457,8 @@ void bump(std::atomic<std::uint64_t>& counter) {
 }
 
 void wake_all(QueueState& s) {
-  s.item_seq.fetch_add(1);
-  s.room_seq.fetch_add(1);
+  s.item_seq.fetch_add(2);  // by 2: the low bit is wake_one's
+  s.room_seq.fetch_add(2);
   posix::futex_wake(s.item_seq, INT_MAX);
   posix::futex_wake(s.room_seq, INT_MAX);
   s.done_seq.fetch_add(1);
@@ -973,7 +990,7 @@ struct QueueAccessImpl {
     // Counted once published (qsize() never counts an item nobody can take yet: a consumer
     // woken for one would pass on a wake-up for nothing).
     bump(me.counts->put);
-    if (wake) wake_one(s.item_seq, s.get_waiters);
+    if (wake) wake_one(s.item_seq);
   }
 
   // Whether a consumer sleeps (or is about to): looked at after the claim, whose CAS orders it
@@ -999,23 +1016,27 @@ struct QueueAccessImpl {
   // Waits until `attempt` succeeds (or the deadline: false): producers for room (sleeping on
   // room_seq, registered in put_waiters), consumers for an item (item_seq, get_waiters).
   //
-  // The eventcount: a waiter reads the word, registers, tries once more, then sleeps on the
-  // word. The other side looks at the registrations right after the CAS that claims (or takes)
-  // its record, and wakes one sleeper once its step is done. Registration and that CAS are both
-  // seq_cst read-modify-writes, so one of the two sees the other: either the mover sees the
-  // sleeper (and wakes it), or the waiter's last try sees the record claimed (taken) by a mover
-  // still at work; then it naps only kBusyNap at a time, as nobody will wake it.
+  // The eventcount: a waiter registers, reads the word (clearing a wake-up bit left set:
+  // settle), tries once more, then sleeps on the word. The other side looks at the
+  // registrations right after the CAS that claims (or takes) its record, and wakes one sleeper
+  // once its step is done. Registration and that CAS are both seq_cst read-modify-writes, so one
+  // of the two sees the other: either the mover sees the sleeper (and wakes it), or the waiter's
+  // last try sees the record claimed (taken) by a mover still at work. Nobody wakes it then, so
+  // it does not sleep: it spins and yields (the mover is a few instructions from done, or waits
+  // for a CPU), and only a mover held up for kBusySpin (descheduled, or dead) makes it nap,
+  // kBusyNap at a time, looking for dead movers every kRecheck.
   template <class Attempt, class More>
   static bool wait_for(QueueCore& q, std::atomic<std::uint32_t>& word, Waiters& waiters,
                        const Deadline& deadline, Attempt&& attempt, More&& more) {
-    bool slept = false;
+    bool took_over = false;  // slept, or cleared a wake-up bit: wake-ups may have been skipped
     auto done = [&] {
-      // Woken for one and more are there: the next sleeper's turn (nobody else wakes it
-      // while the wake-up this one cleared was pending).
-      if (slept && more()) wake_one(word, waiters);
+      // More are there than this one takes, and others sleep: the next sleeper's turn (nobody
+      // else wakes it while the wake-up this one cleared was on its way).
+      if (took_over && waiters.sleeping.load(std::memory_order_seq_cst) != 0 && more())
+        wake_one(word);
       return true;
     };
-    auto busy_since = Clock::now();
+    Clock::time_point busy_since{};
     bool was_busy = false;
     for (;;) {
       bool busy = false;
@@ -1033,21 +1054,23 @@ struct QueueAccessImpl {
           std::this_thread::yield();
         }
       }
-      const std::uint32_t seen = word.load(std::memory_order_seq_cst);
       waiters.sleeping.fetch_add(1, std::memory_order_seq_cst);
+      const std::uint32_t seen = settle(word, took_over);
       busy = false;
-      bool got = attempt(busy);
+      const bool got = attempt(busy);
+      const auto now = Clock::now();
+      if (busy && !was_busy) busy_since = now;
+      was_busy = busy;
       bool woken = true;
-      if (!got && !past(deadline)) {
+      const bool nap = busy && now - busy_since >= kBusySpin;
+      if (!got && (!busy || nap) && !past(deadline)) {
         woken = sleep_on(word, seen, deadline, busy ? kBusyNap : kRecheck);
-        slept = true;
+        took_over = true;
       }
       waiters.sleeping.fetch_sub(1, std::memory_order_seq_cst);
-      waiters.pending.store(0, std::memory_order_seq_cst);
+      if (took_over) settle(word, took_over);
       if (got) return done();
       // Nothing for kRecheck, or held up that long by a mover: a dead peer may hold the ring.
-      if (busy && !was_busy) busy_since = Clock::now();
-      was_busy = busy;
       if ((!woken && !busy) || (busy && Clock::now() - busy_since >= kRecheck)) {
         reap_ring(q);
         busy_since = Clock::now();
@@ -1365,7 +1388,7 @@ bool QueueCore::get(ItemSink sink, void* ctx, bool block, const std::optional<Du
     if (s.maxsize > 0)
       wake_room(s);
     else if (producer_sleeps)
-      wake_one(s.room_seq, s.put_waiters);
+      wake_one(s.room_seq);
     return true;
   } else {
     const int fd = block_descriptor(block_);
