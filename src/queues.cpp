@@ -1027,7 +1027,7 @@ struct QueueAccessImpl {
   // kBusyNap at a time, looking for dead movers every kRecheck.
   template <class Attempt, class More>
   static bool wait_for(QueueCore& q, std::atomic<std::uint32_t>& word, Waiters& waiters,
-                       const Deadline& deadline, Attempt&& attempt, More&& more) {
+                       const Deadline& deadline, Attempt&& attempt, More&& more, bool tried) {
     bool took_over = false;  // slept, or cleared a wake-up bit: wake-ups may have been skipped
     auto done = [&] {
       // More are there than this one takes, and others sleep: the next sleeper's turn (nobody
@@ -1040,15 +1040,22 @@ struct QueueAccessImpl {
     bool was_busy = false;
     for (;;) {
       bool busy = false;
-      if (attempt(busy)) return done();
+      // (Not again at once when the caller has just looked: a consumer that keeps up with its
+      // producer would take the line of the stamp the producer is about to claim away from it
+      // once more, for nothing.)
+      if (!tried && attempt(busy)) return done();
+      tried = false;
       if (past(deadline)) return false;
-      // Spin: longer than a put or get takes, far shorter than a scheduler's tick.
-      const auto spin_until = Clock::now() + kSpin;
+      // Spin: longer than a put or get takes, far shorter than a scheduler's tick. The clock is
+      // first read after a few looks: a consumer that keeps up with its producer waits here for
+      // every few items, and a clock read costs more than a look on this VM.
+      Clock::time_point spin_until{};
       for (int i = 1;; ++i) {
         for (int k = 0; k < 8; ++k) pause();
         busy = false;
         if (attempt(busy)) return done();
         if ((i & 7) == 0) {
+          if (i == 8) spin_until = Clock::now() + kSpin;
           if (Clock::now() >= spin_until) break;
           // The peer may be waiting for this CPU (more runnable threads than CPUs): let it run.
           std::this_thread::yield();
@@ -1079,17 +1086,21 @@ struct QueueAccessImpl {
   }
 
   template <class Attempt>
-  static bool wait_room(QueueCore& q, const Deadline& deadline, Attempt&& attempt) {
+  static bool wait_room(QueueCore& q, const Deadline& deadline, Attempt&& attempt,
+                        bool tried = false) {
     QueueState& s = *q.s_;
-    return wait_for(q, s.room_seq, s.put_waiters, deadline, attempt,
-                    [&] { return s.maxsize <= 0 || q.qsize() < s.maxsize; });
+    return wait_for(
+        q, s.room_seq, s.put_waiters, deadline, attempt,
+        [&] { return s.maxsize <= 0 || q.qsize() < s.maxsize; }, tried);
   }
 
   template <class Attempt>
-  static bool wait_item(QueueCore& q, const Deadline& deadline, Attempt&& attempt) {
+  static bool wait_item(QueueCore& q, const Deadline& deadline, Attempt&& attempt,
+                        bool tried = false) {
     // More than the one this consumer took (not yet counted as got).
-    return wait_for(q, q.s_->item_seq, q.s_->get_waiters, deadline, attempt,
-                    [&] { return q.qsize() > 1; });
+    return wait_for(
+        q, q.s_->item_seq, q.s_->get_waiters, deadline, attempt, [&] { return q.qsize() > 1; },
+        tried);
   }
 };
 
@@ -1193,12 +1204,15 @@ bool QueueCore::put(const void* data, std::size_t len, bool block,
       A::put_inline(s, me, pos, data, bytes);
       return true;
     }
-    return A::wait_room(*this, deadline, [&](bool& busy) {
-      const auto pos = A::try_claim(s, me, bytes, false, busy);
-      if (pos == A::kNoPos) return false;
-      A::put_inline(s, me, pos, data, bytes);
-      return true;
-    });
+    return A::wait_room(
+        *this, deadline,
+        [&](bool& busy) {
+          const auto pos = A::try_claim(s, me, bytes, false, busy);
+          if (pos == A::kNoPos) return false;
+          A::put_inline(s, me, pos, data, bytes);
+          return true;
+        },
+        true);
   }
   const int fd = block_descriptor(block_);
   bool timed_out = false;
@@ -1347,7 +1361,8 @@ bool QueueCore::put_large(const void* data, std::size_t len, const Deadline& dea
   return true;
 }
 
-bool QueueCore::get(ItemSink sink, void* ctx, bool block, const std::optional<Duration>& timeout) {
+bool QueueCore::get(ItemSink sink, void* ctx, bool block, const std::optional<Duration>& timeout,
+                    ItemAppend append) {
   QueueState& s = *s_;
   using A = QueueAccessImpl;
   OwnerCache& me = A::owner(*this);
@@ -1355,7 +1370,8 @@ bool QueueCore::get(ItemSink sink, void* ctx, bool block, const std::optional<Du
   bool busy = false;
   A::Taken taken;
   if (!A::try_take(s, me, busy, taken) &&
-      !A::wait_item(*this, deadline, [&](bool& busy) { return A::try_take(s, me, busy, taken); }))
+      !A::wait_item(
+          *this, deadline, [&](bool& busy) { return A::try_take(s, me, busy, taken); }, true))
     return false;
   // A producer asleep for room, looked at right after the take's CAS (see wait_for).
   const bool producer_sleeps = s.put_waiters.sleeping.load(std::memory_order_seq_cst) != 0;
@@ -1402,12 +1418,21 @@ bool QueueCore::get(ItemSink sink, void* ctx, bool block, const std::optional<Du
       const Extent checked =
           check_extent(name_view(s), payload, s.heap_base, s.heap_top, posix::page_size());
       extent = checked;
-      auto* dst = static_cast<std::byte*>(sink(ctx, extent.len));
-      ExtentPages pages(fd, extent, window(extent.off, capacity(extent.len)));
-      const std::byte* src = pages.data();
-      std::memcpy(dst, src, extent.len / 2);
-      fault(QueueStep::get_large_copying);
-      std::memcpy(dst + extent.len / 2, src + extent.len / 2, extent.len - extent.len / 2);
+      const std::uint64_t half = extent.len / 2;
+      if (append) {
+        ExtentPages pages(fd, extent, window(extent.off, capacity(extent.len)));
+        const std::byte* src = pages.data();
+        append(ctx, extent.len, src, half);
+        fault(QueueStep::get_large_copying);
+        append(ctx, extent.len, src + half, extent.len - half);
+      } else {
+        auto* dst = static_cast<std::byte*>(sink(ctx, extent.len));
+        ExtentPages pages(fd, extent, window(extent.off, capacity(extent.len)));
+        const std::byte* src = pages.data();
+        std::memcpy(dst, src, half);
+        fault(QueueStep::get_large_copying);
+        std::memcpy(dst + half, src + half, extent.len - half);
+      }
       delivered = true;
     } catch (...) {
       RingLock g(lock_, s, fd, std::nullopt);
