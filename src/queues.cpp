@@ -202,6 +202,7 @@ const std::size_t kQueueStampsOffset = kStampsOffset;
 const std::size_t kQueueRingOffset = kRingOffset;
 const std::size_t kQueueHeadOffset = offsetof(QueueState, head);
 const std::size_t kQueueTailOffset = offsetof(QueueState, tail);
+const std::size_t kQueueItemSeqOffset = offsetof(QueueState, item_seq);
 
 namespace {
 
