@@ -78,10 +78,14 @@ constexpr std::size_t kSlots = 64;
 // Large items' pages in [kHeapBase, kHeapBase + kWindow) are reached through a mapping each
 // process keeps (QueueCore::window_); beyond it, each item is mapped while it is copied. Up to
 // kKeepExtents extents, kKeepBytes in all, are kept with their pages once read, for the next
-// large items of their size class: a page fault costs more than a copy of the page.
+// large items of their size class: a page fault costs more than a copy of the page. (16
+// extents, 32 MiB, were too few on a loaded machine: a consumer descheduled for a few ms let
+// its producer take new pages, the extents given back beyond the high-water mark were punched
+// out, and the two settled into new pages, faults and a punch for every other item, ~3 ms an
+// item instead of ~0.1.)
 constexpr std::uint64_t kWindow = std::uint64_t{256} << 20;
-constexpr std::uint32_t kKeepExtents = 16;
-constexpr std::uint64_t kKeepBytes = std::uint64_t{32} << 20;
+constexpr std::uint32_t kKeepExtents = 64;
+constexpr std::uint64_t kKeepBytes = std::uint64_t{64} << 20;
 // A put of a large item waits a little for a kept extent when this many are in use.
 constexpr std::int64_t kPipeline = 4;
 constexpr std::uint32_t kNoSlot = UINT32_MAX;
@@ -1285,9 +1289,10 @@ bool QueueCore::put_large(const void* data, std::size_t len, const Deadline& dea
   };
   Reserved r = reserve(true);
   if (r == kWait) {
-    // Bounded by about what new pages cost (~1 ms a MiB here), so that a queue nobody reads
-    // only takes puts more slowly.
-    Deadline until = Clock::now() + std::chrono::microseconds(cap >> 10);
+    // Bounded by about what new pages cost (~1 ms a MiB here on a quiet machine, several on a
+    // loaded one, where the consumer that would give one back also loses its CPU for ms), so
+    // that a queue nobody reads only takes puts more slowly.
+    Deadline until = Clock::now() + std::chrono::microseconds(cap >> 8);
     if (deadline && *deadline < *until) until = deadline;
     A::wait_room(*this, until, [&](bool&) { return s.n_kept.load(std::memory_order_relaxed) > 0; });
     r = reserve(false);
