@@ -44,5 +44,8 @@ struct QueueAccess {
 extern const std::size_t kQueueStampsOffset, kQueueRingOffset;
 // Offsets in the state header of the ring's head and tail (std::uint64_t byte positions).
 extern const std::size_t kQueueHeadOffset, kQueueTailOffset;
+// The offset of the word consumers sleep on (std::atomic<std::uint32_t>; its low bit: a
+// wake-up is on its way).
+extern const std::size_t kQueueItemSeqOffset;
 
 }  // namespace mp::detail

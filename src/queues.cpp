@@ -32,13 +32,14 @@
 // is copied; beyond the high-water mark its pages are punched out once read. Bounded queues
 // (maxsize > 0) put under the lock so that maxsize is exact.
 //
-// Waiting is an eventcount: a waiter reads item_seq (consumers) or room_seq (producers),
-// registers in get_waiters / put_waiters, looks once more, then sleeps on the word. A mover looks
+// Waiting is an eventcount: a waiter registers in get_waiters / put_waiters, reads item_seq
+// (consumers) or room_seq (producers), looks once more, then sleeps on the word. A mover looks
 // at the other side's registrations right after its claim or take CAS (no fence of its own), and
-// wakes one sleeper when it has finished; a waiter whose last look met a record claimed (taken)
-// by a mover still at work naps kBusyNap at a time instead (wait_for says why). Every step the
-// two sides must see each other by is seq_cst (no fences: ThreadSanitizer does not model them).
-// A sleeper looks again every kRecheck anyway.
+// wakes one sleeper when it has finished (the word's low bit: no second futex call while a
+// wake-up is on its way); a waiter whose last look met a record claimed (taken) by a mover still
+// at work spins and yields instead, and naps only once that took kBusySpin (wait_for says why).
+// Every step the two sides must see each other by is seq_cst (no fences: ThreadSanitizer does
+// not model them). A sleeper looks again every kRecheck anyway.
 #include "mp/queues.hpp"
 
 #include <algorithm>
@@ -68,7 +69,7 @@ std::atomic<std::uint64_t> g_queue_wakes{0};
 namespace {
 
 constexpr std::uint64_t kMagic = 0x6575657571706d00;  // "\0mpqueue"
-constexpr std::uint32_t kVersion = 3;
+constexpr std::uint32_t kVersion = 4;
 constexpr std::size_t kStateBytes = 128 * 1024;
 constexpr std::size_t kStampsOffset = kStateBytes;
 constexpr std::size_t kRingOffset = kStampsOffset + kUnits * sizeof(std::uint64_t);
@@ -77,10 +78,14 @@ constexpr std::size_t kSlots = 64;
 // Large items' pages in [kHeapBase, kHeapBase + kWindow) are reached through a mapping each
 // process keeps (QueueCore::window_); beyond it, each item is mapped while it is copied. Up to
 // kKeepExtents extents, kKeepBytes in all, are kept with their pages once read, for the next
-// large items of their size class: a page fault costs more than a copy of the page.
+// large items of their size class: a page fault costs more than a copy of the page. (16
+// extents, 32 MiB, were too few on a loaded machine: a consumer descheduled for a few ms let
+// its producer take new pages, the extents given back beyond the high-water mark were punched
+// out, and the two settled into new pages, faults and a punch for every other item, ~3 ms an
+// item instead of ~0.1.)
 constexpr std::uint64_t kWindow = std::uint64_t{256} << 20;
-constexpr std::uint32_t kKeepExtents = 16;
-constexpr std::uint64_t kKeepBytes = std::uint64_t{32} << 20;
+constexpr std::uint32_t kKeepExtents = 64;
+constexpr std::uint64_t kKeepBytes = std::uint64_t{64} << 20;
 // A put of a large item waits a little for a kept extent when this many are in use.
 constexpr std::int64_t kPipeline = 4;
 constexpr std::uint32_t kNoSlot = UINT32_MAX;
@@ -90,8 +95,10 @@ constexpr auto kLockGrace = 1s;   // the longest a try waits for the ring's lock
 // stream never puts its consumer to sleep (each put would then make a futex call, and the
 // consumer fall behind again), far shorter than a scheduler's tick.
 constexpr auto kSpin = 30us;
-// A waiter held up by a record being moved naps this long at a time: its mover may not wake it.
-constexpr auto kBusyNap = 50us;
+// A waiter held up by a record being moved spins this long (its mover may not wake it, and is
+// a few instructions from done unless it lost its CPU), then naps this long at a time.
+constexpr auto kBusySpin = 2ms;
+constexpr auto kBusyNap = 1ms;
 
 enum Op : std::uint32_t { kNone, kReserve, kPublish, kFinish };
 
@@ -138,12 +145,15 @@ struct Journal {
   bool counted = false;
 };
 
-// Who sleeps on one side's counter, and whether a wake-up is on its way: while one is, more
-// puts (or gets) make no futex call, however long the woken thread takes to run; the woken one
-// passes the wake-up on if it sees more than it takes.
+// Who sleeps on one side's word (item_seq, room_seq). The word's low bit says a wake-up is on
+// its way: while it is set, more puts (or gets) make no futex call, however long the woken
+// thread takes to run. It is cleared (the word moved on to the next even value) by whoever
+// looks next: a waiter leaving its sleep, or one about to sleep; that one then looks for items
+// once more, and a woken one passes the wake-up on if it sees more than it takes. (A separate
+// flag, set by a waker after the sleeper it saw had left, stayed set with nobody to clear it:
+// every later wake-up was skipped and the next sleeper lay until kRecheck.)
 struct Waiters {
   std::atomic<std::uint32_t> sleeping{0};
-  std::atomic<std::uint32_t> pending{0};
 };
 
 // One registered thread: tid | low 32 bits of its start time << 32 (0: a free entry).
@@ -172,9 +182,9 @@ struct QueueState {
   alignas(64) std::atomic<std::uint64_t> tail{0};  // a hint: at most ~kHintLag behind the tail
   alignas(64) std::atomic<std::uint64_t> head{0};  // every record before it is freed
   alignas(64) Waiters get_waiters;                 // consumers, asleep on item_seq
-  std::atomic<std::uint32_t> item_seq{0};          // +1 when a put wakes a consumer
+  std::atomic<std::uint32_t> item_seq{0};          // moves on when a put wakes a consumer
   alignas(64) Waiters put_waiters;                 // producers, asleep on room_seq
-  std::atomic<std::uint32_t> room_seq{0};          // +1 when a get wakes a producer
+  std::atomic<std::uint32_t> room_seq{0};          // moves on when a get wakes a producer
   std::atomic<std::uint32_t> owners_used{0};       // registry entries [0, owners_used) used
   alignas(64) std::atomic<std::int64_t> unfinished{0};
   std::atomic<std::uint32_t> done_seq{0};  // +1 when unfinished reaches 0
@@ -196,6 +206,7 @@ const std::size_t kQueueStampsOffset = kStampsOffset;
 const std::size_t kQueueRingOffset = kRingOffset;
 const std::size_t kQueueHeadOffset = offsetof(QueueState, head);
 const std::size_t kQueueTailOffset = offsetof(QueueState, tail);
+const std::size_t kQueueItemSeqOffset = offsetof(QueueState, item_seq);
 
 namespace {
 
@@ -411,27 +422,38 @@ bool sleep_on(const std::atomic<std::uint32_t>& word, std::uint32_t seen, const 
   return woken || !capped;
 }
 
-// Wakes one sleeper of `w` (the caller saw one, after the step it waits for was made visible,
-// or before it in the same total order: see wait_for). At most one futex call while a wake-up is
-// pending.
-void wake_one(std::atomic<std::uint32_t>& word, Waiters& w) {
-  if (w.pending.load(std::memory_order_seq_cst) == 0 &&
-      w.pending.exchange(1, std::memory_order_seq_cst) == 0) {
-    word.fetch_add(1, std::memory_order_seq_cst);
+// Wakes one sleeper of `word` (the caller saw one, after the step it waits for was made
+// visible, or before it in the same total order: see wait_for), unless a wake-up is already on
+// its way (the low bit): at most one futex call until a waiter has looked again. The
+// read-modify-write also hands what this thread made visible to whoever clears the bit (its
+// CAS reads this value or a later one), so that one's next look sees it.
+void wake_one(std::atomic<std::uint32_t>& word) {
+  if ((word.fetch_or(1, std::memory_order_seq_cst) & 1) == 0) {
     g_queue_wakes.fetch_add(1, std::memory_order_relaxed);
     posix::futex_wake(word, 1);
   }
 }
 
+// A wake-up that was on its way to this side has arrived (or was for nobody): the word moves
+// to the next even value. That value, to sleep on; `cleared`: this call cleared the bit (the
+// wake-ups skipped meanwhile are this thread's to pass on).
+std::uint32_t settle(std::atomic<std::uint32_t>& word, bool& cleared) {
+  std::uint32_t v = word.load(std::memory_order_seq_cst);
+  while ((v & 1) != 0)
+    if (word.compare_exchange_weak(v, v + 1, std::memory_order_seq_cst)) {
+      cleared = true;
+      return v + 1;
+    }
+  return v;
+}
+
 // Room was made (a record freed, counted as got): a producer that sleeps is told. The bump comes
-// first (it orders the count before the look at the sleepers): slower than a get's fast path,
-// which looks right after its take (QueueCore::get), but needed where no take came first.
+// first (it orders the count before the look at the sleepers; by 2: the low bit is wake_one's):
+// slower than a get's fast path, which looks right after its take (QueueCore::get), but needed
+// where no take came first.
 void wake_room(QueueState& s) {
-  s.room_seq.fetch_add(1, std::memory_order_seq_cst);
-  if (s.put_waiters.sleeping.load(std::memory_order_seq_cst) != 0) {
-    s.put_waiters.pending.store(0, std::memory_order_seq_cst);
-    wake_one(s.room_seq, s.put_waiters);
-  }
+  s.room_seq.fetch_add(2, std::memory_order_seq_cst);
+  if (s.put_waiters.sleeping.load(std::memory_order_seq_cst) != 0) wake_one(s.room_seq);
 }
 
 // One more item put (or got) by the thread owning the counter: it alone writes it.
@@ -440,8 +462,8 @@ void bump(std::atomic<std::uint64_t>& counter) {
 }
 
 void wake_all(QueueState& s) {
-  s.item_seq.fetch_add(1);
-  s.room_seq.fetch_add(1);
+  s.item_seq.fetch_add(2);  // by 2: the low bit is wake_one's
+  s.room_seq.fetch_add(2);
   posix::futex_wake(s.item_seq, INT_MAX);
   posix::futex_wake(s.room_seq, INT_MAX);
   s.done_seq.fetch_add(1);
@@ -973,7 +995,7 @@ struct QueueAccessImpl {
     // Counted once published (qsize() never counts an item nobody can take yet: a consumer
     // woken for one would pass on a wake-up for nothing).
     bump(me.counts->put);
-    if (wake) wake_one(s.item_seq, s.get_waiters);
+    if (wake) wake_one(s.item_seq);
   }
 
   // Whether a consumer sleeps (or is about to): looked at after the claim, whose CAS orders it
@@ -999,55 +1021,68 @@ struct QueueAccessImpl {
   // Waits until `attempt` succeeds (or the deadline: false): producers for room (sleeping on
   // room_seq, registered in put_waiters), consumers for an item (item_seq, get_waiters).
   //
-  // The eventcount: a waiter reads the word, registers, tries once more, then sleeps on the
-  // word. The other side looks at the registrations right after the CAS that claims (or takes)
-  // its record, and wakes one sleeper once its step is done. Registration and that CAS are both
-  // seq_cst read-modify-writes, so one of the two sees the other: either the mover sees the
-  // sleeper (and wakes it), or the waiter's last try sees the record claimed (taken) by a mover
-  // still at work; then it naps only kBusyNap at a time, as nobody will wake it.
+  // The eventcount: a waiter registers, reads the word (clearing a wake-up bit left set:
+  // settle), tries once more, then sleeps on the word. The other side looks at the
+  // registrations right after the CAS that claims (or takes) its record, and wakes one sleeper
+  // once its step is done. Registration and that CAS are both seq_cst read-modify-writes, so one
+  // of the two sees the other: either the mover sees the sleeper (and wakes it), or the waiter's
+  // last try sees the record claimed (taken) by a mover still at work. Nobody wakes it then, so
+  // it does not sleep: it spins and yields (the mover is a few instructions from done, or waits
+  // for a CPU), and only a mover held up for kBusySpin (descheduled, or dead) makes it nap,
+  // kBusyNap at a time, looking for dead movers every kRecheck.
   template <class Attempt, class More>
   static bool wait_for(QueueCore& q, std::atomic<std::uint32_t>& word, Waiters& waiters,
-                       const Deadline& deadline, Attempt&& attempt, More&& more) {
-    bool slept = false;
+                       const Deadline& deadline, Attempt&& attempt, More&& more, bool tried) {
+    bool took_over = false;  // slept, or cleared a wake-up bit: wake-ups may have been skipped
     auto done = [&] {
-      // Woken for one and more are there: the next sleeper's turn (nobody else wakes it
-      // while the wake-up this one cleared was pending).
-      if (slept && more()) wake_one(word, waiters);
+      // More are there than this one takes, and others sleep: the next sleeper's turn (nobody
+      // else wakes it while the wake-up this one cleared was on its way).
+      if (took_over && waiters.sleeping.load(std::memory_order_seq_cst) != 0 && more())
+        wake_one(word);
       return true;
     };
-    auto busy_since = Clock::now();
+    Clock::time_point busy_since{};
     bool was_busy = false;
     for (;;) {
       bool busy = false;
-      if (attempt(busy)) return done();
+      // (Not again at once when the caller has just looked: a consumer that keeps up with its
+      // producer would take the line of the stamp the producer is about to claim away from it
+      // once more, for nothing.)
+      if (!tried && attempt(busy)) return done();
+      tried = false;
       if (past(deadline)) return false;
-      // Spin: longer than a put or get takes, far shorter than a scheduler's tick.
-      const auto spin_until = Clock::now() + kSpin;
+      // Spin: longer than a put or get takes, far shorter than a scheduler's tick. The clock is
+      // first read after a few looks: a consumer that keeps up with its producer waits here for
+      // every few items, and a clock read costs more than a look on this VM.
+      Clock::time_point spin_until{};
       for (int i = 1;; ++i) {
         for (int k = 0; k < 8; ++k) pause();
         busy = false;
         if (attempt(busy)) return done();
         if ((i & 7) == 0) {
+          if (i == 8) spin_until = Clock::now() + kSpin;
           if (Clock::now() >= spin_until) break;
           // The peer may be waiting for this CPU (more runnable threads than CPUs): let it run.
           std::this_thread::yield();
         }
       }
-      const std::uint32_t seen = word.load(std::memory_order_seq_cst);
       waiters.sleeping.fetch_add(1, std::memory_order_seq_cst);
+      const std::uint32_t seen = settle(word, took_over);
       busy = false;
-      bool got = attempt(busy);
+      const bool got = attempt(busy);
+      const auto now = Clock::now();
+      if (busy && !was_busy) busy_since = now;
+      was_busy = busy;
       bool woken = true;
-      if (!got && !past(deadline)) {
+      const bool nap = busy && now - busy_since >= kBusySpin;
+      if (!got && (!busy || nap) && !past(deadline)) {
         woken = sleep_on(word, seen, deadline, busy ? kBusyNap : kRecheck);
-        slept = true;
+        took_over = true;
       }
       waiters.sleeping.fetch_sub(1, std::memory_order_seq_cst);
-      waiters.pending.store(0, std::memory_order_seq_cst);
+      if (took_over) settle(word, took_over);
       if (got) return done();
       // Nothing for kRecheck, or held up that long by a mover: a dead peer may hold the ring.
-      if (busy && !was_busy) busy_since = Clock::now();
-      was_busy = busy;
       if ((!woken && !busy) || (busy && Clock::now() - busy_since >= kRecheck)) {
         reap_ring(q);
         busy_since = Clock::now();
@@ -1056,17 +1091,21 @@ struct QueueAccessImpl {
   }
 
   template <class Attempt>
-  static bool wait_room(QueueCore& q, const Deadline& deadline, Attempt&& attempt) {
+  static bool wait_room(QueueCore& q, const Deadline& deadline, Attempt&& attempt,
+                        bool tried = false) {
     QueueState& s = *q.s_;
-    return wait_for(q, s.room_seq, s.put_waiters, deadline, attempt,
-                    [&] { return s.maxsize <= 0 || q.qsize() < s.maxsize; });
+    return wait_for(
+        q, s.room_seq, s.put_waiters, deadline, attempt,
+        [&] { return s.maxsize <= 0 || q.qsize() < s.maxsize; }, tried);
   }
 
   template <class Attempt>
-  static bool wait_item(QueueCore& q, const Deadline& deadline, Attempt&& attempt) {
+  static bool wait_item(QueueCore& q, const Deadline& deadline, Attempt&& attempt,
+                        bool tried = false) {
     // More than the one this consumer took (not yet counted as got).
-    return wait_for(q, q.s_->item_seq, q.s_->get_waiters, deadline, attempt,
-                    [&] { return q.qsize() > 1; });
+    return wait_for(
+        q, q.s_->item_seq, q.s_->get_waiters, deadline, attempt, [&] { return q.qsize() > 1; },
+        tried);
   }
 };
 
@@ -1170,12 +1209,15 @@ bool QueueCore::put(const void* data, std::size_t len, bool block,
       A::put_inline(s, me, pos, data, bytes);
       return true;
     }
-    return A::wait_room(*this, deadline, [&](bool& busy) {
-      const auto pos = A::try_claim(s, me, bytes, false, busy);
-      if (pos == A::kNoPos) return false;
-      A::put_inline(s, me, pos, data, bytes);
-      return true;
-    });
+    return A::wait_room(
+        *this, deadline,
+        [&](bool& busy) {
+          const auto pos = A::try_claim(s, me, bytes, false, busy);
+          if (pos == A::kNoPos) return false;
+          A::put_inline(s, me, pos, data, bytes);
+          return true;
+        },
+        true);
   }
   const int fd = block_descriptor(block_);
   bool timed_out = false;
@@ -1247,9 +1289,10 @@ bool QueueCore::put_large(const void* data, std::size_t len, const Deadline& dea
   };
   Reserved r = reserve(true);
   if (r == kWait) {
-    // Bounded by about what new pages cost (~1 ms a MiB here), so that a queue nobody reads
-    // only takes puts more slowly.
-    Deadline until = Clock::now() + std::chrono::microseconds(cap >> 10);
+    // Bounded by about what new pages cost (~1 ms a MiB here on a quiet machine, several on a
+    // loaded one, where the consumer that would give one back also loses its CPU for ms), so
+    // that a queue nobody reads only takes puts more slowly.
+    Deadline until = Clock::now() + std::chrono::microseconds(cap >> 8);
     if (deadline && *deadline < *until) until = deadline;
     A::wait_room(*this, until, [&](bool&) { return s.n_kept.load(std::memory_order_relaxed) > 0; });
     r = reserve(false);
@@ -1324,7 +1367,8 @@ bool QueueCore::put_large(const void* data, std::size_t len, const Deadline& dea
   return true;
 }
 
-bool QueueCore::get(ItemSink sink, void* ctx, bool block, const std::optional<Duration>& timeout) {
+bool QueueCore::get(ItemSink sink, void* ctx, bool block, const std::optional<Duration>& timeout,
+                    ItemAppend append) {
   QueueState& s = *s_;
   using A = QueueAccessImpl;
   OwnerCache& me = A::owner(*this);
@@ -1332,7 +1376,8 @@ bool QueueCore::get(ItemSink sink, void* ctx, bool block, const std::optional<Du
   bool busy = false;
   A::Taken taken;
   if (!A::try_take(s, me, busy, taken) &&
-      !A::wait_item(*this, deadline, [&](bool& busy) { return A::try_take(s, me, busy, taken); }))
+      !A::wait_item(
+          *this, deadline, [&](bool& busy) { return A::try_take(s, me, busy, taken); }, true))
     return false;
   // A producer asleep for room, looked at right after the take's CAS (see wait_for).
   const bool producer_sleeps = s.put_waiters.sleeping.load(std::memory_order_seq_cst) != 0;
@@ -1365,7 +1410,7 @@ bool QueueCore::get(ItemSink sink, void* ctx, bool block, const std::optional<Du
     if (s.maxsize > 0)
       wake_room(s);
     else if (producer_sleeps)
-      wake_one(s.room_seq, s.put_waiters);
+      wake_one(s.room_seq);
     return true;
   } else {
     const int fd = block_descriptor(block_);
@@ -1379,12 +1424,21 @@ bool QueueCore::get(ItemSink sink, void* ctx, bool block, const std::optional<Du
       const Extent checked =
           check_extent(name_view(s), payload, s.heap_base, s.heap_top, posix::page_size());
       extent = checked;
-      auto* dst = static_cast<std::byte*>(sink(ctx, extent.len));
-      ExtentPages pages(fd, extent, window(extent.off, capacity(extent.len)));
-      const std::byte* src = pages.data();
-      std::memcpy(dst, src, extent.len / 2);
-      fault(QueueStep::get_large_copying);
-      std::memcpy(dst + extent.len / 2, src + extent.len / 2, extent.len - extent.len / 2);
+      const std::uint64_t half = extent.len / 2;
+      if (append) {
+        ExtentPages pages(fd, extent, window(extent.off, capacity(extent.len)));
+        const std::byte* src = pages.data();
+        append(ctx, extent.len, src, half);
+        fault(QueueStep::get_large_copying);
+        append(ctx, extent.len, src + half, extent.len - half);
+      } else {
+        auto* dst = static_cast<std::byte*>(sink(ctx, extent.len));
+        ExtentPages pages(fd, extent, window(extent.off, capacity(extent.len)));
+        const std::byte* src = pages.data();
+        std::memcpy(dst, src, half);
+        fault(QueueStep::get_large_copying);
+        std::memcpy(dst + half, src + half, extent.len - half);
+      }
       delivered = true;
     } catch (...) {
       RingLock g(lock_, s, fd, std::nullopt);

@@ -458,6 +458,25 @@ TEST(Queue, OnePutWakesOneGetter) {
   EXPECT_LE(mp::detail::g_queue_wakes.load() - wakes, 1u + 2u * (kGetters - 1));
 }
 
+TEST(Queue, AWakeUpThatReachedNobodyDoesNotSilenceTheNext) {
+  mp::Queue<int> q;
+  // A wake-up sent to a sleeper that had left already (its timeout ran out, or it found an item
+  // on its own): nobody received it, so its bit is still set.
+  auto* seq = reinterpret_cast<std::atomic<std::uint32_t>*>(mp::detail::QueueAccess::segment(q) +
+                                                            mp::detail::kQueueItemSeqOffset);
+  seq->fetch_or(1);
+  std::thread getter([&] { EXPECT_EQ(q.get(kHang), 1); });
+  // Until the getter is registered and has cleared the bit (a condition polled, not a delay).
+  while (mp::detail::QueueAccess::sleepers(q) < 1 || (seq->load() & 1) != 0)
+    std::this_thread::yield();
+  const auto wakes = mp::detail::g_queue_wakes.load();
+  q.put(1);
+  getter.join();
+  // Woken by the put (a stale bit would have made it skip the wake-up: the getter would have
+  // lain until its periodic look).
+  EXPECT_EQ(mp::detail::g_queue_wakes.load() - wakes, 1u);
+}
+
 // ---- across processes ----
 
 class QueueAcross : public ::testing::TestWithParam<std::string> {

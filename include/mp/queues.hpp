@@ -37,6 +37,9 @@ struct QueueAccess;
 struct QueueAccessImpl;
 // get() hands an item's bytes to a sink: called once with the length, it returns where to write.
 using ItemSink = void* (*)(void* ctx, std::size_t len);
+// Or, for a large item when given, a piece at a time (`len`: the whole item's): a std::string
+// then takes its bytes by append, without resize's zero-filling of a MiB first.
+using ItemAppend = void (*)(void* ctx, std::size_t len, const void* piece, std::size_t n);
 
 // The shared ring and its waiting, without the item type.
 class QueueCore {
@@ -48,7 +51,8 @@ class QueueCore {
   // (The timeout by reference: an optional passed by value is written a byte at a time and
   // read whole, a store-forwarding stall on every call.)
   bool put(const void* data, std::size_t len, bool block, const std::optional<Duration>& timeout);
-  bool get(ItemSink sink, void* ctx, bool block, const std::optional<Duration>& timeout);
+  bool get(ItemSink sink, void* ctx, bool block, const std::optional<Duration>& timeout,
+           ItemAppend append = nullptr);
   long qsize() const;
   bool full() const;
   std::uint64_t lost() const;
@@ -91,6 +95,18 @@ inline constexpr bool kQueueMemcpy = std::is_trivially_copyable_v<T> && !std::is
 // std::string goes as its bytes: no archive, and a large one is copied once each way.
 template <class T>
 inline constexpr bool kQueueBytes = std::is_same_v<T, std::string>;
+
+// An item's bytes into a std::string (ctx): at once, or by pieces.
+inline void* string_sink(void* ctx, std::size_t len) {
+  auto& b = *static_cast<std::string*>(ctx);
+  b.resize(len);
+  return b.data();
+}
+inline void string_append(void* ctx, std::size_t len, const void* piece, std::size_t n) {
+  auto& b = *static_cast<std::string*>(ctx);
+  if (b.capacity() < len) b.reserve(len);
+  b.append(static_cast<const char*>(piece), n);
+}
 
 template <class T>
 void check_queue_item() {
@@ -248,21 +264,13 @@ T Queue<T>::get(bool block, std::optional<Duration> timeout) {
     return std::bit_cast<T>(slot);
   } else if constexpr (detail::kQueueBytes<T>) {
     T item;
-    detail::ItemSink sink = [](void* ctx, std::size_t len) -> void* {
-      auto& b = *static_cast<T*>(ctx);
-      b.resize(len);
-      return b.data();
-    };
-    if (!core_.get(sink, &item, block, timeout)) throw Empty();
+    if (!core_.get(detail::string_sink, &item, block, timeout, detail::string_append))
+      throw Empty();
     return item;
   } else {
     std::string bytes;
-    detail::ItemSink sink = [](void* ctx, std::size_t len) -> void* {
-      auto& b = *static_cast<std::string*>(ctx);
-      b.resize(len);
-      return b.data();
-    };
-    if (!core_.get(sink, &bytes, block, timeout)) throw Empty();
+    if (!core_.get(detail::string_sink, &bytes, block, timeout, detail::string_append))
+      throw Empty();
     // The pickle layer checks every length against the record's bytes: a corrupted record is
     // a PicklingError, never a giant allocation.
     reduction::InArchive ar{std::string_view(bytes)};
