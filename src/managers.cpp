@@ -318,7 +318,7 @@ class Server {
     } catch (...) {
       std::string out;
       reduction::OutArchive ar(out);
-      ar(exception_type(), exception_what());
+      ar(exception_type(), exception_what(), posix::getpid());
       return {kMethodError, std::move(out)};
     }
   }
@@ -656,13 +656,14 @@ class Session {
     if (slot.code == kMethodError) {
       reduction::InArchive in(slot.body);
       std::string type, message;
-      in(type, message);
+      int pid = 0;
+      in(type, message, pid);
       // The standard objects' documented errors come back as themselves.
       if (type == reduction::type_name<Empty>()) throw Empty();
       if (type == reduction::type_name<Full>()) throw Full();
       if (type == reduction::type_name<BrokenBarrierError>()) throw BrokenBarrierError();
       if (type == reduction::type_name<KeyError>()) throw KeyError(message);
-      throw RemoteError(type, message, server_pid_, 0);
+      throw RemoteError(type, message, pid, 0);
     }
     throw ManagerError(slot.body);
   }
@@ -674,8 +675,6 @@ class Session {
     } catch (...) {
     }
   }
-
-  void set_server_pid(int pid) { server_pid_ = pid; }
 
  private:
   struct Slot {
@@ -702,7 +701,6 @@ class Session {
   AuthenticationString authkey_;
   Connection conn_;
   int pid_;
-  int server_pid_ = 0;
   std::mutex send_mu_;
   std::mutex mu_;
   std::condition_variable cv_;
@@ -934,7 +932,6 @@ void BaseManager::start() {
     s_->address = Address(said.substr(1));
   }
   connect();
-  s_->session->set_server_pid(s_->server->pid().value_or(0));
 }
 
 void BaseManager::connect() {

@@ -10,6 +10,7 @@
 #include <set>
 #include <thread>
 
+#include "helpers/served_counter.hpp"
 #include "support.hpp"
 
 using namespace mp_test;
@@ -365,6 +366,83 @@ TEST(SyncManager, ADeadServerFailsAPendingCall) {
   waiter.join();
   EXPECT_NE(error.find("is gone"), std::string::npos) << error;
   EXPECT_THROW(pid.get(), mp::ManagerError);
+}
+
+// Two programs with no common parent in mp (the server's is started by a shell), meeting over
+// TCP with a key each was given, as across machines.
+TEST(SyncManager, TwoUnrelatedProgramsOverTcp) {
+  const std::string key = "a key both were given";
+  FILE* server = ::popen((helper_path("manager_tcp") + " '" + key + "'").c_str(), "r");
+  ASSERT_NE(server, nullptr);
+  int port = 0, server_pid = 0;
+  ASSERT_EQ(std::fscanf(server, "%d %d", &port, &server_pid), 2);
+  const mp::Address address(std::pair<std::string, int>("127.0.0.1", port));
+
+  mp::SyncManager wrong({.address = address, .authkey = mp::AuthenticationString("not it")});
+  EXPECT_THROW(wrong.connect(), mp::AuthenticationError);
+
+  {
+    mp::SyncManager m({.address = address, .authkey = mp::AuthenticationString(key)});
+    m.register_type<mp_test_served::Counter>("Counter");
+    m.connect();
+    auto c = m.create<mp_test_served::Counter>(40);
+    EXPECT_EQ(c.increment(2), 42);
+    const int pid = c.server_pid();
+    EXPECT_NE(pid, ::getpid());
+    try {
+      c.fail();
+      ADD_FAILURE() << "no error";
+    } catch (const mp::RemoteError& e) {
+      EXPECT_EQ(e.message(), "failed on purpose");
+      EXPECT_EQ(e.pid(), pid) << "the server's pid, though this client did not start it";
+    }
+    auto d = m.dict<std::string, int>();
+    d.set("x", 1);
+    EXPECT_EQ(d.get("x"), 1);
+    try {
+      d.update_with("x", add_one);
+      ADD_FAILURE() << "a function reference crossed to another program";
+    } catch (const mp::RemoteError& e) {
+      EXPECT_NE(e.message().find("crosses only within the same build"), std::string::npos)
+          << e.message();
+    }
+    EXPECT_EQ(d.get("x"), 1);
+    EXPECT_EQ(error_text<mp::ManagerError>([&] { (void)m.Value<int>(1); }),
+              "no type is registered as 'mp::managed::Value<int>'")
+        << "a type the server's program does not have";
+  }
+  ASSERT_EQ(::kill(server_pid, SIGTERM), 0);
+  const int status = ::pclose(server);
+  EXPECT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0) << status;
+}
+
+TEST(Manager, TruncatedAndOversizedRequestsEndOnlyTheirConnection) {
+  mp::BaseManager m;
+  m.register_type<mp_test_served::Counter>("Counter");
+  m.start();
+  auto c = m.create<mp_test_served::Counter>(1);
+  auto raw = mp::Client(m.address(), mp::ClientOptions{.authkey = mp::current_process().authkey()});
+  // A call of increment(int) whose argument is cut off: an error reply, nothing run.
+  std::string call(9, '\0');
+  call[0] = 1;
+  call[8] = 2;  // a call
+  {
+    mp::reduction::OutArchive ar(call);
+    ar(c.id(), std::string("increment"), std::uint64_t{1});
+  }
+  raw.send_bytes(call + "xy");
+  const std::string reply = raw.recv_bytes();
+  ASSERT_GE(reply.size(), 9u);
+  EXPECT_NE(reply[8], 10) << "not an ok";
+  EXPECT_EQ(c.increment(0), 1) << "nothing ran";
+  // A request over the size cap: that connection is dropped, the others go on.
+  try {
+    raw.send_bytes(std::string((64u << 20) + 1, 'x'));
+  } catch (const std::exception&) {
+    // the server may hang up before all of it is sent (EPIPE)
+  }
+  EXPECT_ANY_THROW(raw.recv_bytes()) << "the connection is closed";
+  EXPECT_EQ(c.increment(1), 2);
 }
 
 }  // namespace

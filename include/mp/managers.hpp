@@ -250,6 +250,13 @@ class Proxy : public T::template mp_proxy_methods<Proxy<T>> {
   std::shared_ptr<detail::ObjectRef> ref_;
 };
 
+/// The argument types of a constructor a server serves (see BaseManager::register_type).
+template <class... A>
+struct Args {
+  template <class T>
+  using constructor = detail::Constructor<T, A...>;
+};
+
 /// Construction options: `mp::BaseManager({.address = {{"127.0.0.1", 0}}, .authkey = key})`.
 struct ManagerOptions {
   std::optional<Address> address = std::nullopt;  ///< default: a private Unix socket path
@@ -271,10 +278,18 @@ class BaseManager {
   BaseManager& operator=(BaseManager&&) = delete;
 
   /// Serves T under `name` (Python's register(typeid, callable)); before start() or
-  /// serve_forever(). A client that connect()s registers the same names.
-  template <class T>
+  /// serve_forever(). A client that connect()s registers the same names. `Ctors` are the
+  /// constructors a client of another program may call, e.g. `register_type<Counter,
+  /// mp::Args<>, mp::Args<int>>("Counter")` (default: T() when it exists); within one build
+  /// every create<T>(args...) of the program registers its own.
+  template <class T, class... Ctors>
   void register_type(std::string name) {
     (void)detail::Served<T>::registered;
+    if constexpr (sizeof...(Ctors) == 0) {
+      if constexpr (std::is_default_constructible_v<T>) (void)detail::Constructor<T>::registered;
+    } else {
+      ((void)Ctors::template constructor<T>::registered, ...);
+    }
     register_key(std::move(name), typeid(T).name());
   }
 
