@@ -325,7 +325,8 @@ void print_summary(const Collector& c, const std::string& load_before) {
                 ratio, target);
   }
 
-  std::printf("\nclient processes calling d.get for %.2f s each (median of 5)\n", window_s());
+  std::printf("\nclient processes calling d.get for %.2f s each (median of %d)\n", window_s(),
+              bench::smoke() ? 2 : 5);
   std::optional<double> one;
   for (const int n : kClients) {
     auto v = counter("mp_manager_calls/clients:" + std::to_string(n), "calls_per_s");
