@@ -14,6 +14,8 @@
 //     method), each given the dict's proxy as its argument, call d.get("k") in a loop for
 //     kWindow once all are connected (a manager Barrier); calls_per_s is their calls in all over
 //     the window. Target >= 10x CPython's at the same N (CPython 12-17 k calls/s, flat).
+//   - floor_socketpair_calls/clients:N: the ceiling for it, N client processes making blocking
+//     socketpair round trips with an echo process each for the same window.
 //   - mp_manager_update_with: d.update_with("n", add_one), a counter in one call run on the
 //     server (CPython: `with lock: d[k] += 1`, four round trips).
 //   - mp_manager_update_with_2clients: two children racing kRace update_with calls each;
@@ -30,6 +32,9 @@
 #include <mp/mp.hpp>
 
 #include <benchmark/benchmark.h>
+#include <fcntl.h>
+#include <sys/socket.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include <chrono>
@@ -229,6 +234,80 @@ void run_update_with_2clients(benchmark::State& state) {
   }
 }
 
+// The ceiling for the calls/s cases: `clients` client processes, each making blocking round
+// trips on a socketpair to an echo process of its own for the window, as the manager's clients do
+// to their connection's thread on the server; their round trips in all over the window. Between
+// fork and _exit the children make system calls only: this process has threads.
+void run_floor_calls(benchmark::State& state, int clients) {
+  const long window_ns = static_cast<long>(window_s() * 1e9);
+  double rate = 0;
+  for (auto _ : state) {
+    int go[2], counts[2];
+    if (pipe2(go, O_CLOEXEC) != 0 || pipe2(counts, O_CLOEXEC) != 0) {
+      state.SkipWithError("pipe2 failed");
+      return;
+    }
+    std::vector<pid_t> pids;
+    for (int i = 0; i < clients; ++i) {
+      int sv[2];
+      if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) != 0) break;
+      const pid_t echo = fork();
+      if (echo == 0) {
+        close(sv[0]);
+        char buf[bench::kFloorMessage];
+        for (;;) {
+          const ssize_t r = bench::recv_full(sv[1], buf, sizeof buf, 0);
+          if (r == 0) _exit(0);
+          if (r < 0 || bench::send_full(sv[1], buf, sizeof buf) != 0) _exit(1);
+        }
+      }
+      const pid_t client = echo < 0 ? -1 : fork();
+      if (client == 0) {
+        close(sv[1]);
+        char c;
+        if (read(go[0], &c, 1) != 1) _exit(1);  // all start together
+        const long end = bench::now_ns() + window_ns;
+        long long n = 0;
+        char buf[bench::kFloorMessage] = {0};
+        while (bench::now_ns() < end) {
+          if (bench::send_full(sv[0], buf, sizeof buf) != 0 ||
+              bench::recv_full(sv[0], buf, sizeof buf, 0) != (ssize_t)sizeof buf)
+            _exit(1);
+          ++n;
+        }
+        // 8 bytes, less than PIPE_BUF: the clients' reports do not interleave.
+        _exit(write(counts[1], &n, sizeof n) == (ssize_t)sizeof n ? 0 : 1);
+      }
+      // Ours closed: a client's exit is its echo's EOF.
+      close(sv[0]);
+      close(sv[1]);
+      if (echo > 0) pids.push_back(echo);
+      if (client > 0) pids.push_back(client);
+    }
+    close(go[0]);
+    close(counts[1]);
+    const std::string start(static_cast<std::size_t>(clients), 'g');
+    const bool started = write(go[1], start.data(), start.size()) == (ssize_t)start.size();
+    close(go[1]);
+    long long total = 0;
+    int reports = 0;
+    for (long long n = 0; reports < clients && read(counts[0], &n, sizeof n) == sizeof n; ++reports)
+      total += n;
+    close(counts[0]);
+    bool ok = started && reports == clients && static_cast<int>(pids.size()) == 2 * clients;
+    for (const pid_t pid : pids) {
+      int status = 0;
+      ok = waitpid(pid, &status, 0) == pid && status == 0 && ok;
+    }
+    if (!ok) {
+      state.SkipWithError("a floor client or echo process failed");
+      return;
+    }
+    rate = static_cast<double>(total) / window_s();
+  }
+  state.counters["calls_per_s"] = rate;
+}
+
 // ---- registration
 
 void register_all() {
@@ -247,6 +326,12 @@ void register_all() {
     const std::string name = "mp_manager_calls/clients:" + std::to_string(n);
     bench::repeat_iterations(
         benchmark::RegisterBenchmark(name.c_str(), [n](S& s) { run_calls(s, n); })
+            ->UseRealTime()
+            ->Unit(benchmark::kMillisecond),
+        1, 5);
+    const std::string floor = "floor_socketpair_calls/clients:" + std::to_string(n);
+    bench::repeat_iterations(
+        benchmark::RegisterBenchmark(floor.c_str(), [n](S& s) { run_floor_calls(s, n); })
             ->UseRealTime()
             ->Unit(benchmark::kMillisecond),
         1, 5);
@@ -334,6 +419,8 @@ void print_summary(const Collector& c, const std::string& load_before) {
     if (n == 1) one = v;
     std::printf("  %d client%s %9.1f k calls/s", n, n == 1 ? " " : "s", *v / 1e3);
     if (one && n > 1) std::printf("  (%.2fx one client's)", *v / *one);
+    if (auto f = counter("floor_socketpair_calls/clients:" + std::to_string(n), "calls_per_s"))
+      std::printf("  floor %9.1f k round trips/s (mp %.2fx of it)", *f / 1e3, *v / *f);
     std::printf("  >= 10x CPython's: bench/python_managers.py compares\n");
   }
   if (auto v = counter("mp_manager_update_with_2clients", "increments_per_s"))

@@ -112,6 +112,10 @@ def main():
             line += f"   mp {m / 1e3:9.2f} k {unit}   mp is {m / py:6.1f}x faster"
             if target:
                 line += f"  (>= {target}x {'ok' if m / py >= target else 'MISSED'})"
+            floor = key.replace("mp_manager_", "floor_socketpair_")
+            if target and floor in mp and counter in mp[floor][1]:
+                f = mp[floor][1][counter]
+                line += f"; the floor {f / 1e3:.2f} k = {f / py:.1f}x CPython"
         else:
             line += f"   mp: no {key} in this run"
         print(line, flush=True)

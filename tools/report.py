@@ -208,7 +208,9 @@ AREAS = [
             M("mp_manager_dict_get"), "one dict get", P("manager_proxy_create")),
         *[Row(f"dict gets from {n} client process{'es' if n > 1 else ''}",
               M(f"mp_manager_calls/clients:{n}", "calls_per_s"),
-              py=P(f"manager_calls/clients:{n}"), kind="rate", unit="calls/s")
+              M(f"floor_socketpair_calls/clients:{n}", "calls_per_s"),
+              "blocking socketpair round trips, an echo process each",
+              P(f"manager_calls/clients:{n}"), kind="rate", unit="calls/s")
           for n in MANAGER_CLIENTS],
         Row("counter: update_with (CPython: with lock: d[k] += 1)", M("mp_manager_update_with"),
             M("mp_manager_dict_get"), "one dict get", P("manager_locked_increment")),
@@ -625,6 +627,9 @@ def charts(parts):
                      "client processes (log scale)", "calls per second (log scale)",
                      [("mp", MP, False, sweep_points(mg, "mp_manager_calls", "clients",
                                                      field="calls_per_s")),
+                      ("socketpair round trips (floor)", FLOOR, False,
+                       sweep_points(mg, "floor_socketpair_calls", "clients",
+                                    field="calls_per_s")),
                       ("CPython", PY, True,
                        sweep_points(mg, "", "clients", py_prefix="manager_calls"))], 1, logx=2,
                      xtics=[(str(n), n) for n in MANAGER_CLIENTS]))
