@@ -72,6 +72,7 @@
 #endif
 
 #include "repetitions.hpp"
+#include "socketpair_floor.hpp"
 
 namespace {
 
@@ -80,7 +81,6 @@ constexpr std::size_t kAsyncTasks = 100'000;
 constexpr std::size_t kMapItems = 1'000'000;
 constexpr int kKills = 100;
 constexpr auto kIdle = std::chrono::seconds(2);
-constexpr std::size_t kSmall = 8;  // bytes per floor message
 constexpr long kSpinNs = 20'000;
 constexpr auto kHotSpin = std::chrono::microseconds(50);  // PoolOptions::spin of the hot cases
 
@@ -349,80 +349,6 @@ void run_mp_executor_submit_throughput(benchmark::State& state) {
 }
 #endif
 
-// ---- the floor, in plain C style
-
-long now_ns(void) {
-  struct timespec ts;
-  clock_gettime(CLOCK_MONOTONIC, &ts);
-  return ts.tv_sec * 1000000000L + ts.tv_nsec;
-}
-
-// Exactly n bytes; 0 on EOF at once, -1 on error. With spin_ns > 0, non-blocking recvs for up to
-// spin_ns before each blocking one.
-ssize_t recv_full(int fd, char* buf, size_t n, long spin_ns) {
-  size_t got = 0;
-  while (got < n) {
-    ssize_t r = -1;
-    if (spin_ns > 0) {
-      const long t0 = now_ns();
-      do r = recv(fd, buf + got, n - got, MSG_DONTWAIT);
-      while (r < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR) &&
-             now_ns() - t0 < spin_ns);
-    }
-    if (r < 0) {
-      do r = recv(fd, buf + got, n - got, 0);
-      while (r < 0 && errno == EINTR);
-    }
-    if (r == 0 && got == 0) return 0;
-    if (r <= 0) return -1;
-    got += (size_t)r;
-  }
-  return (ssize_t)n;
-}
-
-int send_full(int fd, const char* buf, size_t n) {
-  size_t put = 0;
-  while (put < n) {
-    ssize_t r = send(fd, buf + put, n - put, MSG_NOSIGNAL);
-    if (r < 0 && errno == EINTR) continue;
-    if (r <= 0) return -1;
-    put += (size_t)r;
-  }
-  return 0;
-}
-
-void run_floor_roundtrip(benchmark::State& state, long spin_ns) {
-  int sv[2];
-  if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) != 0) {
-    state.SkipWithError("socketpair failed");
-    return;
-  }
-  pid_t pid = fork();
-  if (pid == 0) {
-    close(sv[0]);
-    char buf[kSmall];
-    for (;;) {
-      ssize_t r = recv_full(sv[1], buf, kSmall, spin_ns);
-      if (r == 0) _exit(0);
-      if (r < 0 || send_full(sv[1], buf, kSmall) != 0) _exit(1);
-    }
-  }
-  close(sv[1]);
-  char ping[kSmall] = {0}, pong[kSmall];
-  for (auto _ : state) {
-    if (pid < 0 || send_full(sv[0], ping, kSmall) != 0 ||
-        recv_full(sv[0], pong, kSmall, spin_ns) != (ssize_t)kSmall) {
-      state.SkipWithError("floor round trip failed");
-      break;
-    }
-  }
-  shutdown(sv[0], SHUT_WR);  // EOF for the child
-  close(sv[0]);
-  int status = 0;
-  if (pid > 0 && (waitpid(pid, &status, 0) != pid || status != 0))
-    state.SkipWithError("floor child failed");
-}
-
 // ---- registration
 
 void register_all() {
@@ -434,9 +360,9 @@ void register_all() {
   };
   roundtrip("mp_pool_apply_roundtrip", [](S& s) { run_mp_apply_roundtrip(s, g_pool); });
   roundtrip("mp_pool_apply_roundtrip_hot", [](S& s) { run_mp_apply_roundtrip(s, g_hot_pool); });
-  roundtrip("floor_socketpair_roundtrip", [](S& s) { run_floor_roundtrip(s, 0); });
+  roundtrip("floor_socketpair_roundtrip", [](S& s) { bench::run_floor_roundtrip(s, 0); });
   roundtrip("floor_socketpair_busypoll20us_roundtrip",
-            [](S& s) { run_floor_roundtrip(s, kSpinNs); });
+            [](S& s) { bench::run_floor_roundtrip(s, kSpinNs); });
 #if MP_BENCH_EXECUTOR
   roundtrip("mp_executor_submit_roundtrip",
             [](S& s) { run_mp_executor_submit_roundtrip(s, mp::Duration(0)); });

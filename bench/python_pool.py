@@ -14,12 +14,11 @@ ints), as bench/pool's mp_pool_map_tasks and mp_pool_map_chunksize cases.
 """
 import argparse
 import concurrent.futures
-import json
 import multiprocessing
 import sys
 import time
 
-from results import Results, add_arguments, benchmark_name
+from results import Results, add_arguments, mp_results
 
 WORKERS = 2
 ASYNC_TASKS = 20_000  # CPython does ~40 k/s: ~0.5 s a batch
@@ -58,27 +57,6 @@ def median_rate(name, fn, n, reps=3, unit="tasks/s"):
         fn(n)
         rates.append(n / (time.perf_counter() - t0))
     return R.add(name, rates, unit)
-
-
-def mp_results(path):
-    """By benchmark name: (median real time in ns, {counter: value}) from Google Benchmark's
-    JSON (the median aggregate, or the single run of a case without repetitions)."""
-    scale = {"ns": 1.0, "us": 1e3, "ms": 1e6, "s": 1e9}
-    skip = {"name", "family_index", "per_family_instance_index", "run_name", "run_type",
-            "repetitions", "repetition_index", "threads", "iterations", "real_time", "cpu_time",
-            "time_unit", "aggregate_name", "aggregate_unit", "error_occurred", "error_message"}
-    out = {}
-    with open(path) as f:
-        for b in json.load(f)["benchmarks"]:
-            if b.get("error_occurred"):
-                continue
-            if b["run_type"] == "aggregate" and b.get("aggregate_name") != "median":
-                continue
-            if b["run_type"] == "iteration" and b.get("repetitions", 1) > 1:
-                continue
-            counters = {k: v for k, v in b.items() if k not in skip}
-            out[benchmark_name(b["run_name"])] = (b["real_time"] * scale[b["time_unit"]], counters)
-    return out
 
 
 def main():

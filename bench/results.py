@@ -45,6 +45,27 @@ def benchmark_name(run_name):
                     if p not in ("real_time", "manual_time") and not p.startswith(options))
 
 
+def mp_results(path):
+    """By benchmark name: (median real time in ns, {counter: value}) from Google Benchmark's
+    JSON (the median aggregate, or the single run of a case without repetitions)."""
+    scale = {"ns": 1.0, "us": 1e3, "ms": 1e6, "s": 1e9}
+    skip = {"name", "family_index", "per_family_instance_index", "run_name", "run_type",
+            "repetitions", "repetition_index", "threads", "iterations", "real_time", "cpu_time",
+            "time_unit", "aggregate_name", "aggregate_unit", "error_occurred", "error_message"}
+    out = {}
+    with open(path) as f:
+        for b in json.load(f)["benchmarks"]:
+            if b.get("error_occurred"):
+                continue
+            if b["run_type"] == "aggregate" and b.get("aggregate_name") != "median":
+                continue
+            if b["run_type"] == "iteration" and b.get("repetitions", 1) > 1:
+                continue
+            counters = {k: v for k, v in b.items() if k not in skip}
+            out[benchmark_name(b["run_name"])] = (b["real_time"] * scale[b["time_unit"]], counters)
+    return out
+
+
 def available_bytes():
     """MemAvailable from /proc/meminfo (0 if unknown): caps the parent-memory sweep."""
     try:

@@ -18,12 +18,16 @@
 #     (when libboost-dev is installed), futex ping-pong and memcpy floors, and throughput against
 #     the item's size (8 B to 64 MiB); then CPython's Queue and SimpleQueue. About 3 minutes on 2
 #     cores.
+#   managers: mp::Manager()'s DictProxy get and set round trips against a blocking socketpair
+#     round trip, proxy creation, calls/s with 1, 2 and 4 client processes, an update_with
+#     counter (alone and 2 clients racing, the count checked); then CPython's Manager() (a Lock
+#     plus d[k] += 1 for the counter). About 1 minute on 2 cores.
 #   bench/run.sh [Google Benchmark flags, e.g. --benchmark_filter=spawn]
 # Environment: BUILD (build dir, default build/bench; one that is already configured keeps its
 # build type and options, the benchmarks are switched on in it), PYTHON (default Debian's
-# /usr/bin/python3), ONLY (process_start, connection, sync, pool or queue: run that part alone;
-# the flags go to whichever part runs), OUT (directory for each part's results: NAME.json from
-# Google Benchmark, python_NAME.json from its CPython script; default: the build dir), SMOKE=1
+# /usr/bin/python3), ONLY (process_start, connection, sync, pool, queue or managers: run that part
+# alone; the flags go to whichever part runs), OUT (directory for each part's results: NAME.json
+# from Google Benchmark, python_NAME.json from its CPython script; default: the build dir), SMOKE=1
 # (every case a few iterations, about a minute in all: checks that each runs and prints its
 # tables, measures nothing; tools/test.sh runs it). tools/report.sh runs it all and writes
 # docs/performance.md from OUT.
@@ -37,8 +41,11 @@ out=${OUT:-$build}
 smoke=${SMOKE:-}
 [ "$smoke" = 0 ] && smoke=""
 case "$only" in
-  "" | process_start | connection | sync | pool | queue) ;;
-  *) echo "ONLY must be process_start, connection, sync, pool or queue, not '$only'" >&2; exit 2 ;;
+  "" | process_start | connection | sync | pool | queue | managers) ;;
+  *)
+    echo "ONLY must be process_start, connection, sync, pool, queue or managers, not '$only'" >&2
+    exit 2
+    ;;
 esac
 
 if [ -n "${BUILD:-}" ] && [ -f "$build/CMakeCache.txt" ]; then
@@ -49,7 +56,7 @@ else
 fi
 # Only what will run: the others need not be (re)built.
 case "$only" in
-  "") targets="process_start mp_bench_noop connection sync pool queue" ;;
+  "") targets="process_start mp_bench_noop connection sync pool queue managers" ;;
   process_start) targets="process_start mp_bench_noop" ;;
   *) targets=$only ;;
 esac
@@ -91,3 +98,5 @@ part pool "Pool(2) against socketpair round-trip floors" \
   "CPython multiprocessing.Pool(2) and concurrent.futures.ProcessPoolExecutor(2)" "$@"
 part queue "Queue throughput and latency against an SPSC ring, Boost, futex and memcpy floors" \
   "CPython multiprocessing Queue and SimpleQueue, same measurements" "$@"
+part managers "Manager() dict calls against a socketpair round-trip floor" \
+  "CPython multiprocessing.Manager(), same measurements" "$@"

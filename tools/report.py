@@ -71,6 +71,7 @@ class Area:
         self.timing, self.printed = timing, printed
 
 
+MANAGER_CLIENTS = (1, 2, 4)  # bench/managers' mp_manager_calls/clients:N
 SFX = (("", "unpinned"), ("_1core", "both on 1 core"), ("_2cores", "a core each"))
 
 AREAS = [
@@ -196,7 +197,34 @@ AREAS = [
        "worker is killed.", timing="real time",
        printed=["round trips: ratio of medians", "throughput (median of",
                 "multiprocessing.Pool(2):"]),
-    # Managers and MPI: an entry each here once bench/ has them.
+    Area("managers", "Managers", "managers", [
+        Row("dict get through a proxy", M("mp_manager_dict_get"),
+            M("floor_socketpair_roundtrip"), "a blocking socketpair round trip",
+            P("manager_dict_get")),
+        Row("dict set through a proxy", M("mp_manager_dict_set"),
+            M("floor_socketpair_roundtrip"), "a blocking socketpair round trip",
+            P("manager_dict_set")),
+        Row("proxy creation (a dict, then dropped)", M("mp_manager_proxy_create"),
+            M("mp_manager_dict_get"), "one dict get", P("manager_proxy_create")),
+        *[Row(f"dict gets from {n} client process{'es' if n > 1 else ''}",
+              M(f"mp_manager_calls/clients:{n}", "calls_per_s"),
+              M(f"floor_socketpair_calls/clients:{n}", "calls_per_s"),
+              "blocking socketpair round trips, an echo process each",
+              P(f"manager_calls/clients:{n}"), kind="rate", unit="calls/s")
+          for n in MANAGER_CLIENTS],
+        Row("counter: update_with (CPython: with lock: d[k] += 1)", M("mp_manager_update_with"),
+            M("mp_manager_dict_get"), "one dict get", P("manager_locked_increment")),
+        Row("the same, 2 client processes racing", M("mp_manager_update_with_2clients",
+                                                     "increments_per_s"),
+            py=P("manager_locked_increment_2clients"), kind="rate", unit="increments/s"),
+    ], note="mp::Manager() against CPython's multiprocessing.Manager(), a dict of string keys and "
+       "int values, the server a child process. The clients are child processes given the "
+       "proxy as an argument, each calling for 0.3 s; a racing counter's final count is "
+       "checked. mp's counter is one call run on the server, CPython's a Lock and a get and a "
+       "set (four round trips).", timing="real time",
+       printed=["manager calls: ratio of medians", "client processes calling d.get",
+                "multiprocessing.Manager(), a dict proxy:"]),
+    # MPI: an entry here once bench/ has it.
 ]
 
 # README's summary: (area key, row label).
@@ -208,6 +236,7 @@ SUMMARY = [
     ("queue", "Queue 1×1, 8-byte items"),
     ("pool", "apply round trip"),
     ("pool", "map of 1M ints, automatic chunksize"),
+    ("managers", "dict get through a proxy"),
 ]
 
 
@@ -593,6 +622,17 @@ def charts(parts):
                       ("CPython Pool", PY, True,
                        sweep_points(pl, "", "chunksize", py_prefix="pool_map_chunksize"))], 1,
                      logx=2))
+    mg = parts["managers"]
+    out.append(lines("managers_vs_clients", "Manager: dict gets per second, all clients together",
+                     "client processes (log scale)", "calls per second (log scale)",
+                     [("mp", MP, False, sweep_points(mg, "mp_manager_calls", "clients",
+                                                     field="calls_per_s")),
+                      ("socketpair round trips (floor)", FLOOR, False,
+                       sweep_points(mg, "floor_socketpair_calls", "clients",
+                                    field="calls_per_s")),
+                      ("CPython", PY, True,
+                       sweep_points(mg, "", "clients", py_prefix="manager_calls"))], 1, logx=2,
+                     xtics=[(str(n), n) for n in MANAGER_CLIENTS]))
     return out
 
 
@@ -628,6 +668,7 @@ CHART_TEXT = [
     ("pool_throughput", "Pool and executor throughput against CPython"),
     ("pool_vs_tasks", "map throughput against the task count"),
     ("pool_vs_chunksize", "map throughput against the chunksize"),
+    ("managers_vs_clients", "Manager dict gets per second against the client processes"),
 ]
 
 
