@@ -31,6 +31,7 @@
 #include "auth.hpp"
 #include "exception_info.hpp"
 #include "mp/synchronize.hpp"
+#include "posix/futex.hpp"
 #include "posix/posix.hpp"
 #include "posix/socket.hpp"
 #include "runtime.hpp"
@@ -41,6 +42,12 @@ namespace mp {
 namespace detail {
 
 namespace {
+
+// This process's pid without a system call per manager call (cached per thread, forgotten in
+// a fork child).
+int own_pid() {
+  return posix::this_thread_identity().pid;
+}
 
 enum Code : std::uint8_t {
   kCreate = 1,
@@ -318,7 +325,7 @@ class Server {
     } catch (...) {
       std::string out;
       reduction::OutArchive ar(out);
-      ar(exception_type(), exception_what(), posix::getpid());
+      ar(exception_type(), exception_what(), own_pid());
       return {kMethodError, std::move(out)};
     }
   }
@@ -601,7 +608,7 @@ class Session {
       : address_(std::move(address)),
         authkey_(std::move(authkey)),
         conn_(std::move(conn)),
-        pid_(posix::getpid()) {}
+        pid_(own_pid()) {}
 
   int pid() const { return pid_; }
   const Address& address() const { return address_; }
@@ -717,7 +724,7 @@ std::shared_ptr<Session> session_for(const Address& address, const Authenticatio
   static std::map<std::string, std::weak_ptr<Session>> sessions;
   const std::string key = address_text(address);
   std::lock_guard l(mu);
-  if (auto s = sessions[key].lock(); s && s->pid() == posix::getpid() && s->authkey() == authkey)
+  if (auto s = sessions[key].lock(); s && s->pid() == own_pid() && s->authkey() == authkey)
     return s;
   auto conn = Client(address, ClientOptions{.authkey = authkey});
   auto s = std::make_shared<Session>(address, authkey, std::move(conn));
@@ -744,7 +751,7 @@ std::string id_and_token(std::uint64_t id, std::uint64_t token) {
 // its own on first use.
 std::shared_ptr<Session> bound(ObjectRef& ref) {
   std::lock_guard l(ref.mu);
-  if (ref.session->pid() != posix::getpid()) {
+  if (ref.session->pid() != own_pid()) {
     auto s = session_for(ref.session->address(), ref.session->authkey());
     s->call(kAttach, id_and_token(ref.id, 0));
     ref.session = s;
@@ -754,7 +761,7 @@ std::shared_ptr<Session> bound(ObjectRef& ref) {
 }  // namespace
 
 ObjectRef::~ObjectRef() {
-  if (!session || session->pid() != posix::getpid()) return;  // a fork child's copy: not its own
+  if (!session || session->pid() != own_pid()) return;  // a fork child's copy: not its own
   std::string body;
   reduction::OutArchive ar(body);
   ar(id);
@@ -833,7 +840,7 @@ struct BaseManager::State {
   std::optional<Process> server;
   std::shared_ptr<detail::Session> session;
   bool shut = false;
-  int owner = posix::getpid();  // only the process that started the server stops it
+  int owner = detail::own_pid();  // only the process that started the server stops it
 };
 
 namespace {
@@ -949,7 +956,7 @@ std::size_t BaseManager::number_of_objects() {
 
 std::shared_ptr<detail::Session> BaseManager::session() {
   if (!s_->session) throw std::logic_error("the manager is not started or connected");
-  if (s_->session->pid() != posix::getpid())  // a fork child's copy: its own connection
+  if (s_->session->pid() != detail::own_pid())  // a fork child's copy: its own connection
     s_->session = detail::session_for(*s_->address, s_->authkey);
   return s_->session;
 }
@@ -961,7 +968,7 @@ void BaseManager::serve_forever() {
 }
 
 void BaseManager::shutdown() {
-  if (!s_->server || s_->shut || s_->owner != posix::getpid()) return;
+  if (!s_->server || s_->shut || s_->owner != detail::own_pid()) return;
   s_->shut = true;
   if (s_->session) {
     try {
