@@ -29,7 +29,6 @@
 #include "mp/managers.hpp"
 #include "mp/reduction.hpp"
 
-#include <cereal/types/map.hpp>
 #include <cereal/types/utility.hpp>
 
 namespace mp {
