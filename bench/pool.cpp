@@ -71,6 +71,7 @@
 #include <mp/executor.hpp>
 #endif
 
+#include "collector.hpp"
 #include "repetitions.hpp"
 #include "socketpair_floor.hpp"
 
@@ -406,32 +407,7 @@ void register_all() {
       ->Iterations(1);
 }
 
-// The console output, plus each case's median real time (ns) and counters, for the summary.
-class Collector : public benchmark::ConsoleReporter {
- public:
-  Collector() : ConsoleReporter(isatty(STDOUT_FILENO) ? OO_ColorTabular : OO_Tabular) {}
-  std::map<std::string, double> median;
-  std::map<std::string, std::map<std::string, double>> counters;
-  void ReportRuns(const std::vector<Run>& runs) override {
-    ConsoleReporter::ReportRuns(runs);
-    for (const auto& r : runs) {
-      if (r.error_occurred || !(r.run_type == Run::RT_Iteration || r.aggregate_name == "median"))
-        continue;
-      const std::string name = r.run_name.function_name;
-      median[name] = r.GetAdjustedRealTime() * 1e9 / benchmark::GetTimeUnitMultiplier(r.time_unit);
-      for (const auto& [k, c] : r.counters) counters[name][k] = c.value;
-    }
-  }
-};
-
-std::string loadavg() {
-  std::ifstream in("/proc/loadavg");
-  std::string one, five, fifteen;
-  in >> one >> five >> fifteen;
-  return one + " " + five + " " + fifteen;
-}
-
-void print_summary(const Collector& c, const std::string& load_before) {
+void print_summary(const bench::Collector& c, const std::string& load_before) {
   const auto& t = c.median;
   auto counter = [&](const std::string& name, const std::string& k) -> std::optional<double> {
     auto i = c.counters.find(name);
@@ -443,7 +419,7 @@ void print_summary(const Collector& c, const std::string& load_before) {
   auto verdict = [](bool ok) { return ok ? "ok" : "MISSED"; };
 
   std::printf("\nload average (1, 5, 15 min) before: %s, after: %s; %u CPUs\n", load_before.c_str(),
-              loadavg().c_str(), std::thread::hardware_concurrency());
+              bench::loadavg().c_str(), std::thread::hardware_concurrency());
   std::printf("\n%-70s %9s %9s %8s  %s\n", "round trips: ratio of medians (us, real time)", "num",
               "den", "ratio", "target");
   struct Row {
@@ -595,8 +571,9 @@ int main(int argc, char** argv) {
   register_map_sweeps();
   benchmark::Initialize(&n, args.data());
   if (benchmark::ReportUnrecognizedArguments(n, args.data())) return 1;
-  Collector reporter;
-  const std::string load_before = loadavg();  // the machine may be shared: say how busy it was
+  bench::Collector reporter;
+  const std::string load_before =
+      bench::loadavg();  // the machine may be shared: say how busy it was
   {
     mp::Pool pool(kWorkers);
     mp::Pool hot({.processes = kWorkers, .spin = kHotSpin});
