@@ -14,6 +14,8 @@
 //     method), each given the dict's proxy as its argument, call d.get("k") in a loop for
 //     kWindow once all are connected (a manager Barrier); calls_per_s is their calls in all over
 //     the window. Target >= 10x CPython's at the same N (CPython 12-17 k calls/s, flat).
+//   - mp_manager_pipelined_calls/clients:N: the same with async_call, kPipeline gets in
+//     flight per client (CPython has no pipelined call: compared with its blocking calls).
 //   - floor_socketpair_calls/clients:N: the ceiling for it, N client processes making blocking
 //     socketpair round trips with an echo process each for the same window.
 //   - mp_manager_update_with: d.update_with("n", add_one), a counter in one call run on the
@@ -98,6 +100,27 @@ void get_loop(Dict d, mp::BarrierProxy start, mp::QueueProxy<std::int64_t> done,
     ++n;
   }
   done.put(sink == n ? n : -1);  // -1: a wrong value came back
+}
+
+// As get_loop, with kPipeline async_call gets in flight at a time (a batch sent, then its
+// results read): what a client that does not need each reply before the next call makes.
+constexpr int kPipeline = 32;
+void pipelined_get_loop(Dict d, mp::BarrierProxy start, mp::QueueProxy<std::int64_t> done,
+                        double window) {
+  using Get = mp::managed::Dict<std::string, int>;
+  (void)d.get("k");
+  start.wait(kHang);
+  const auto end = Clock::now() + std::chrono::duration<double>(window);
+  std::int64_t n = 0;
+  int sink = 0;
+  std::vector<mp::Future<int>> batch;
+  while (Clock::now() < end) {
+    for (int i = 0; i < kPipeline; ++i) batch.push_back(d.async_call<&Get::get>(std::string("k")));
+    for (auto& f : batch) sink += f.result();
+    n += kPipeline;
+    batch.clear();
+  }
+  done.put(sink == n ? n : -1);
 }
 
 // A racing client: `calls` increments once both are connected.
@@ -189,6 +212,7 @@ std::int64_t collect(std::vector<mp::Process>& ps, mp::QueueProxy<std::int64_t>&
   return sum;
 }
 
+template <auto Loop>
 void run_calls(benchmark::State& state, int clients) {
   try {
     auto done = g_manager->Queue<std::int64_t>();
@@ -196,7 +220,7 @@ void run_calls(benchmark::State& state, int clients) {
     double rate = 0;
     for (auto _ : state) {
       auto start = g_manager->Barrier(static_cast<std::size_t>(clients));
-      auto ps = start_clients(clients, get_loop, start, done, window);
+      auto ps = start_clients(clients, Loop, start, done, window);
       rate = static_cast<double>(collect(ps, done)) / window;
     }
     state.counters["calls_per_s"] = rate;
@@ -326,10 +350,16 @@ void register_all() {
   for (const int n : kClients) {
     const std::string name = "mp_manager_calls/clients:" + std::to_string(n);
     bench::repeat_iterations(
-        benchmark::RegisterBenchmark(name.c_str(), [n](S& s) { run_calls(s, n); })
+        benchmark::RegisterBenchmark(name.c_str(), [n](S& s) { run_calls<get_loop>(s, n); })
             ->UseRealTime()
             ->Unit(benchmark::kMillisecond),
         1, 5);
+    const std::string piped = "mp_manager_pipelined_calls/clients:" + std::to_string(n);
+    bench::repeat_iterations(benchmark::RegisterBenchmark(
+                                 piped.c_str(), [n](S& s) { run_calls<pipelined_get_loop>(s, n); })
+                                 ->UseRealTime()
+                                 ->Unit(benchmark::kMillisecond),
+                             1, 5);
     const std::string floor = "floor_socketpair_calls/clients:" + std::to_string(n);
     bench::repeat_iterations(
         benchmark::RegisterBenchmark(floor.c_str(), [n](S& s) { run_floor_calls(s, n); })
@@ -398,6 +428,9 @@ void print_summary(const bench::Collector& c, const std::string& load_before) {
     if (auto f = counter("floor_socketpair_calls/clients:" + std::to_string(n), "calls_per_s"))
       std::printf("  floor %9.1f k round trips/s (mp %.2fx of it)", *f / 1e3, *v / *f);
     std::printf("  >= 10x CPython's: bench/python_managers.py compares\n");
+    if (auto p = counter("mp_manager_pipelined_calls/clients:" + std::to_string(n), "calls_per_s"))
+      std::printf("    pipelined (async_call, %d in flight): %9.1f k calls/s (%.2fx blocking)\n",
+                  kPipeline, *p / 1e3, *p / *v);
   }
   if (auto v = counter("mp_manager_update_with_2clients", "increments_per_s"))
     std::printf(

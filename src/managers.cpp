@@ -602,7 +602,32 @@ void manager_server_main(ServerSpec spec, AuthenticationString authkey, Connecti
 
 // ---- the client ----
 
-class Session {
+// A reply's error as the exception it stands for.
+std::exception_ptr reply_error(std::uint8_t code, const std::string& body, const char* method) {
+  if (code == kMethodError) {
+    try {
+      reduction::InArchive in(body);
+      std::string type, message;
+      int pid = 0;
+      in(type, message, pid);
+      // The standard objects' documented errors come back as themselves.
+      if (type == reduction::type_name<Empty>()) return std::make_exception_ptr(Empty());
+      if (type == reduction::type_name<Full>()) return std::make_exception_ptr(Full());
+      if (type == reduction::type_name<BrokenBarrierError>())
+        return std::make_exception_ptr(BrokenBarrierError());
+      if (type == reduction::type_name<KeyError>())
+        return std::make_exception_ptr(KeyError(message));
+      return std::make_exception_ptr(
+          RemoteError::in_manager(type, message, pid, method ? method : "?"));
+    } catch (const std::exception& e) {
+      return std::make_exception_ptr(
+          ManagerError(std::string("a malformed error reply: ") + e.what()));
+    }
+  }
+  return std::make_exception_ptr(ManagerError(body));
+}
+
+class Session final : public FutureSource, public std::enable_shared_from_this<Session> {
  public:
   Session(Address address, AuthenticationString authkey, Connection conn)
       : address_(std::move(address)),
@@ -610,69 +635,45 @@ class Session {
         conn_(std::move(conn)),
         pid_(own_pid()) {}
 
+  // Calls still in flight (their futures outlive every proxy) fail: nobody can read them now.
+  ~Session() override {
+    std::vector<std::shared_ptr<Job>> orphans;
+    for (auto& [id, entry] : waiting_)
+      if (entry.job) orphans.push_back(std::move(entry.job));
+    auto error = std::make_exception_ptr(
+        ManagerError("the connection to the manager's server at " + address_text(address_) +
+                     " was closed before the reply came (no proxy of it was left)"));
+    for (auto& job : orphans) job->task_failed(0, error);
+  }
+
   int pid() const { return pid_; }
   const Address& address() const { return address_; }
   const AuthenticationString& authkey() const { return authkey_; }
 
   // Sends a request and waits for its reply's body; throws as the reply says.
-  std::string call(std::uint8_t op, const std::string& body) {
+  std::string call(std::uint8_t op, const std::string& body, const char* method = nullptr) {
     Slot slot;
     std::unique_lock l(mu_);
-    if (!dead_.empty()) throw ManagerError(dead_);
-    const std::uint64_t id = ++next_id_;
-    waiting_[id] = &slot;
-    l.unlock();
-    send(frame(id, op, body));
-    l.lock();
-    while (!slot.done && dead_.empty()) {
-      if (reading_) {
-        cv_.wait(l);
-        continue;
-      }
-      reading_ = true;
-      l.unlock();
-      std::string reply;
-      std::string failure;
-      try {
-        reply = conn_.recv_bytes(kMaxRequest);
-        if (reply.size() < kHead) failure = "a reply shorter than its header";
-      } catch (const std::exception& e) {
-        failure = e.what();
-      }
-      l.lock();
-      reading_ = false;
-      if (!failure.empty()) {
-        dead_ = "the manager's server at " + address_text(address_) +
-                " is gone (its objects with it): " + failure;
-      } else {
-        std::uint64_t rid;
-        std::memcpy(&rid, reply.data(), 8);
-        auto it = waiting_.find(rid);
-        if (it != waiting_.end()) {
-          it->second->code = static_cast<std::uint8_t>(reply[8]);
-          it->second->body = reply.substr(kHead);
-          it->second->done = true;
-        }
-      }
-      cv_.notify_all();
-    }
+    const std::uint64_t id = start(l, op, body, &slot, nullptr);
+    pump(
+        l, [&] { return slot.done; }, std::nullopt);
     waiting_.erase(id);
     if (!slot.done) throw ManagerError(dead_);
     l.unlock();
     if (slot.code == kOk) return std::move(slot.body);
-    if (slot.code == kMethodError) {
-      reduction::InArchive in(slot.body);
-      std::string type, message;
-      int pid = 0;
-      in(type, message, pid);
-      // The standard objects' documented errors come back as themselves.
-      if (type == reduction::type_name<Empty>()) throw Empty();
-      if (type == reduction::type_name<Full>()) throw Full();
-      if (type == reduction::type_name<BrokenBarrierError>()) throw BrokenBarrierError();
-      if (type == reduction::type_name<KeyError>()) throw KeyError(message);
-      throw RemoteError(type, message, pid, 0);
-    }
-    throw ManagerError(slot.body);
+    std::rethrow_exception(reply_error(slot.code, slot.body, method));
+  }
+
+  // Sends a call whose reply finishes `job` (task 0). While async calls are in flight a
+  // reader thread runs, so that a future finishes (and its callbacks run) with nobody waiting
+  // in result(); a caller waiting reads replies too, whichever comes first.
+  void call_async(const std::string& body, const char* method, std::shared_ptr<Job> job) {
+    std::unique_lock l(mu_);
+    start(l, kCall, body, nullptr, std::move(job), method);
+    if (reader_running_ || async_pending_ == 0) return;
+    std::thread reader([self = shared_from_this()] { self->read_async(); });
+    reader.detach();  // it holds the session, and ends on its own
+    reader_running_ = true;
   }
 
   // A request with no reply (a release); errors ignored: a gone server has released it all.
@@ -683,22 +684,185 @@ class Session {
     }
   }
 
+  // FutureSource: a call is sent at once, so it is running and cannot be cancelled.
+  bool cancel(const Job*, std::size_t) override { return false; }
+  bool wait(const Job*, const std::function<bool()>& done,
+            std::optional<Duration> timeout) override {
+    std::optional<std::chrono::steady_clock::time_point> deadline;
+    if (timeout)
+      deadline = std::chrono::steady_clock::now() +
+                 std::chrono::duration_cast<std::chrono::steady_clock::duration>(
+                     std::max(*timeout, Duration::zero()));
+    std::unique_lock l(mu_);
+    pump(l, done, deadline);
+    return done();
+  }
+  void notify_waiters() override {
+    std::lock_guard l(mu_);
+    cv_.notify_all();
+  }
+
  private:
   struct Slot {
     bool done = false;
     std::uint8_t code = 0;
     std::string body;
   };
+  // A call waiting for its reply: a caller's slot, or an async call's job.
+  struct Waiting {
+    Slot* slot = nullptr;
+    std::shared_ptr<Job> job;
+    const char* method = nullptr;  // a served method's name (static), for its errors
+  };
+  // Async calls in flight per process: past it, async_call first waits for the oldest (the
+  // server replies in order, and a client that never reads would fill both sockets).
+  static constexpr std::size_t kWindow = 64;
+  // A request this long is sent only once no async reply is pending: a caller blocked sending
+  // it while the server is blocked sending replies nobody reads would wait forever.
+  static constexpr std::size_t kLargeRequest = 64u << 10;
+
+  // The reader thread: reads while async calls are in flight, lingers a moment for the next
+  // burst, then ends (the session it holds may go then).
+  void read_async() {
+    std::unique_lock l(mu_);
+    do {
+      pump(
+          l, [&] { return async_pending_ == 0; }, std::nullopt);
+    } while (dead_.empty() && cv_.wait_for(l, std::chrono::milliseconds(100), [&] {
+      return async_pending_ > 0 || !dead_.empty();
+    }) && dead_.empty());
+    reader_running_ = false;
+  }
+
+  // Registers a request under a new id and sends it (under l, released while sending).
+  std::uint64_t start(std::unique_lock<std::mutex>& l, std::uint8_t op, const std::string& body,
+                      Slot* slot, std::shared_ptr<Job> job, const char* method = nullptr) {
+    if (!dead_.empty()) throw ManagerError(dead_);
+    if (job)
+      pump(
+          l, [&] { return async_pending_ < kWindow; }, std::nullopt);
+    if (body.size() >= kLargeRequest)
+      pump(
+          l, [&] { return async_pending_ == 0; }, std::nullopt);
+    if (!dead_.empty()) throw ManagerError(dead_);
+    const std::uint64_t id = ++next_id_;
+    if (job) ++async_pending_;
+    waiting_[id] = Waiting{slot, std::move(job), method};
+    l.unlock();
+    try {
+      send(frame(id, op, body));
+    } catch (...) {
+      l.lock();
+      forget(id);
+      throw;
+    }
+    l.lock();
+    return id;
+  }
+
+  void forget(std::uint64_t id) {
+    auto it = waiting_.find(id);
+    if (it == waiting_.end()) return;
+    if (it->second.job) --async_pending_;
+    waiting_.erase(it);
+  }
+
+  // Reads replies (one thread at a time; the others wait) until `done` holds, the server is
+  // gone or the deadline passes; with l held.
+  template <class Done>
+  void pump(std::unique_lock<std::mutex>& l, const Done& done,
+            std::optional<std::chrono::steady_clock::time_point> deadline) {
+    while (!done() && dead_.empty()) {
+      if (reading_) {
+        if (deadline)
+          cv_.wait_until(l, *deadline);
+        else
+          cv_.wait(l);
+        if (deadline && std::chrono::steady_clock::now() >= *deadline) return;
+        continue;
+      }
+      if (deadline && std::chrono::steady_clock::now() >= *deadline) return;
+      reading_ = true;
+      l.unlock();
+      std::string reply;
+      std::string failure;
+      bool timed_out = false;
+      try {
+        if (deadline && !conn_.poll(Duration(*deadline - std::chrono::steady_clock::now())))
+          timed_out = true;
+        else if (reply = conn_.recv_bytes(kMaxRequest); reply.size() < kHead)
+          failure = "a reply shorter than its header";
+      } catch (const std::exception& e) {
+        failure = e.what();
+      }
+      l.lock();
+      reading_ = false;
+      if (!failure.empty()) {
+        fail_all(l, "the manager's server at " + address_text(address_) +
+                        " is gone (its objects with it): " + failure);
+      } else if (!timed_out) {
+        deliver(l, std::move(reply));
+      }
+      cv_.notify_all();
+    }
+  }
+
+  // One reply to its caller's slot, or to its job (finished without the lock: its callbacks
+  // may call the server again).
+  void deliver(std::unique_lock<std::mutex>& l, std::string reply) {
+    std::uint64_t rid;
+    std::memcpy(&rid, reply.data(), 8);
+    auto it = waiting_.find(rid);
+    if (it == waiting_.end()) return;
+    const auto code = static_cast<std::uint8_t>(reply[8]);
+    if (it->second.slot) {
+      it->second.slot->code = code;
+      it->second.slot->body = reply.substr(kHead);
+      it->second.slot->done = true;
+      return;
+    }
+    auto job = std::move(it->second.job);
+    const char* method = it->second.method;
+    waiting_.erase(it);
+    --async_pending_;
+    l.unlock();
+    if (code == kOk)
+      job->task_done(0, std::string_view(reply).substr(kHead));
+    else
+      job->task_failed(0, reply_error(code, reply.substr(kHead), method));
+    job.reset();
+    l.lock();
+  }
+
+  // The server is gone: every async call fails with why; callers see dead_.
+  void fail_all(std::unique_lock<std::mutex>& l, std::string why) {
+    if (dead_.empty()) dead_ = std::move(why);
+    std::vector<std::shared_ptr<Job>> jobs;
+    for (auto it = waiting_.begin(); it != waiting_.end();) {
+      if (it->second.job) {
+        jobs.push_back(std::move(it->second.job));
+        it = waiting_.erase(it);
+      } else {
+        ++it;
+      }
+    }
+    async_pending_ = 0;
+    if (jobs.empty()) return;
+    auto error = std::make_exception_ptr(ManagerError(dead_));
+    l.unlock();
+    for (auto& job : jobs) job->task_failed(0, error);
+    jobs.clear();
+    l.lock();
+  }
 
   void send(const std::string& f) {
     std::lock_guard l(send_mu_);
     try {
       conn_.send_bytes(f);
     } catch (const std::exception& e) {
-      std::lock_guard m(mu_);
-      if (dead_.empty())
-        dead_ = "the manager's server at " + address_text(address_) +
-                " is gone (its objects with it): " + e.what();
+      std::unique_lock m(mu_);
+      fail_all(m, "the manager's server at " + address_text(address_) +
+                      " is gone (its objects with it): " + e.what());
       cv_.notify_all();
       throw ManagerError(dead_);
     }
@@ -714,7 +878,9 @@ class Session {
   bool reading_ = false;
   std::string dead_;
   std::uint64_t next_id_ = 0;
-  std::unordered_map<std::uint64_t, Slot*> waiting_;
+  std::size_t async_pending_ = 0;
+  bool reader_running_ = false;
+  std::unordered_map<std::uint64_t, Waiting> waiting_;
 };
 
 // This process's session with the server at `address`: one connection per client process,
@@ -747,6 +913,13 @@ std::string id_and_token(std::uint64_t id, std::uint64_t token) {
   return body;
 }
 
+// Numbers this thread for the server (which thread holds an RLock).
+std::uint64_t call_thread() {
+  static std::atomic<std::uint64_t> threads{0};
+  thread_local const std::uint64_t thread = ++threads;
+  return thread;
+}
+
 // The ref's session in this process: a fork child's copy connects and takes a reference of
 // its own on first use.
 std::shared_ptr<Session> bound(ObjectRef& ref) {
@@ -770,14 +943,25 @@ ObjectRef::~ObjectRef() {
 
 std::string call_method(ObjectRef& ref, const char* method, const std::string& args) {
   auto session = bound(ref);
-  // Numbers this thread for the server (which thread holds an RLock).
-  static std::atomic<std::uint64_t> threads{0};
-  thread_local const std::uint64_t thread = ++threads;
   std::string body;
   reduction::OutArchive ar(body);
-  ar(ref.id, std::string(method), thread);
+  ar(ref.id, std::string(method), call_thread());
   body += args;
-  return session->call(kCall, body);
+  return session->call(kCall, body, method);
+}
+
+std::shared_ptr<FutureSource> source_of(ObjectRef& ref) {
+  return bound(ref);
+}
+
+void call_method_async(ObjectRef& ref, const char* method, const std::string& args,
+                       std::shared_ptr<Job> job) {
+  auto session = bound(ref);
+  std::string body;
+  reduction::OutArchive ar(body);
+  ar(ref.id, std::string(method), call_thread());
+  body += args;
+  session->call_async(body, method, std::move(job));
 }
 
 void save_ref(reduction::OutArchive& ar, ObjectRef& ref, const char* type_key) {

@@ -23,6 +23,15 @@ struct Counter {
   MP_METHODS(Counter, increment, get, describe, fail, server_pid)
 };
 
+// A method that never returns (the server's connection thread stays in it until killed).
+struct Hanger {
+  void hang() {
+    for (;;) ::pause();
+  }
+  int server_pid() const { return ::getpid(); }
+  MP_METHODS(Hanger, hang, server_pid)
+};
+
 struct Other {
   int value() const { return 1; }
   MP_METHODS(Other, value)
@@ -76,6 +85,38 @@ TEST_P(ManagerAcross, ADeadServerIsOneErrorForEveryLaterCall) {
   const std::string text = error_text<mp::ManagerError>([&] { c.get(); });
   EXPECT_NE(text.find("is gone"), std::string::npos) << text;
   EXPECT_EQ(error_text<mp::ManagerError>([&] { c.get(); }), text);
+}
+
+TEST_P(ManagerAcross, AsyncCallsAreInFlightTogetherAndRunInOrder) {
+  mp::BaseManager m({.context = &ctx()});
+  m.register_type<Counter>("Counter");
+  m.start();
+  auto c = m.create<Counter>();
+  // Far more than the 64 in flight: async_call waits for the oldest itself.
+  std::vector<mp::Future<int>> futures;
+  for (int i = 0; i < 1000; ++i) futures.push_back(c.async_call<&Counter::increment>(1));
+  for (int i = 0; i < 1000; ++i) ASSERT_EQ(futures[i].result(), i + 1) << "in the order made";
+  EXPECT_TRUE(futures[0].done());
+  EXPECT_FALSE(futures[0].cancel()) << "sent at once: not cancellable";
+  // Requests and replies of 1 MiB each, pipelined: neither side blocks the other for good.
+  const std::string big(1 << 20, 'x');
+  std::vector<mp::Future<std::string>> large;
+  for (int i = 0; i < 20; ++i) large.push_back(c.async_call<&Counter::describe>(big));
+  for (auto& f : large) EXPECT_EQ(f.result(), big + "1000");
+  // mp::wait and mp::as_completed take them as they take an executor's futures.
+  std::vector<mp::Future<int>> more;
+  for (int i = 0; i < 10; ++i) more.push_back(c.async_call<&Counter::increment>(2));
+  auto waited = mp::wait(more, 60s);
+  EXPECT_EQ(waited.done.size(), 10u);
+  int seen = 0;
+  for (auto f : mp::as_completed(std::move(more))) seen += f.done();
+  EXPECT_EQ(seen, 10);
+  EXPECT_EQ(c.get(), 1020);
+  auto done = c.async_call<&Counter::get>();
+  std::atomic<int> called{0};
+  done.add_done_callback([&](const mp::Future<int>& f) { called += f.result(); });
+  EXPECT_EQ(done.result(), 1020);
+  EXPECT_EQ(called.load(), 1020);
 }
 
 INSTANTIATE_TEST_SUITE_P(StartMethods, ManagerAcross,
@@ -193,3 +234,75 @@ TEST(Manager, ATypeRegisteredOtherwiseOnTheServerIsRefused) {
 }
 
 }  // namespace
+
+TEST(Manager, AnAsyncCallsErrorFailsOnlyItsFutureAndNamesTheMethod) {
+  mp::BaseManager m;
+  m.register_type<Counter>("Counter");
+  m.start();
+  auto c = m.create<Counter>();
+  auto failing = c.async_call<&Counter::fail>();
+  auto fine = c.async_call<&Counter::increment>(3);
+  const int server = c.server_pid();
+  const std::string text = error_text<mp::RemoteError>([&] { failing.result(); });
+  EXPECT_EQ(text, "std::out_of_range: no such thing (in the manager's server pid " +
+                      std::to_string(server) + ", method 'fail')");
+  EXPECT_EQ(error_text<mp::RemoteError>([&] { c.fail(); }), text) << "a plain call says the same";
+  EXPECT_TRUE(failing.exception() != nullptr);
+  EXPECT_EQ(fine.result(), 3);
+}
+
+TEST(Manager, ADeadServerFailsEveryAsyncCallInFlight) {
+  mp::BaseManager m;
+  m.register_type<Hanger>("Hanger");
+  m.register_type<Counter>("Counter");
+  m.start();
+  auto h = m.create<Hanger>();
+  auto c = m.create<Counter>();
+  const int server = h.server_pid();
+  auto stuck = h.async_call<&Hanger::hang>();
+  // The server reads one connection's calls in order: those behind the hanging one wait too.
+  std::vector<mp::Future<int>> behind;
+  for (int i = 0; i < 5; ++i) behind.push_back(c.async_call<&Counter::increment>(1));
+  EXPECT_EQ(error_text<mp::TimeoutError>([&] { stuck.result(50ms); }, "none"),
+            error_text<mp::TimeoutError>([] { mp::detail::throw_timeout(); }));
+  ASSERT_EQ(::kill(server, SIGKILL), 0);
+  const auto t0 = std::chrono::steady_clock::now();
+  const std::string text = error_text<mp::ManagerError>([&] { stuck.result(60s); });
+  EXPECT_NE(text.find("is gone"), std::string::npos) << text;
+  for (auto& f : behind) EXPECT_EQ(error_text<mp::ManagerError>([&] { f.result(60s); }), text);
+  EXPECT_LT(std::chrono::steady_clock::now() - t0, 30s) << "reported, not hung";
+  EXPECT_EQ(error_text<mp::ManagerError>([&] { c.async_call<&Counter::get>(); }), text)
+      << "and every later call";
+}
+
+TEST(Manager, ThreadsMixingPlainAndAsyncCallsEachGetTheirReplies) {
+  mp::BaseManager m;
+  m.register_type<Counter>("Counter");
+  m.start();
+  auto c = m.create<Counter>();
+  std::vector<std::thread> threads;
+  std::atomic<int> out_of_order{0};
+  for (int t = 0; t < 4; ++t)
+    threads.emplace_back([&] {
+      int last = 0;
+      std::vector<mp::Future<int>> futures;
+      for (int i = 0; i < 500; ++i) {
+        if (i % 2) {
+          futures.push_back(c.async_call<&Counter::increment>(1));
+        } else {
+          const int now = c.increment(1);
+          if (now <= last) ++out_of_order;
+          last = now;
+        }
+      }
+      int previous = 0;
+      for (auto& f : futures) {
+        const int v = f.result();
+        if (v <= previous) ++out_of_order;
+        previous = v;
+      }
+    });
+  for (auto& t : threads) t.join();
+  EXPECT_EQ(out_of_order.load(), 0);
+  EXPECT_EQ(c.get(), 2000);
+}

@@ -124,6 +124,16 @@ class RemoteError : public ProcessError {
         message_(std::move(message)),
         pid_(pid),
         index_(index) {}
+  /// A manager's served method threw: "... (in the manager's server pid N, method 'get')";
+  /// index() is 0.
+  static RemoteError in_manager(std::string type, std::string message, int pid,
+                                const std::string& method) {
+    RemoteError e(std::move(type), std::move(message), pid, 0);
+    static_cast<ProcessError&>(e) =
+        ProcessError(e.type_ + ": " + e.message_ + " (in the manager's server pid " +
+                     std::to_string(pid) + ", method '" + method + "')");
+    return e;
+  }
   /// The remote exception's type ("std::runtime_error") and what().
   const std::string& type_name() const noexcept { return type_; }
   const std::string& message() const noexcept { return message_; }

@@ -32,6 +32,7 @@
 
 #include "mp/context.hpp"
 #include "mp/errors.hpp"
+#include "mp/future.hpp"
 #include "mp/listener.hpp"
 #include "mp/process.hpp"
 #include "mp/reduction.hpp"
@@ -182,6 +183,22 @@ struct ObjectRef {
 // A call: the request's bytes out, the reply's bytes back (mp::RemoteError for a method's
 // exception, mp::ManagerError once the server is gone).
 std::string call_method(ObjectRef& ref, const char* method, const std::string& args);
+// The same call without waiting: its reply finishes `job` (read by whichever thread of this
+// process waits next on the server); source_of is what the job's waiters wait in.
+std::shared_ptr<FutureSource> source_of(ObjectRef& ref);
+void call_method_async(ObjectRef& ref, const char* method, const std::string& args,
+                       std::shared_ptr<Job> job);
+// The served name of T's method M (found in T's MP_METHODS table).
+template <class T, auto M>
+const char* method_name() {
+  static const char* const name = [] {
+    for (const auto& e : T::mp_methods())
+      if (e.invoke == &invoke_method<M>) return e.name;
+    return static_cast<const char*>(nullptr);
+  }();
+  if (!name) throw std::logic_error("mp: async_call: not one of the type's MP_METHODS");
+  return name;
+}
 // A proxy crossing to another process: the server's address, the object and a reference held
 // for the receiver until it attaches (with the authkey only while spawning, as CPython).
 void save_ref(reduction::OutArchive& ar, ObjectRef& ref, const char* type_key);
@@ -238,6 +255,27 @@ class Proxy : public T::template mp_proxy_methods<Proxy<T>> {
       in(r);
       return r;
     }
+  }
+
+  /// M called on the server without waiting for it: the reply becomes the future's result or
+  /// its error (as call()'s). Calls made by one thread run in the order made; up to 64 per
+  /// process are in flight, then async_call first waits for the oldest. A waiting result()
+  /// reads the replies of every call in flight, so they need no thread of their own.
+  ///   mp::Future<int> f = counter.async_call<&Counter::increment>(5);
+  template <auto M, class... A>
+  auto async_call(A&&... a) const {
+    using Traits = detail::MethodTraits<decltype(M)>;
+    using R = std::decay_t<typename Traits::Result>;
+    static_assert(Traits::template callable_with<A...>,
+                  "mp: Proxy: these arguments do not match the method's parameters");
+    std::string args = std::apply([](const auto&... p) { return detail::encode_args(p...); },
+                                  typename Traits::Args(std::forward<A>(a)...));
+    detail::ObjectRef& ref = *checked();
+    const char* name = detail::method_name<T, M>();
+    auto state = std::make_shared<detail::FutureState<R>>(detail::source_of(ref), true);
+    state->task_sent(0);  // sent at once: running, as a future a worker has
+    detail::call_method_async(ref, name, args, state);
+    return FuturesAccess<R>::make(std::move(state));
   }
 
  private:

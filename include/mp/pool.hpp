@@ -63,10 +63,7 @@ using CallbackFor =
 using ErrorCallback = std::function<void(std::exception_ptr)>;
 
 std::string object_address(const void* p);
-// Prints a callback's exception (it runs in a pool thread; nothing else could catch it).
-void report_callback_error(std::exception_ptr e);
 [[noreturn]] void throw_not_ready(const char* kind, const void* self);
-[[noreturn]] void throw_timeout();
 
 // What an AsyncResult<V> reads.
 template <class V>
@@ -247,30 +244,6 @@ class LazySource {
 // ("Pool not running").
 void submit_tasks(Engine& engine, const std::shared_ptr<Job>& job, std::size_t first_task,
                   std::vector<std::string> payloads, const std::vector<std::size_t>& offsets);
-}  // namespace detail
-
-namespace detail {
-// An input iterator over owner->next() until it gives nullopt (imap, the executor's map,
-// as_completed).
-template <class Owner, class T>
-class PullIterator {
- public:
-  using value_type = T;
-  using difference_type = std::ptrdiff_t;
-  PullIterator() = default;
-  explicit PullIterator(Owner* owner) : owner_(owner) { ++*this; }
-  const T& operator*() const { return *current_; }
-  PullIterator& operator++() {
-    current_ = owner_->next();
-    return *this;
-  }
-  void operator++(int) { ++*this; }
-  bool operator==(std::default_sentinel_t) const { return !current_; }
-
- private:
-  Owner* owner_ = nullptr;
-  std::optional<T> current_;
-};
 }  // namespace detail
 
 /// The result of an *_async call (multiprocessing.pool.AsyncResult). V is what get() returns.

@@ -20,6 +20,7 @@
 #include <vector>
 
 #include "mp/errors.hpp"
+#include "mp/future.hpp"
 #include "mp/process.hpp"
 #include "mp/reduction.hpp"
 
@@ -43,14 +44,6 @@ const reduction::CodeRef& runner_ref() {
   static const reduction::CodeRef ref = reduction::code_ref(reinterpret_cast<const void*>(Runner));
   return ref;
 }
-
-// void results travel as this.
-struct NoResult {
-  template <class Archive>
-  void serialize(Archive&) {}
-};
-template <class R>
-using Wire = std::conditional_t<std::is_void_v<R>, NoResult, R>;
 
 template <class F, class... Args>
 Wire<std::invoke_result_t<F&, Args&&...>> invoke_task(F& f, Args&&... args) {
@@ -131,25 +124,6 @@ std::string task_payload(const F& f, const Items& items) {
   return out;
 }
 
-// Receives the outcome of each task of one call (a Pool's AsyncResult, an imap iterator, a
-// Future), in a thread of the pool, never under the engine's lock.
-class Job {
- public:
-  virtual ~Job() = default;
-  virtual void task_done(std::size_t task, std::string_view result) = 0;
-  virtual void task_failed(std::size_t task, std::exception_ptr error) = 0;
-  // Taken off the queue before it was sent (shutdown(cancel_futures)).
-  virtual void task_cancelled(std::size_t task) {
-    task_failed(task, std::make_exception_ptr(CancelledError()));
-  }
-  // Sent to a worker (a Future is running from then on, as in CPython). Under the engine's
-  // lock: it must only record it.
-  virtual void task_sent(std::size_t) {}
-  // Whether its outcomes may be delivered in any thread of the parent, a caller's waiting in
-  // Engine::wait() included (no callback that must run in a pool thread).
-  virtual bool any_thread() const { return false; }
-};
-
 struct Task {
   std::shared_ptr<Job> job;
   std::size_t index = 0;       // the task's number within its job
@@ -176,10 +150,10 @@ struct SubmitResult {
 };
 
 // The workers and the thread that feeds them and reads their results.
-class Engine {
+class Engine final : public FutureSource {
  public:
   explicit Engine(EngineOptions options);
-  ~Engine();  // terminate()
+  ~Engine() override;  // terminate()
   Engine(const Engine&) = delete;
   Engine& operator=(const Engine&) = delete;
   /// Queues tasks (in order); nothing is queued when the pool is closed, terminated or broken.
@@ -190,16 +164,17 @@ class Engine {
   /// workers (SIGTERM, or SIGKILL with `kill`), and returns once they are gone.
   void terminate(bool kill = false);
   /// Takes `job`'s task `task` off the queue if it has not been sent; true if it was.
-  bool cancel(const Job* job, std::size_t task);
+  bool cancel(const Job* job, std::size_t task) override;
   /// Takes every queued task off the queue (each job is told: task_cancelled).
   void cancel_pending();
   /// Waits until done() (within `timeout`; false if not), reading the workers' results in
   /// this thread meanwhile: those of jobs that allow it (Job::any_thread) are delivered here,
   /// the others are left to the engine's thread.
-  bool wait(const Job* job, const std::function<bool()>& done, std::optional<Duration> timeout);
+  bool wait(const Job* job, const std::function<bool()>& done,
+            std::optional<Duration> timeout) override;
   /// Tells the callers in wait() to look at their jobs again (one was finished outside the
   /// engine: a Future cancelled).
-  void notify_waiters();
+  void notify_waiters() override;
   /// Why the pool is broken (null: it is not).
   std::exception_ptr broken() const;
   /// Waits for the workers to end (after close() or terminate()).
