@@ -15,8 +15,8 @@
 // meanwhile: two ranks sending each other large messages never wait on each other.
 //
 // Idle: MPI has no descriptor to sleep on, so both sides poll MPI_Iprobe, backing off from a
-// short spin to sleeps of up to kMaxNap (with a session) or kMaxNapIdle (a worker rank with
-// none); the hub sleeps on its sockets alone while no session is open.
+// spin of kSpin (yielding) to sleeps of up to kMaxNap (with a session) or kMaxNapIdle (a worker
+// rank with none); the hub sleeps on its sockets alone while no session is open.
 #define OMPI_SKIP_MPICXX 1  // the C API only: no libmpi_cxx
 #define MPICH_SKIP_MPICXX 1
 #include <mpi.h>
@@ -50,7 +50,7 @@ using Clock = std::chrono::steady_clock;
 constexpr int kTag = 7341;
 constexpr std::size_t kPiece = std::size_t{4} << 20;         // stream bytes per message
 constexpr std::size_t kMaxQueued = std::size_t{256} << 20;   // sent, not yet completed
-constexpr auto kSpin = std::chrono::microseconds(20);        // busy polling after activity
+constexpr auto kSpin = std::chrono::microseconds(1000);      // polling (yielding) after activity
 constexpr auto kFirstNap = std::chrono::microseconds(50);    // then sleeps, doubling...
 constexpr auto kMaxNap = std::chrono::milliseconds(1);       // ...to this with a session
 constexpr auto kMaxNapIdle = std::chrono::milliseconds(10);  // a worker rank without one
@@ -184,7 +184,12 @@ class Backoff {
   }
   // nullopt: keep spinning (poll without waiting).
   Duration next(Duration cap) {
-    if (Clock::now() - last_ < kSpin) return Duration(0);
+    // Within a task's trip of the last activity, a reply is likely: polled for, the core
+    // offered to others between polls (an MPI arrival wakes no sleeper).
+    if (Clock::now() - last_ < kSpin) {
+      std::this_thread::yield();
+      return Duration(0);
+    }
     const Duration d = std::min(Duration(nap_), cap);
     nap_ = std::min(nap_ * 2, std::chrono::duration_cast<std::chrono::microseconds>(kMaxNapIdle));
     return d;
@@ -395,7 +400,12 @@ void Hub::loop() {
     for (auto& link : active) fds.push_back({link->hub_end.get()});
     std::optional<Duration> nap;
     if (!active.empty() || !sender.empty()) nap = backoff.next(kMaxNap);
-    if (!nap || *nap > Duration(0)) posix::poll_fds(fds, nap);
+    // poll() counts whole milliseconds: a shorter nap is a sleep (the sockets are looked at
+    // after it), or every trip would wait a millisecond at each end.
+    if (nap && *nap < std::chrono::milliseconds(1))
+      std::this_thread::sleep_for(*nap);
+    else if (!nap || *nap > Duration(0))
+      posix::poll_fds(fds, nap);
     if (fds[0].readable) {
       std::byte drainbuf[64];
       while (posix::recv_nowait(wake_r_.get(), drainbuf).value_or(0) > 0) {
@@ -537,7 +547,9 @@ struct Session {
     }
     const Duration nap = backoff.next(s ? Duration(kMaxNap) : Duration(kMaxNapIdle));
     if (nap <= Duration(0)) continue;
-    if (s) {
+    if (nap < std::chrono::milliseconds(1)) {
+      std::this_thread::sleep_for(nap);  // as the hub's: poll() counts milliseconds
+    } else if (s) {
       posix::PollFd p{s->end.get(), !s->outbox.empty()};
       posix::poll_fds(std::span(&p, 1), nap);
     } else {
