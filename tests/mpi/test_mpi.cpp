@@ -4,9 +4,11 @@
 #include <gtest/gtest.h>
 
 #include <chrono>
+#include <memory>
 #include <numeric>
 #include <stdexcept>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "mp/mpi.hpp"
@@ -154,6 +156,34 @@ TEST(MpiPool, TerminateFailsOutstanding) {
   // A new pool on the same ranks works.
   mp::mpi::Pool again;
   EXPECT_EQ(again.apply(square, 6), 36);
+}
+
+int sleep_then_square(int x) {
+  std::this_thread::sleep_for(1500ms);
+  return x * x;
+}
+
+// A rank cannot be signalled: terminate() fails the running task at once, the rank finishes
+// it, then serves the next pool.
+TEST(MpiPool, TerminateDuringALongTaskReturnsPromptly) {
+  NEED_WORKERS();
+  auto pool = std::make_unique<mp::mpi::Pool>();
+  auto r = pool->apply_async(sleep_then_square, 3);
+  std::this_thread::sleep_for(200ms);
+  const auto t = std::chrono::steady_clock::now();
+  pool->terminate();
+  EXPECT_LT(std::chrono::steady_clock::now() - t, 1s);
+  EXPECT_THROW(r.get(kHang), mp::BrokenProcessPool);
+  pool.reset();
+  mp::mpi::Pool again;
+  EXPECT_EQ(again.apply(square, 8), 64);
+}
+
+TEST(MpiPool, WorkerPidsAreTheRanks) {
+  NEED_WORKERS();
+  mp::mpi::Pool pool;
+  pool.apply(square, 1);
+  EXPECT_EQ(pool.worker_pids().size(), std::size_t(mp::mpi::workers()));
 }
 
 TEST(MpiPool, MoreWorkersThanRanksIsAnError) {
