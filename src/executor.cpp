@@ -35,7 +35,14 @@ detail::EngineOptions engine_options(ExecutorOptions o) {
 }  // namespace
 
 ProcessPoolExecutor::ProcessPoolExecutor(ExecutorOptions options)
-    : engine_(std::make_shared<detail::Engine>(engine_options(std::move(options)))) {}
+    : ProcessPoolExecutor(std::move(options), nullptr) {}
+
+ProcessPoolExecutor::ProcessPoolExecutor(ExecutorOptions options,
+                                         std::shared_ptr<detail::Transport> transport) {
+  detail::EngineOptions e = engine_options(std::move(options));
+  e.transport = std::move(transport);
+  engine_ = std::make_shared<detail::Engine>(std::move(e));
+}
 
 ProcessPoolExecutor::~ProcessPoolExecutor() {
   shutdown(true);

@@ -23,6 +23,7 @@
 #include "mp/connection.hpp"
 #include "mp/context.hpp"
 #include "mp/shared.hpp"
+#include "pool_transport.hpp"
 #include "posix/posix.hpp"
 #include "runtime.hpp"
 
@@ -176,8 +177,13 @@ struct PoolWorker : Process {
 };
 
 void PoolWorker::run() {
-  const int fd = conn.fileno();
   std::atomic_ref<std::uint64_t> running(slots[slot]);
+  const int parent = parent_process() ? parent_process()->sentinel() : -1;
+  serve_tasks(conn.fileno(), parent, &running, initializer, maxtasks, spin_ns);
+}
+
+void serve_tasks(int fd, int parent, std::atomic_ref<std::uint64_t>* running,
+                 const std::string& initializer, std::int64_t maxtasks, std::int64_t spin_ns) {
   RunnerCache runners;
   std::string out, frame;
   auto send = [&](std::uint64_t id, Status status) {
@@ -198,7 +204,6 @@ void PoolWorker::run() {
     }
     out.clear();
     send(0, kReady);
-    const int parent = parent_process() ? parent_process()->sentinel() : -1;
     FrameReader reader;
     std::int64_t done = 0;
     for (;;) {
@@ -228,7 +233,7 @@ void PoolWorker::run() {
         continue;
       }
       if (f->status == kStop) return;
-      running.store(f->id, std::memory_order_release);
+      if (running) running->store(f->id, std::memory_order_release);
       out.clear();
       const Status s = run_payload(f->payload, out, runners);
       send(f->id, s);
@@ -242,8 +247,7 @@ void PoolWorker::run() {
 namespace {
 
 struct Worker {
-  std::unique_ptr<PoolWorker> proc;  // the parent's copy of the process object
-  Connection conn;                   // the parent's end
+  std::unique_ptr<WorkerLink> link;  // how it is reached (a local process, an MPI rank)
   std::uint32_t slot = 0;
   int pid = 0;
   std::deque<std::uint64_t> inflight;  // sent, in order; the first is running or next
@@ -283,6 +287,67 @@ std::string method_prefix(StartMethod m) {
   return "";
 }
 
+// The local transport: a worker is a daemon process with a socket (Pipe) of its own; the
+// task it began is in its slot of a shared array, read when it has died.
+class LocalLink final : public WorkerLink {
+ public:
+  LocalLink(std::unique_ptr<PoolWorker> proc, Connection conn, RawArray<std::uint64_t> slots,
+            std::uint32_t slot)
+      : proc_(std::move(proc)),
+        conn_(std::move(conn)),
+        slots_(std::move(slots)),
+        slot_(slot),
+        pid_(proc_->pid().value_or(0)) {}
+  ~LocalLink() override {
+    try {
+      if (proc_->exitcode()) proc_->close();
+    } catch (const std::exception&) {
+    }
+  }
+  int fd() const override { return conn_.fileno(); }
+  int sentinel() const override { return proc_->sentinel(); }
+  int pid() const override { return pid_; }
+  std::uint64_t running() const override {
+    return std::atomic_ref<std::uint64_t>(slots_[slot_]).load(std::memory_order_acquire);
+  }
+  void terminate() override { proc_->terminate(); }
+  void kill() override { proc_->kill(); }
+  void join(std::optional<Duration> timeout) override {
+    if (timeout)
+      proc_->join(*timeout);
+    else
+      proc_->join();
+  }
+  std::optional<int> exitcode() const override { return proc_->exitcode(); }
+
+ private:
+  std::unique_ptr<PoolWorker> proc_;  // the parent's copy of the process object
+  Connection conn_;                   // the parent's end
+  mutable RawArray<std::uint64_t> slots_;
+  std::uint32_t slot_;
+  int pid_;
+};
+
+class LocalTransport final : public Transport {
+ public:
+  explicit LocalTransport(std::size_t processes) : slots_(processes) {}
+  std::unique_ptr<WorkerLink> start(const WorkerSpec& spec) override {
+    auto [ours, theirs] = Pipe(true);
+    auto proc = std::make_unique<PoolWorker>(std::move(theirs), slots_, spec.slot, spec.initializer,
+                                             spec.maxtasks, spec.spin_ns);
+    const Context& ctx = spec.context ? *spec.context : get_context();
+    ctx.bind_to(*proc);
+    proc->set_name(method_prefix(ctx.start_method()) + proc->name());
+    std::atomic_ref<std::uint64_t>(slots_[spec.slot]).store(0, std::memory_order_relaxed);
+    proc->start();
+    proc->conn.close();  // the worker's end is the worker's alone now
+    return std::make_unique<LocalLink>(std::move(proc), std::move(ours), slots_, spec.slot);
+  }
+
+ private:
+  RawArray<std::uint64_t> slots_;
+};
+
 }  // namespace
 
 struct Engine::Impl {
@@ -293,7 +358,7 @@ struct Engine::Impl {
   std::deque<std::uint64_t> pending;
   std::uint64_t next_id = 1;
   std::vector<std::unique_ptr<Worker>> workers;  // one per slot; null: to be started
-  RawArray<std::uint64_t> slots;
+  std::shared_ptr<Transport> transport;
   enum State { kRun, kClose, kTerminate } state = kRun;
   bool kill_now = false;  // terminate with SIGKILL (kill_workers)
   std::exception_ptr broken;
@@ -307,10 +372,13 @@ struct Engine::Impl {
   // sockets of workers gone meanwhile, kept open (not reused for another file) until they leave.
   std::vector<int> waiters;
   int pollers = 0;
-  std::vector<Connection> gone_conns;
+  std::vector<std::unique_ptr<WorkerLink>> gone_links;
   std::vector<std::pair<posix::unique_fd, posix::unique_fd>> bells;  // the idle ones
 
-  explicit Impl(EngineOptions opts) : o(std::move(opts)), slots(std::size_t(o.processes)) {
+  explicit Impl(EngineOptions opts)
+      : o(std::move(opts)),
+        transport(o.transport ? o.transport
+                              : std::make_shared<LocalTransport>(std::size_t(o.processes))) {
     auto [r, w] = posix::make_socketpair();
     wake_r = std::move(r);
     wake_w = std::move(w);
@@ -324,30 +392,20 @@ struct Engine::Impl {
     }
   }
 
-  const Context& context() const { return o.context ? *o.context : get_context(); }
-
   // Under the lock.
   void start_worker(std::uint32_t slot) {
-    auto [ours, theirs] = Pipe(true);
     auto w = std::make_unique<Worker>();
-    w->proc = std::make_unique<PoolWorker>(
-        std::move(theirs), slots, slot, o.initializer, o.maxtasksperchild.value_or(0),
-        std::chrono::duration_cast<std::chrono::nanoseconds>(o.spin).count());
-    const Context& ctx = context();
-    ctx.bind_to(*w->proc);
-    w->proc->set_name(method_prefix(ctx.start_method()) + w->proc->name());
-    std::atomic_ref<std::uint64_t>(slots[slot]).store(0, std::memory_order_relaxed);
-    w->proc->start();
-    w->proc->conn.close();  // the worker's end is the worker's alone now
-    w->conn = std::move(ours);
+    w->link = transport->start(
+        {slot, o.initializer, o.maxtasksperchild.value_or(0),
+         std::chrono::duration_cast<std::chrono::nanoseconds>(o.spin).count(), o.context});
     w->slot = slot;
-    w->pid = w->proc->pid().value_or(0);
+    w->pid = w->link->pid();
     workers[slot] = std::move(w);
   }
 
   // Drops a worker's record; its socket outlives it while a caller polls it.
   void drop_worker(std::unique_ptr<Worker>& w) {
-    if (pollers > 0 && !w->conn.closed()) gone_conns.push_back(std::move(w->conn));
+    if (pollers > 0) gone_links.push_back(std::move(w->link));
     w.reset();
   }
 
@@ -367,7 +425,7 @@ struct Engine::Impl {
     if (!pending.empty())
       for (auto& w : workers) left = left || !w || has_room(*w);
     for (auto& w : workers) {
-      if (!w || w->outbox.empty() || w->conn.closed()) continue;
+      if (!w || w->outbox.empty()) continue;
       // A worker with two tasks or more in hand gets the rest with the write that follows its
       // next result (one write for many tasks): it has work until then.
       if (w->inflight.size() - w->unflushed >= 2) continue;
@@ -452,7 +510,7 @@ struct Engine::Impl {
   void flush(Worker& w) {
     while (w.sent < w.outbox.size()) {
       const auto n =
-          posix::send_nowait(w.conn.fileno(), std::as_bytes(std::span(w.outbox)).subspan(w.sent));
+          posix::send_nowait(w.link->fd(), std::as_bytes(std::span(w.outbox)).subspan(w.sent));
       if (n == 0) break;  // full (or the worker has gone: its sentinel says so)
       w.sent += n;
     }
@@ -515,7 +573,7 @@ struct Engine::Impl {
   bool drain(Worker& w) {
     for (;;) {
       auto space = w.inbox.space();
-      auto n = posix::recv_nowait(w.conn.fileno(), space);
+      auto n = posix::recv_nowait(w.link->fd(), space);
       w.inbox.commit(n.value_or(0));
       while (auto f = w.inbox.next()) on_frame(w, *f);
       if (!n) return true;
@@ -530,14 +588,13 @@ struct Engine::Impl {
   void on_death(std::uint32_t slot) {
     Worker& w = *workers[slot];
     try {
-      if (!w.conn.closed()) drain(w);
+      drain(w);
     } catch (const std::exception&) {
       // A half-written result: that task is lost with the worker, below.
     }
-    w.proc->join();
-    const int code = w.proc->exitcode().value_or(-1);
-    const std::uint64_t running =
-        std::atomic_ref<std::uint64_t>(slots[slot]).load(std::memory_order_acquire);
+    w.link->join(std::nullopt);
+    const int code = w.link->exitcode().value_or(-1);
+    const std::uint64_t running = w.link->running();
     if (!w.inflight.empty() && w.inflight.front() == running) {
       const std::uint64_t id = w.inflight.front();
       w.inflight.pop_front();
@@ -559,22 +616,20 @@ struct Engine::Impl {
             " workers in a row died before finishing a task; the last (pid " +
             std::to_string(w.pid) + ") ended with exit code " + std::to_string(code)));
     }
-    w.proc->close();
     drop_worker(workers[slot]);
   }
 
   // Ends every worker: SIGTERM (or SIGKILL), then SIGKILL after a grace period; reaps them.
   void stop_workers() {
     for (auto& w : workers)
-      if (w) kill_now ? w->proc->kill() : w->proc->terminate();
+      if (w) kill_now ? w->link->kill() : w->link->terminate();
     for (auto& w : workers) {
       if (!w) continue;
-      w->proc->join(std::chrono::seconds(1));
-      if (!w->proc->exitcode()) {
-        w->proc->kill();
-        w->proc->join();
+      w->link->join(std::chrono::seconds(1));
+      if (!w->link->exitcode()) {
+        w->link->kill();
+        w->link->join(std::nullopt);
       }
-      w->proc->close();
       drop_worker(w);
     }
   }
@@ -676,7 +731,7 @@ void Engine::Impl::loop() {
                                   std::to_string(o.task_timeout->count()) + " s; its worker (pid " +
                                   std::to_string(w->pid) + ") was terminated")));
         w->retiring = true;
-        w->proc->terminate();
+        w->link->terminate();
         w->kill_at = now + std::chrono::milliseconds(20);
         // What it had not begun goes to the others now.
         for (auto it = w->inflight.rbegin(); it != w->inflight.rend(); ++it)
@@ -687,7 +742,7 @@ void Engine::Impl::loop() {
         w->unflushed = 0;
       }
       if (w->kill_at && now >= *w->kill_at) {
-        w->proc->kill();
+        w->link->kill();
         w->kill_at.reset();
       }
       for (auto t : {w->deadline, w->kill_at})
@@ -701,12 +756,12 @@ void Engine::Impl::loop() {
     for (std::uint32_t i = 0; i < workers.size(); ++i) {
       auto& w = workers[i];
       if (!w) continue;
-      if (!w->conn.closed() && !w->eof) {
+      if (!w->eof) {
         flush(*w);
-        fds.push_back({w->conn.fileno(), !w->outbox.empty()});
+        fds.push_back({w->link->fd(), !w->outbox.empty()});
         owner.push_back(i);
       }
-      fds.push_back({w->proc->sentinel()});
+      fds.push_back({w->link->sentinel()});
       owner.push_back(i | 0x80000000u);
     }
     batch.swap(outcomes);
@@ -735,11 +790,11 @@ void Engine::Impl::loop() {
       Worker& w = *workers[i];
       if (owner[k] & 0x80000000u) {
         if (fds[k].readable) on_death(i);
-      } else if (fds[k].readable && !w.conn.closed() && !w.eof) {
+      } else if (fds[k].readable && !w.eof) {
         try {
           drain(w);
         } catch (const std::exception&) {
-          w.proc->kill();  // it sent garbage: it goes, as a dead worker does
+          w.link->kill();  // it sent garbage: it goes, as a dead worker does
         }
       }
     }
@@ -795,11 +850,11 @@ bool Engine::Impl::wait(const Job* job, const std::function<bool()>& done,
     {
       std::lock_guard l(m);
       for (auto& w : workers) {
-        if (!w || w->conn.closed() || w->eof) continue;
+        if (!w || w->eof) continue;
         try {
           drain(*w);
         } catch (const std::exception&) {
-          w->proc->kill();  // it sent garbage: it goes, as a dead worker does
+          w->link->kill();  // it sent garbage: it goes, as a dead worker does
         }
       }
       // Delivered here when their jobs allow it (ours does); the others by the engine's thread.
@@ -815,7 +870,7 @@ bool Engine::Impl::wait(const Job* job, const std::function<bool()>& done,
         fds.clear();
         fds.push_back({bell.first.get()});
         for (auto& w : workers)
-          if (w && !w->conn.closed() && !w->eof) fds.push_back({w->conn.fileno()});
+          if (w && !w->eof) fds.push_back({w->link->fd()});
         waiters.push_back(bell.second.get());
         ++pollers;
       }
@@ -837,7 +892,7 @@ bool Engine::Impl::wait(const Job* job, const std::function<bool()>& done,
     }
     std::lock_guard l(m);
     std::erase(waiters, bell.second.get());
-    if (--pollers == 0) gone_conns.clear();
+    if (--pollers == 0) gone_links.clear();
     std::byte drainbuf[64];
     while (posix::recv_nowait(bell.first.get(), drainbuf).value_or(0) > 0) {
     }
@@ -1069,8 +1124,13 @@ detail::EngineOptions engine_options(PoolOptions o) {
 
 Pool::Pool(std::optional<int> processes) : Pool(PoolOptions{.processes = processes}) {}
 
-Pool::Pool(PoolOptions options)
-    : engine_(std::make_shared<detail::Engine>(engine_options(std::move(options)))) {}
+Pool::Pool(PoolOptions options) : Pool(std::move(options), nullptr) {}
+
+Pool::Pool(PoolOptions options, std::shared_ptr<detail::Transport> transport) {
+  detail::EngineOptions e = engine_options(std::move(options));
+  e.transport = std::move(transport);
+  engine_ = std::make_shared<detail::Engine>(std::move(e));
+}
 
 Pool::~Pool() {
   terminate();

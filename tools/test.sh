@@ -5,7 +5,8 @@
 # benchmark run briefly (tools/report.sh --smoke), so that none rots.
 set -eu
 cd "$(dirname "$0")/.."
-sh tools/deps.sh cmake ninja-build g++ libcereal-dev nettle-dev libgtest-dev pkg-config python3
+sh tools/deps.sh cmake ninja-build g++ libcereal-dev nettle-dev libgtest-dev pkg-config python3 \
+  openmpi-bin libopenmpi-dev
 
 echo "== build and test (RelWithDebInfo)"
 cmake --preset default >/dev/null
@@ -41,6 +42,16 @@ PKG_CONFIG_PATH="$prefix/lib/pkgconfig" \
   g++ tests/consumer/main.cpp $(PKG_CONFIG_PATH="$prefix/lib/pkgconfig" pkg-config --cflags --libs multiprocess) \
   -o build/consumer/consumer_pc
 ./build/consumer/consumer_pc
+# The optional MPI component (built: Open MPI is among the packages above), both ways, on 2 ranks.
+mpiexec="mpiexec --oversubscribe --allow-run-as-root -n 2"
+rm -rf build/consumer_mpi
+cmake -S tests/consumer_mpi -B build/consumer_mpi -G Ninja -DCMAKE_PREFIX_PATH="$prefix" >/dev/null
+cmake --build build/consumer_mpi
+timeout -k 5 60 $mpiexec ./build/consumer_mpi/consumer_mpi
+g++ tests/consumer_mpi/main.cpp \
+  $(PKG_CONFIG_PATH="$prefix/lib/pkgconfig" pkg-config --cflags --libs multiprocess-mpi) \
+  -o build/consumer_mpi/consumer_mpi_pc
+timeout -k 5 60 $mpiexec ./build/consumer_mpi/consumer_mpi_pc
 echo "== fuzz the fork server's request decoder, the handshake, connection frames and queue records (bounded)"
 sh tools/fuzz.sh 30
 echo "== all tests passed"

@@ -139,6 +139,10 @@ class ProcessPoolExecutor {
 
   std::vector<int> worker_pids() const;
 
+ protected:
+  // The same executor on other workers (mp::mpi::Executor: MPI ranks).
+  ProcessPoolExecutor(ExecutorOptions options, std::shared_ptr<detail::Transport> transport);
+
  private:
   void submit_tasks(std::vector<detail::Task> tasks);
   static void check_map(std::size_t chunksize, std::optional<std::size_t> buffersize);

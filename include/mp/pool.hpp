@@ -418,6 +418,10 @@ class Pool {
   /// <mp.Pool state=RUN pool_size=4>
   std::string repr() const;
 
+ protected:
+  // The same pool on other workers (mp::mpi::Pool: MPI ranks).
+  Pool(PoolOptions options, std::shared_ptr<detail::Transport> transport);
+
  private:
   template <class F, class Tuple, class R>
   static constexpr void check_star() {

@@ -131,8 +131,11 @@ struct Task {
   std::string payload;         // runner, callable, arguments (task_payload)
 };
 
+class Transport;  // how the engine reaches its workers (src/pool_transport.hpp)
+
 struct EngineOptions {
   int processes = 1;
+  std::shared_ptr<Transport> transport;  // null: local worker processes
   std::optional<int> maxtasksperchild;
   const Context* context = nullptr;  // nullptr: the default context
   int window = 0;               // tasks sent to a worker ahead of its results (0: automatic, 4-64)
