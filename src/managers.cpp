@@ -686,7 +686,7 @@ class Session final : public FutureSource, public std::enable_shared_from_this<S
 
   // FutureSource: a call is sent at once, so it is running and cannot be cancelled.
   bool cancel(const Job*, std::size_t) override { return false; }
-  bool wait(const Job*, const std::function<bool()>& done,
+  bool wait(const Job* job, const std::function<bool()>& done,
             std::optional<Duration> timeout) override {
     std::optional<std::chrono::steady_clock::time_point> deadline;
     if (timeout)
@@ -694,7 +694,13 @@ class Session final : public FutureSource, public std::enable_shared_from_this<S
                  std::chrono::duration_cast<std::chrono::steady_clock::duration>(
                      std::max(*timeout, Duration::zero()));
     std::unique_lock l(mu_);
-    pump(l, done, deadline);
+    pump(l, done, deadline, job);
+    // The server gone: another thread may be failing this job just now.
+    auto finished = [&] { return done() || !delivering_.count(job); };
+    if (deadline)
+      cv_.wait_until(l, *deadline, finished);
+    else
+      cv_.wait(l, finished);
     return done();
   }
   void notify_waiters() override {
@@ -769,11 +775,14 @@ class Session final : public FutureSource, public std::enable_shared_from_this<S
 
   // Reads replies (one thread at a time; the others wait) until `done` holds, the server is
   // gone or the deadline passes; with l held.
+  // `job`: the waiter's own, which it must not read for while another thread is finishing it
+  // (its reply taken, the future not yet done): no reply may be left to come.
   template <class Done>
   void pump(std::unique_lock<std::mutex>& l, const Done& done,
-            std::optional<std::chrono::steady_clock::time_point> deadline) {
+            std::optional<std::chrono::steady_clock::time_point> deadline,
+            const Job* job = nullptr) {
     while (!done() && dead_.empty()) {
-      if (reading_) {
+      if (reading_ || (job && delivering_.count(job))) {
         if (deadline)
           cv_.wait_until(l, *deadline);
         else
@@ -825,12 +834,16 @@ class Session final : public FutureSource, public std::enable_shared_from_this<S
     const char* method = it->second.method;
     waiting_.erase(it);
     --async_pending_;
+    delivering_.insert(job.get());
     l.unlock();
     if (code == kOk)
       job->task_done(0, std::string_view(reply).substr(kHead));
     else
       job->task_failed(0, reply_error(code, reply.substr(kHead), method));
-    job.reset();
+    l.lock();
+    delivering_.erase(job.get());
+    l.unlock();
+    job.reset();  // the last reference to the future may go here: not under the lock
     l.lock();
   }
 
@@ -849,8 +862,12 @@ class Session final : public FutureSource, public std::enable_shared_from_this<S
     async_pending_ = 0;
     if (jobs.empty()) return;
     auto error = std::make_exception_ptr(ManagerError(dead_));
+    for (auto& job : jobs) delivering_.insert(job.get());
     l.unlock();
     for (auto& job : jobs) job->task_failed(0, error);
+    l.lock();
+    for (auto& job : jobs) delivering_.erase(job.get());
+    l.unlock();
     jobs.clear();
     l.lock();
   }
@@ -880,6 +897,7 @@ class Session final : public FutureSource, public std::enable_shared_from_this<S
   std::uint64_t next_id_ = 0;
   std::size_t async_pending_ = 0;
   bool reader_running_ = false;
+  std::set<const Job*> delivering_;  // jobs being finished outside the lock
   std::unordered_map<std::uint64_t, Waiting> waiting_;
 };
 
