@@ -73,7 +73,8 @@ void SharedMemoryManager::start() {
 }
 
 void SharedMemoryManager::shutdown() {
-  if (owner_ == 0 || owner_ != own_pid()) return;  // not started here (or moved from)
+  // Not started here, or moved from.
+  if (owner_ == 0 || owner_ != own_pid() || !made_) return;
   if (tracker_) {
     bool server_unlinked = false;
     try {
@@ -83,14 +84,15 @@ void SharedMemoryManager::shutdown() {
       // The server is gone (killed?): what this process made through it is ours to remove.
     }
     tracker_.reset();
+    std::lock_guard l(made_->mu);
     if (!server_unlinked)
-      for (const auto& name : made_) {
+      for (const auto& name : made_->names) {
         try {
           detail::unlink_segment(name);
         } catch (const std::system_error&) {
         }
       }
-    made_.clear();
+    made_->names.clear();
   }
   BaseManager::shutdown();
 }
@@ -118,7 +120,8 @@ void SharedMemoryManager::track(mp::SharedMemory& shm) {
     }
     throw;
   }
-  made_.push_back(shm.name());
+  std::lock_guard l(made_->mu);
+  made_->names.push_back(shm.name());
 }
 
 std::vector<std::string> SharedMemoryManager::segment_names() {
@@ -127,7 +130,8 @@ std::vector<std::string> SharedMemoryManager::segment_names() {
 
 bool SharedMemoryManager::release_segment(const std::string& name) {
   bool released = tracker().release_segment(name);
-  std::erase(made_, name);
+  std::lock_guard l(made_->mu);
+  std::erase(made_->names, name);
   return released;
 }
 

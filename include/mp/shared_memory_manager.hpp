@@ -19,6 +19,8 @@
 #include <array>
 #include <cstddef>
 #include <cstdint>
+#include <memory>
+#include <mutex>
 #include <optional>
 #include <string>
 #include <tuple>
@@ -108,8 +110,13 @@ class SharedMemoryManager : public BaseManager {
   void track(mp::SharedMemory& shm);
   Proxy<managed::SharedMemoryTracker>& tracker();
   std::optional<Proxy<managed::SharedMemoryTracker>> tracker_;
-  std::vector<std::string>
-      made_;       // what this process made through us (unlinked if the server died)
+  // What this process made through us (unlinked here if the server died), under its lock: the
+  // manager's calls may come from several threads.
+  struct Made {
+    std::mutex mu;
+    std::vector<std::string> names;
+  };
+  std::unique_ptr<Made> made_ = std::make_unique<Made>();
   int owner_ = 0;  // the pid that started the server
 };
 
