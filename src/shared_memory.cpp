@@ -182,3 +182,62 @@ std::ostream& operator<<(std::ostream& os, const SharedMemory& shm) {
 }
 
 }  // namespace mp
+
+namespace mp::detail {
+
+namespace {
+std::string slot_code_name(std::uint32_t code) {
+  const bool nullable = code & 0x100;
+  const std::uint32_t base = code & 0xff;
+  std::string s;
+  if (base == 1)
+    s = "bool";
+  else if (base == 64)
+    s = "std::string";
+  else if (base == 65)
+    s = "mp::Bytes";
+  else if (base == 16 + 4)
+    s = "float";
+  else if (base == 16 + 8)
+    s = "double";
+  else if (base > 32 && base <= 40)
+    s = "int" + std::to_string(8 * (base - 32));
+  else if (base > 48 && base <= 56)
+    s = "uint" + std::to_string(8 * (base - 48));
+  else
+    return "an unknown type (code " + std::to_string(code) + ")";
+  return nullable ? "std::optional<" + s + ">" : s;
+}
+}  // namespace
+
+void layout_mismatch(const std::string& name, const std::string& why) {
+  throw std::invalid_argument("mp::ShareableList: segment '" + name +
+                              "' does not hold this list's layout: " + why);
+}
+
+void slot_mismatch(const std::string& name, std::size_t slot, std::uint32_t found,
+                   std::uint32_t expected) {
+  layout_mismatch(name, "slot " + std::to_string(slot) + " holds " + slot_code_name(found) +
+                            ", not " + slot_code_name(expected));
+}
+
+void corrupt_slot(const std::string& name, std::size_t slot) {
+  throw std::runtime_error("mp::ShareableList: segment '" + name + "': slot " +
+                           std::to_string(slot) +
+                           " records a length beyond its storage (the segment was overwritten)");
+}
+
+bool unlink_segment(const std::string& name) {
+  const std::string path = path_of(name);
+  bool gone = false;
+  try {
+    posix::shm_unlink(path);
+  } catch (const std::system_error& e) {
+    if (e.code().value() != ENOENT) throw;
+    gone = true;
+  }
+  untrack_resource(kKind, path);
+  return !gone;
+}
+
+}  // namespace mp::detail

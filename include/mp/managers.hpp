@@ -408,4 +408,5 @@ class BaseManager {
     return mp_table;                                                                      \
   }
 
+#include "mp/shared_memory_manager.hpp"
 #include "mp/sync_manager.hpp"
