@@ -30,6 +30,7 @@
 
 #include "auth.hpp"
 #include "exception_info.hpp"
+#include "manager_requests.hpp"
 #include "mp/synchronize.hpp"
 #include "posix/futex.hpp"
 #include "posix/posix.hpp"
@@ -341,27 +342,7 @@ class Server {
       const auto deadline = std::chrono::steady_clock::now() + kHandshakeTimeout;
       deliver_challenge(fd, authkey_, deadline);
       answer_challenge(fd, authkey_, deadline);
-      for (;;) {
-        std::string request = client->conn.recv_bytes(kMaxRequest);
-        if (request.size() < kHead) throw ManagerError("a request shorter than its header");
-        std::uint64_t id;
-        std::memcpy(&id, request.data(), 8);
-        const auto op = static_cast<std::uint8_t>(request[8]);
-        std::string_view body(request.data() + kHead, request.size() - kHead);
-        if (op == kRelease) {
-          release(body, held);
-          continue;
-        }
-        if (op == kCall) {
-          serve_call(client, id, std::move(request));
-          continue;
-        }
-        auto [code, reply] = answer(op, body, held, nullptr, nullptr, nullptr, client->id);
-        client->reply(id, code, reply);
-        if (op == kShutdown) {
-          stop();
-          break;
-        }
+      while (serve_request(client, client->conn.recv_bytes(kMaxRequest), held)) {
       }
     } catch (...) {
       // EOF, a failed handshake, a malformed frame: this connection ends, the others go on.
@@ -372,6 +353,49 @@ class Server {
     finished_.insert(fd);
   }
 
+  // One request of a client's; false once it asked the server to shut down. Throws (ending
+  // the connection) on a frame too short to be one.
+  bool serve_request(const std::shared_ptr<Client>& client, std::string request,
+                     std::map<std::uint64_t, std::size_t>& held) {
+    if (request.size() < kHead) throw ManagerError("a request shorter than its header");
+    std::uint64_t id;
+    std::memcpy(&id, request.data(), 8);
+    const auto op = static_cast<std::uint8_t>(request[8]);
+    std::string_view body(request.data() + kHead, request.size() - kHead);
+    if (op == kRelease) {
+      release(body, held);
+      return true;
+    }
+    if (op == kCall) {
+      serve_call(client, id, std::move(request));
+      return true;
+    }
+    auto [code, reply] = answer(op, body, held, nullptr, nullptr, nullptr, client->id);
+    client->reply(id, code, reply);
+    if (op != kShutdown) return true;
+    stop();
+    return false;
+  }
+
+ public:
+  // The request decoder's fuzzing entry: each request in turn from one client whose replies
+  // go to `fd`, then the client's end, as when its connection closes.
+  void serve_requests_of_one_client(int fd, const std::vector<std::string>& requests) {
+    std::map<std::uint64_t, std::size_t> held;
+    auto client = std::make_shared<Client>(fd);
+    {
+      std::lock_guard l(mu_);
+      client->id = ++next_client_;
+    }
+    try {
+      for (const auto& r : requests)
+        if (!serve_request(client, r, held)) break;
+    } catch (...) {
+    }
+    end_client(*client, held);
+  }
+
+ private:
   // A call: looked up here; run here, or on a thread of its own for a concurrent type.
   void serve_call(const std::shared_ptr<Client>& client, std::uint64_t id, std::string bytes) {
     // Shared with the call's thread: the archive reads the arguments out of it.
@@ -598,6 +622,21 @@ void manager_server_main(ServerSpec spec, AuthenticationString authkey, Connecti
     ready.send(std::to_string(tcp->second));
   ready.close();
   server->serve_forever();
+}
+
+void fuzz_manager_requests(const std::vector<std::pair<std::string, std::string>>& types,
+                           const std::vector<std::string>& requests) {
+  // One server for the whole run (its listener on a private path); each input is a client.
+  static Server* server = [&] {
+    ServerSpec spec;
+    spec.types = types;
+    return new Server(spec, AuthenticationString("fuzz"));
+  }();
+  auto [mine, theirs] = posix::make_socketpair();
+  // Nobody reads the replies: the peer's end is closed, so each send fails (as to a client
+  // that died), which the server shrugs off.
+  mine.reset();
+  server->serve_requests_of_one_client(theirs.release(), requests);
 }
 
 // ---- the client ----

@@ -133,15 +133,20 @@ struct Served {
     else
       return static_cast<void (*)(void*, std::uint64_t)>(nullptr);
   }
-  static inline const TypeOps ops{typeid(T).name(),
-                                  reduction::type_name<T>(),
-                                  &destroy,
-                                  T::mp_methods().data(),
-                                  T::mp_methods().size(),
-                                  concurrent(),
-                                  gone_hook(),
-                                  standard()};
-  static inline const bool registered = register_type_ops(&ops);
+  // A function's static, not a static member: `registered` is initialized at start-up in an
+  // order the language leaves open for templates, and must find the table built.
+  static const TypeOps& ops() {
+    static const TypeOps o{typeid(T).name(),
+                           reduction::type_name<T>(),
+                           &destroy,
+                           T::mp_methods().data(),
+                           T::mp_methods().size(),
+                           concurrent(),
+                           gone_hook(),
+                           standard()};
+    return o;
+  }
+  static inline const bool registered = register_type_ops(&ops());
 };
 
 // On the server, inside a served method: who is calling. `client` numbers the connection (one
@@ -354,8 +359,8 @@ class BaseManager {
     (void)detail::Served<T>::registered;
     static_assert(std::is_constructible_v<T, std::decay_t<A>...>,
                   "mp: create<T>(args...): T cannot be constructed from these arguments");
-    const std::string& name =
-        detail::Served<T>::standard() ? detail::Served<T>::ops.display : name_of(typeid(T).name());
+    const std::string& name = detail::Served<T>::standard() ? detail::Served<T>::ops().display
+                                                            : name_of(typeid(T).name());
     return Proxy<T>(detail::create_object(session(), name, typeid(T).name(), Ctor::key(),
                                           detail::encode_args(args...)));
   }
