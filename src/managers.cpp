@@ -1,13 +1,14 @@
 // Managers (CPython managers.py: Server, BaseManager, BaseProxy), our own wire format.
 //
-// A connection carries frames, each a Connection message: [u64 call id][u8 op or status] and a
-// body in our archive format. Requests: create (registered name, type key, constructor key,
-// then the constructor's arguments), call (object id, method name, then the method's
+// After the handshake a connection carries frames (frames.hpp: length, call id, op or status)
+// whose bodies are in our archive format. Requests: create (registered name, type key, constructor
+// key, then the constructor's arguments), call (object id, method name, then the method's
 // arguments), release (object id; no reply), shutdown. Replies: ok (the result's bytes), a
 // method's error (type and what()), or a manager error (unknown type, object or method).
 //
 // Server: one thread accepts; each connection has a thread of its own, which runs the
-// authentication handshake (a peer that stalls holds up nobody else) and then its requests.
+// authentication handshake (a peer that stalls holds up nobody else) and then its requests:
+// all that one read brought, their replies written together once they are served.
 // Each object has a mutex, held across a call of one of its methods. The references a
 // connection holds are dropped when it closes, however its process ended.
 //
@@ -30,6 +31,7 @@
 
 #include "auth.hpp"
 #include "exception_info.hpp"
+#include "frames.hpp"
 #include "manager_requests.hpp"
 #include "mp/synchronize.hpp"
 #include "posix/futex.hpp"
@@ -62,15 +64,20 @@ enum Code : std::uint8_t {
   kMethodError = 11,
   kManagerError = 12,
 };
-constexpr std::size_t kHead = 9;
 constexpr std::size_t kMaxRequest = 64u << 20;  // a request or reply longer than this is refused
+// Replies waiting for the end of their burst of requests are written once they reach this.
+constexpr std::size_t kReplyBatch = 64u << 10;
 
 std::string frame(std::uint64_t id, std::uint8_t code, std::string_view body) {
-  std::string f(kHead + body.size(), '\0');
-  std::memcpy(f.data(), &id, 8);
-  f[8] = static_cast<char>(code);
-  std::memcpy(f.data() + kHead, body.data(), body.size());
+  std::string f;
+  f.reserve(kFrameHeader + body.size());
+  append_frame(f, id, code, body);
   return f;
+}
+
+void write_frames(int fd, std::string_view frames) {
+  const std::span<const std::byte> parts[] = {std::as_bytes(std::span(frames))};
+  posix::write_all(fd, parts, true);
 }
 
 std::string address_text(const Address& a) {
@@ -266,18 +273,35 @@ class Server {
     std::uint64_t id = 0;
     std::atomic<bool> gone{false};
     std::mutex send_mu;
+    std::string outbox;    // replies not written yet (under send_mu)
+    bool holding = false;  // more requests of this burst to serve: the replies wait for them
     std::mutex inflight_mu;
     std::condition_variable inflight_cv;
     std::size_t inflight = 0;  // calls running on CallThreads
 
+    // A reply, written now or with the rest of its burst's (a call thread's reply to a
+    // blocking call goes with them when it comes during one).
     void reply(std::uint64_t call, std::uint8_t code, std::string_view body) {
       std::lock_guard l(send_mu);
       if (gone.load()) return;
+      append_frame(outbox, call, code, body);
+      if (!holding || outbox.size() >= kReplyBatch) flush();
+    }
+    void hold(bool on) {
+      std::lock_guard l(send_mu);
+      holding = on;
+      if (!on) flush();
+    }
+
+   private:
+    void flush() {
+      if (outbox.empty()) return;
       try {
-        conn.send_bytes(frame(call, code, body));
+        write_frames(conn.fileno(), outbox);
       } catch (...) {
         // the client is going: its reader sees EOF and ends the connection
       }
+      outbox.clear();
     }
   };
 
@@ -342,7 +366,17 @@ class Server {
       const auto deadline = std::chrono::steady_clock::now() + kHandshakeTimeout;
       deliver_challenge(fd, authkey_, deadline);
       answer_challenge(fd, authkey_, deadline);
-      while (serve_request(client, client->conn.recv_bytes(kMaxRequest), held)) {
+      FrameReader requests(kMaxRequest, "the manager's server");
+      for (;;) {
+        if (auto f = requests.next()) {
+          if (!serve_request(client, f->id, f->code, f->payload, held)) break;
+          continue;
+        }
+        client->hold(false);  // the burst is served: its replies go together
+        const std::size_t n = posix::recv_some(fd, requests.space());
+        if (n == 0) break;
+        requests.commit(n);
+        client->hold(true);
       }
     } catch (...) {
       // EOF, a failed handshake, a malformed frame: this connection ends, the others go on.
@@ -353,33 +387,29 @@ class Server {
     finished_.insert(fd);
   }
 
-  // One request of a client's; false once it asked the server to shut down. Throws (ending
-  // the connection) on a frame too short to be one.
-  bool serve_request(const std::shared_ptr<Client>& client, std::string request,
-                     std::map<std::uint64_t, std::size_t>& held) {
-    if (request.size() < kHead) throw ManagerError("a request shorter than its header");
-    std::uint64_t id;
-    std::memcpy(&id, request.data(), 8);
-    const auto op = static_cast<std::uint8_t>(request[8]);
-    std::string_view body(request.data() + kHead, request.size() - kHead);
+  // One request of a client's; false once it asked the server to shut down.
+  bool serve_request(const std::shared_ptr<Client>& client, std::uint64_t id, std::uint8_t op,
+                     std::string_view body, std::map<std::uint64_t, std::size_t>& held) {
     if (op == kRelease) {
       release(body, held);
       return true;
     }
     if (op == kCall) {
-      serve_call(client, id, std::move(request));
+      serve_call(client, id, body);
       return true;
     }
     auto [code, reply] = answer(op, body, held, nullptr, nullptr, nullptr, client->id);
     client->reply(id, code, reply);
     if (op != kShutdown) return true;
+    client->hold(false);
     stop();
     return false;
   }
 
  public:
-  // The request decoder's fuzzing entry: each request in turn from one client whose replies
-  // go to `fd`, then the client's end, as when its connection closes.
+  // The request decoder's fuzzing entry: each request in turn (call id, op, body) from one
+  // client whose replies go to `fd`, then the client's end, as when its connection closes.
+  // Throws (ending the client) at a request shorter than its head.
   void serve_requests_of_one_client(int fd, const std::vector<std::string>& requests) {
     std::map<std::uint64_t, std::size_t> held;
     auto client = std::make_shared<Client>(fd);
@@ -388,27 +418,31 @@ class Server {
       client->id = ++next_client_;
     }
     try {
-      for (const auto& r : requests)
-        if (!serve_request(client, r, held)) break;
+      for (const auto& r : requests) {
+        if (r.size() < 9) throw ManagerError("a request shorter than its header");
+        std::uint64_t id;
+        std::memcpy(&id, r.data(), 8);
+        if (!serve_request(client, id, static_cast<std::uint8_t>(r[8]),
+                           std::string_view(r).substr(9), held))
+          break;
+      }
     } catch (...) {
     }
     end_client(*client, held);
   }
 
  private:
-  // A call: looked up here; run here, or on a thread of its own for a concurrent type.
-  void serve_call(const std::shared_ptr<Client>& client, std::uint64_t id, std::string bytes) {
-    // Shared with the call's thread: the archive reads the arguments out of it.
-    auto request = std::make_shared<const std::string>(std::move(bytes));
-    std::string_view body(request->data() + kHead, request->size() - kHead);
+  // A call: looked up here; run here (its arguments read in place), or on a thread of its own
+  // for a concurrent type.
+  void serve_call(const std::shared_ptr<Client>& client, std::uint64_t id, std::string_view body) {
     std::shared_ptr<Object> object;
     const MethodEntry* method = nullptr;
-    auto in = std::make_shared<reduction::InArchive>(body);
+    reduction::InArchive in(body);
     CallContext context{client->id, 0, &client->gone, client->conn.fileno()};
     try {
       std::uint64_t object_id;
       std::string name;
-      (*in)(object_id, name, context.thread);
+      in(object_id, name, context.thread);
       object = find(object_id);
       for (std::size_t i = 0; i < object->ops->method_count; ++i)
         if (name == object->ops->methods[i].name) method = &object->ops->methods[i];
@@ -423,7 +457,7 @@ class Server {
     }
     if (!object->ops->concurrent) {
       tls_call = context;
-      auto [code, reply] = answer(kCall, {}, no_refs_, object, in.get(), method);
+      auto [code, reply] = answer(kCall, {}, no_refs_, object, &in, method);
       client->reply(id, code, reply);
       return;
     }
@@ -431,9 +465,12 @@ class Server {
       std::lock_guard l(client->inflight_mu);
       ++client->inflight;
     }
-    threads_for_calls_.run([this, client, id, object, in, method, context, request] {
+    // The call's thread reads the arguments from its own copy (the frame's buffer is reused).
+    auto args = std::make_shared<const std::string>(body.substr(body.size() - in.remaining()));
+    threads_for_calls_.run([this, client, id, object, args, method, context] {
       tls_call = context;
-      auto [code, reply] = answer(kCall, {}, no_refs_, object, in.get(), method);
+      reduction::InArchive in(*args);
+      auto [code, reply] = answer(kCall, {}, no_refs_, object, &in, method);
       client->reply(id, code, reply);
       std::lock_guard l(client->inflight_mu);
       if (--client->inflight == 0) client->inflight_cv.notify_all();
@@ -832,40 +869,48 @@ class Session final : public FutureSource, public std::enable_shared_from_this<S
       if (deadline && std::chrono::steady_clock::now() >= *deadline) return;
       reading_ = true;
       l.unlock();
-      std::string reply;
+      // Every reply one read brought (copied out: the buffer is the next reader's).
+      std::vector<Reply> replies;
       std::string failure;
-      bool timed_out = false;
       try {
-        if (deadline && !conn_.poll(Duration(*deadline - std::chrono::steady_clock::now())))
-          timed_out = true;
-        else if (reply = conn_.recv_bytes(kMaxRequest); reply.size() < kHead)
-          failure = "a reply shorter than its header";
+        const int fd = conn_.fileno();
+        if (!replies_.has_frame() &&
+            (!deadline ||
+             posix::wait_readable(fd, Duration(*deadline - std::chrono::steady_clock::now())))) {
+          const std::size_t n = posix::recv_some(fd, replies_.space());
+          if (n == 0) throw EOFError("EOF: the other end of the connection was closed");
+          replies_.commit(n);
+        }
+        while (auto f = replies_.next())
+          replies.push_back({f->id, f->code, std::string(f->payload)});
       } catch (const std::exception& e) {
         failure = e.what();
       }
       l.lock();
       reading_ = false;
-      if (!failure.empty()) {
+      for (auto& r : replies) deliver(l, std::move(r));
+      if (!failure.empty())
         fail_all(l, "the manager's server at " + address_text(address_) +
                         " is gone (its objects with it): " + failure);
-      } else if (!timed_out) {
-        deliver(l, std::move(reply));
-      }
       cv_.notify_all();
     }
   }
 
+  struct Reply {
+    std::uint64_t id;
+    std::uint8_t code;
+    std::string body;
+  };
+
   // One reply to its caller's slot, or to its job (finished without the lock: its callbacks
   // may call the server again).
-  void deliver(std::unique_lock<std::mutex>& l, std::string reply) {
-    std::uint64_t rid;
-    std::memcpy(&rid, reply.data(), 8);
-    auto it = waiting_.find(rid);
+  void deliver(std::unique_lock<std::mutex>& l, Reply reply) {
+    auto it = waiting_.find(reply.id);
     if (it == waiting_.end()) return;
-    const auto code = static_cast<std::uint8_t>(reply[8]);
+    const auto code = reply.code;
     if (it->second.slot) {
       it->second.slot->code = code;
-      it->second.slot->body = reply.substr(kHead);
+      it->second.slot->body = std::move(reply.body);
       it->second.slot->done = true;
       return;
     }
@@ -876,9 +921,9 @@ class Session final : public FutureSource, public std::enable_shared_from_this<S
     delivering_.insert(job.get());
     l.unlock();
     if (code == kOk)
-      job->task_done(0, std::string_view(reply).substr(kHead));
+      job->task_done(0, reply.body);
     else
-      job->task_failed(0, reply_error(code, reply.substr(kHead), method));
+      job->task_failed(0, reply_error(code, reply.body, method));
     l.lock();
     delivering_.erase(job.get());
     l.unlock();
@@ -914,7 +959,7 @@ class Session final : public FutureSource, public std::enable_shared_from_this<S
   void send(const std::string& f) {
     std::lock_guard l(send_mu_);
     try {
-      conn_.send_bytes(f);
+      write_frames(conn_.fileno(), f);
     } catch (const std::exception& e) {
       std::unique_lock m(mu_);
       fail_all(m, "the manager's server at " + address_text(address_) +
@@ -926,7 +971,8 @@ class Session final : public FutureSource, public std::enable_shared_from_this<S
 
   Address address_;
   AuthenticationString authkey_;
-  Connection conn_;
+  Connection conn_;  // the socket, its handshake done: frames from here on
+  FrameReader replies_{kMaxRequest, "the manager's connection"};  // the reading thread's
   int pid_;
   std::mutex send_mu_;
   std::mutex mu_;

@@ -20,6 +20,7 @@
 #include <unordered_map>
 
 #include "exception_info.hpp"
+#include "frames.hpp"
 #include "mp/connection.hpp"
 #include "mp/context.hpp"
 #include "mp/shared.hpp"
@@ -33,7 +34,7 @@ namespace {
 
 using Clock = std::chrono::steady_clock;
 
-// Frames, both ways: the length of what follows (u64), the task id (u64), a status, the bytes.
+// Frames (frames.hpp), both ways; their codes:
 enum Status : std::uint8_t {
   kOk = 0,
   kTaskError = 1,
@@ -42,68 +43,7 @@ enum Status : std::uint8_t {
   kStop = 4,   // to a worker: leave (the pool is closing)
   kReady = 5,  // from a worker: initialized, taking tasks (a task's timeout starts from here)
 };
-constexpr std::size_t kHeader = 17;
 constexpr std::uint64_t kMaxFrame = std::uint64_t{1} << 40;
-
-void append_frame(std::string& out, std::uint64_t id, std::uint8_t status,
-                  std::string_view payload) {
-  const std::uint64_t len = 9 + payload.size();
-  out.append(reinterpret_cast<const char*>(&len), 8);
-  out.append(reinterpret_cast<const char*>(&id), 8);
-  out.push_back(static_cast<char>(status));
-  out.append(payload);
-}
-
-struct Frame {
-  std::uint64_t id;
-  std::uint8_t status;
-  std::string_view payload;
-};
-
-// Bytes as they arrive, cut into frames. The buffer only grows: a frame's bytes are received
-// into place, never zero-filled or moved more than once.
-class FrameReader {
- public:
-  std::optional<Frame> next() {
-    const std::size_t left = end_ - start_;
-    if (left < kHeader) return std::nullopt;
-    std::uint64_t len, id;
-    std::memcpy(&len, buf_.data() + start_, 8);
-    if (len < 9 || len > kMaxFrame) throw ProcessError("mp::Pool: a corrupted frame from a peer");
-    if (left - 8 < len) return std::nullopt;
-    std::memcpy(&id, buf_.data() + start_ + 8, 8);
-    Frame f{id, static_cast<std::uint8_t>(buf_[start_ + 16]),
-            std::string_view(buf_).substr(start_ + kHeader, len - 9)};
-    start_ += 8 + len;
-    return f;
-  }
-  // Room for what comes next (the frames handed out before are invalid after this).
-  std::span<std::byte> space() {
-    if (start_ == end_) {
-      start_ = end_ = 0;
-    } else if (start_ > 0 && start_ >= buf_.size() / 2) {
-      std::memmove(buf_.data(), buf_.data() + start_, end_ - start_);
-      end_ -= start_;
-      start_ = 0;
-    }
-    // A frame whose length has arrived gets its whole size at once.
-    std::size_t want = 64 * 1024;
-    if (end_ - start_ >= 8) {
-      std::uint64_t len;
-      std::memcpy(&len, buf_.data() + start_, 8);
-      if (len <= kMaxFrame && start_ + 8 + len > end_)
-        want = std::max<std::size_t>(want, start_ + 8 + len - end_);
-    }
-    if (buf_.size() < end_ + want) buf_.resize(end_ + want);
-    return std::as_writable_bytes(std::span(buf_)).subspan(end_);
-  }
-  void commit(std::size_t n) { end_ += n; }
-
- private:
-  std::string buf_;
-  std::size_t start_ = 0;
-  std::size_t end_ = 0;
-};
 
 // A task's error as it crosses back: where it happened, its type and what().
 struct ErrorInfo {
@@ -204,7 +144,7 @@ void serve_tasks(int fd, int parent, std::atomic_ref<std::uint64_t>* running,
     }
     out.clear();
     send(0, kReady);
-    FrameReader reader;
+    FrameReader reader(kMaxFrame, "mp::Pool");
     std::int64_t done = 0;
     for (;;) {
       std::optional<Frame> f = reader.next();
@@ -232,7 +172,7 @@ void serve_tasks(int fd, int parent, std::atomic_ref<std::uint64_t>* running,
         if (n == 0) return;  // the pool closed our socket: done
         continue;
       }
-      if (f->status == kStop) return;
+      if (f->code == kStop) return;
       if (running) running->store(f->id, std::memory_order_release);
       out.clear();
       const Status s = run_payload(f->payload, out, runners);
@@ -257,7 +197,7 @@ struct Worker {
   // How long its tasks take, as the parent sees results come back (automatic window).
   Clock::time_point started;  // when the first of `inflight` began, as far as we can tell
   double service_s = 0;       // moving average; 0: nothing measured yet
-  FrameReader inbox;
+  FrameReader inbox{kMaxFrame, "mp::Pool"};
   std::int64_t completed = 0;
   bool init_failed = false;
   bool ready = false;                         // it said so (kReady)
@@ -522,13 +462,13 @@ struct Engine::Impl {
   }
 
   void on_frame(Worker& w, const Frame& f) {
-    if (f.status == kReady) {
+    if (f.code == kReady) {
       w.ready = true;
       w.started = Clock::now();  // its start-up is not a task's time
       set_deadline(w);
       return;
     }
-    if (f.status == kInitError) {
+    if (f.code == kInitError) {
       w.init_failed = true;
       ErrorInfo e;
       reduction::InArchive(f.payload)(e);
@@ -554,13 +494,13 @@ struct Engine::Impl {
     auto it = tasks.find(f.id);
     if (it == tasks.end()) return;  // failed already (timed out)
     Task& t = it->second;
-    if (f.status == kOk) {
+    if (f.code == kOk) {
       outcomes.push_back({std::move(t.job), t.index, result_buffer(f.payload), nullptr});
     } else {
       ErrorInfo e;
       reduction::InArchive(f.payload)(e);
       std::exception_ptr error =
-          f.status == kEncodingError
+          f.code == kEncodingError
               ? std::make_exception_ptr(MaybeEncodingError(e.result_type, e.type + ": " + e.what))
               : std::make_exception_ptr(
                     RemoteError(e.type, e.what, w.pid, t.first_item + std::size_t(e.item)));

@@ -210,11 +210,17 @@ TEST(Manager, AStalledOrGarbledClientHoldsUpNobody) {
   (void)silent;
   auto c = m.create<Counter>();
   EXPECT_EQ(c.increment(2), 2);
-  // Authenticated, then garbage: a short frame, then a create of nothing known.
+  // Authenticated, then garbage: a frame header whose length is absurd.
   auto raw = mp::Client(m.address(), mp::ClientOptions{.authkey = mp::current_process().authkey()});
-  raw.send_bytes("xy");
+  raw.send_bytes(std::string(32, '\xff'));
   EXPECT_THROW(raw.recv_bytes(), mp::EOFError) << "the server drops a malformed peer";
   EXPECT_EQ(c.increment(2), 4);
+  // Authenticated, then half a frame and silence: its connection waits, nobody else does.
+  auto half =
+      mp::Client(m.address(), mp::ClientOptions{.authkey = mp::current_process().authkey()});
+  half.send_bytes("xy");
+  EXPECT_FALSE(half.poll(50ms));
+  EXPECT_EQ(c.increment(2), 6);
 }
 
 TEST(Manager, ATypeRegisteredOtherwiseOnTheServerIsRefused) {

@@ -10,7 +10,9 @@
 #include <set>
 #include <thread>
 
+#include "frames.hpp"
 #include "helpers/served_counter.hpp"
+#include "posix/posix.hpp"
 #include "support.hpp"
 
 using namespace mp_test;
@@ -422,22 +424,36 @@ TEST(Manager, TruncatedAndOversizedRequestsEndOnlyTheirConnection) {
   m.start();
   auto c = m.create<mp_test_served::Counter>(1);
   auto raw = mp::Client(m.address(), mp::ClientOptions{.authkey = mp::current_process().authkey()});
+  // After the handshake the wire is frames (frames.hpp), written here by hand.
+  const auto send_raw = [&](std::string_view bytes) {
+    const std::span<const std::byte> parts[] = {std::as_bytes(std::span(bytes))};
+    mp::posix::write_all(raw.fileno(), parts, true);
+  };
   // A call of increment(int) whose argument is cut off: an error reply, nothing run.
-  std::string call(9, '\0');
-  call[0] = 1;
-  call[8] = 2;  // a call
+  std::string body;
   {
-    mp::reduction::OutArchive ar(call);
+    mp::reduction::OutArchive ar(body);
     ar(c.id(), std::string("increment"), std::uint64_t{1});
   }
-  raw.send_bytes(call + "xy");
-  const std::string reply = raw.recv_bytes();
-  ASSERT_GE(reply.size(), 9u);
-  EXPECT_NE(reply[8], 10) << "not an ok";
+  std::string call;
+  mp::detail::append_frame(call, 1, 2 /* a call */, body + "xy");
+  send_raw(call);
+  mp::detail::FrameReader replies(1 << 20, "test");
+  while (!replies.has_frame()) {
+    auto room = replies.space();
+    const std::size_t n = mp::posix::recv_some(raw.fileno(), room);
+    ASSERT_GT(n, 0u) << "a reply, not a hang-up";
+    replies.commit(n);
+  }
+  const auto reply = replies.next();
+  EXPECT_EQ(reply->id, 1u);
+  EXPECT_NE(reply->code, 10) << "not an ok";
   EXPECT_EQ(c.increment(0), 1) << "nothing ran";
   // A request over the size cap: that connection is dropped, the others go on.
+  std::string huge;
+  mp::detail::append_frame(huge, 2, 2, std::string((64u << 20) + 1, 'x'));
   try {
-    raw.send_bytes(std::string((64u << 20) + 1, 'x'));
+    send_raw(huge);
   } catch (const std::exception&) {
     // the server may hang up before all of it is sent (EPIPE)
   }
