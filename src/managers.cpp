@@ -233,11 +233,13 @@ class Server {
 
   const Address& address() const { return listener_.address(); }
 
-  void serve_forever() {
+  // Until shutdown, or until `parent_sentinel` (when given) says the process that started the
+  // server ended: a server nobody owns any more would otherwise serve forever.
+  void serve_forever(int parent_sentinel = -1) {
     for (;;) {
-      posix::PollFd fds[2] = {{listener_.fileno()}, {wake_r_.get()}};
-      posix::poll_fds(fds, std::nullopt);
-      if (fds[1].readable) break;
+      posix::PollFd fds[3] = {{listener_.fileno()}, {wake_r_.get()}, {parent_sentinel}};
+      posix::poll_fds(std::span(fds, parent_sentinel >= 0 ? 3 : 2), std::nullopt);
+      if (fds[1].readable || fds[2].readable) break;
       if (!fds[0].readable) continue;
       std::string host;
       int port = -1;
@@ -658,7 +660,8 @@ void manager_server_main(ServerSpec spec, AuthenticationString authkey, Connecti
   if (auto* tcp = std::get_if<std::pair<std::string, int>>(&a))
     ready.send(std::to_string(tcp->second));
   ready.close();
-  server->serve_forever();
+  const ParentProcess* parent = parent_process();
+  server->serve_forever(parent ? parent->sentinel() : -1);
 }
 
 void fuzz_manager_requests(const std::vector<std::pair<std::string, std::string>>& types,
@@ -790,6 +793,12 @@ class Session final : public FutureSource, public std::enable_shared_from_this<S
     std::uint8_t code = 0;
     std::string body;
   };
+  // A reply as read: which call, its code, its body.
+  struct Reply {
+    std::uint64_t id;
+    std::uint8_t code;
+    std::string body;
+  };
   // A call waiting for its reply: a caller's slot, or an async call's job.
   struct Waiting {
     Slot* slot = nullptr;
@@ -858,6 +867,13 @@ class Session final : public FutureSource, public std::enable_shared_from_this<S
             std::optional<std::chrono::steady_clock::time_point> deadline,
             const Job* job = nullptr) {
     while (!done() && dead_.empty()) {
+      if (!inbox_.empty()) {  // read by another thread, not delivered yet
+        Reply r = std::move(inbox_.front());
+        inbox_.pop_front();
+        deliver(l, std::move(r));
+        cv_.notify_all();
+        continue;
+      }
       if (reading_ || (job && delivering_.count(job))) {
         if (deadline)
           cv_.wait_until(l, *deadline);
@@ -888,19 +904,23 @@ class Session final : public FutureSource, public std::enable_shared_from_this<S
       }
       l.lock();
       reading_ = false;
-      for (auto& r : replies) deliver(l, std::move(r));
-      if (!failure.empty())
+      // Into the inbox, where every waiter delivers from (one delivery may let the lock go:
+      // a waiter whose reply this read brought must not read for it meanwhile).
+      for (auto& r : replies) inbox_.push_back(std::move(r));
+      cv_.notify_all();
+      if (!failure.empty()) {
+        // What came before the failure first: those calls were answered.
+        while (!inbox_.empty()) {
+          Reply r = std::move(inbox_.front());
+          inbox_.pop_front();
+          deliver(l, std::move(r));
+        }
         fail_all(l, "the manager's server at " + address_text(address_) +
                         " is gone (its objects with it): " + failure);
-      cv_.notify_all();
+        cv_.notify_all();
+      }
     }
   }
-
-  struct Reply {
-    std::uint64_t id;
-    std::uint8_t code;
-    std::string body;
-  };
 
   // One reply to its caller's slot, or to its job (finished without the lock: its callbacks
   // may call the server again).
@@ -973,6 +993,7 @@ class Session final : public FutureSource, public std::enable_shared_from_this<S
   AuthenticationString authkey_;
   Connection conn_;  // the socket, its handshake done: frames from here on
   FrameReader replies_{kMaxRequest, "the manager's connection"};  // the reading thread's
+  std::deque<Reply> inbox_;  // read, not yet delivered (under mu_)
   int pid_;
   std::mutex send_mu_;
   std::mutex mu_;

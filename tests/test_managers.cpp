@@ -4,6 +4,7 @@
 #include <unistd.h>
 #include <mp/managers.hpp>
 
+#include "posix/posix.hpp"
 #include "support.hpp"
 
 using namespace mp_test;
@@ -117,6 +118,54 @@ TEST_P(ManagerAcross, AsyncCallsAreInFlightTogetherAndRunInOrder) {
   done.add_done_callback([&](const mp::Future<int>& f) { called += f.result(); });
   EXPECT_EQ(done.result(), 1020);
   EXPECT_EQ(called.load(), 1020);
+}
+
+// Rounds of 32 async calls, each awaited in turn with no timeout: a wait whose reply another
+// thread (the session's reader) has already read must not block reading for it.
+void await_rounds(mp::Proxy<Counter> c, int rounds) {
+  std::vector<mp::Future<int>> batch;
+  for (int r = 0; r < rounds; ++r) {
+    for (int i = 0; i < 32; ++i) batch.push_back(c.async_call<&Counter::get>());
+    for (auto& f : batch)
+      if (f.result() != 0) ::_exit(2);
+    batch.clear();
+  }
+}
+
+TEST(Manager, AWaiterNeverReadsForAReplyAlreadyRead) {
+  mp::BaseManager m;
+  m.register_type<Counter>("Counter");
+  m.start();
+  mp::Process p(await_rounds, m.create<Counter>(), 3000);
+  p.start();
+  p.join(120s);
+  if (p.is_alive()) p.kill(), p.join();
+  EXPECT_EQ(p.exitcode(), 0) << "every result came (a hang was killed: -9)";
+}
+
+// A process that starts a manager (its server started `method`'s way), says the server's
+// pid, and waits to be killed.
+void own_a_manager(std::string method, mp::Connection out) {
+  mp::BaseManager m({.context = &mp::get_context(method)});
+  m.register_type<Counter>("Counter");
+  m.start();
+  out.send(m.create<Counter>().server_pid());
+  for (;;) ::pause();
+}
+
+TEST_P(ManagerAcross, AServerWhoseOwnerIsKilledEnds) {
+  auto [r, w] = mp::Pipe(false);
+  mp::Process owner = mp::get_context("fork").Process(own_a_manager, GetParam(), std::move(w));
+  owner.start();
+  ASSERT_TRUE(r.poll(60s));
+  const int server = r.recv<int>();
+  auto server_fd = mp::posix::open_pidfd(server);
+  ASSERT_TRUE(server_fd) << "pidfd_open(" << server << ")";
+  ASSERT_EQ(::kill(*owner.pid(), SIGKILL), 0);
+  owner.join();
+  EXPECT_EQ(owner.exitcode(), -SIGKILL);
+  // No shutdown() ran: the server sees its owner's sentinel end, and ends (not an orphan).
+  EXPECT_TRUE(wait_readable(server_fd.get(), 30s)) << "the server outlived its owner";
 }
 
 INSTANTIATE_TEST_SUITE_P(StartMethods, ManagerAcross,
