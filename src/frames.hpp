@@ -34,7 +34,7 @@ struct Frame {
 };
 
 // Bytes as they arrive, cut into frames. The buffer only grows: a frame's bytes are received
-// into place, never zero-filled or moved more than once.
+// into place and moved at most once (growing it zero-fills the new room once).
 class FrameReader {
  public:
   // `max_payload`: a longer frame is a corrupted (or hostile) stream; `owner` names the

@@ -867,10 +867,7 @@ class Session final : public FutureSource, public std::enable_shared_from_this<S
             std::optional<std::chrono::steady_clock::time_point> deadline,
             const Job* job = nullptr) {
     while (!done() && dead_.empty()) {
-      if (!inbox_.empty()) {  // read by another thread, not delivered yet
-        Reply r = std::move(inbox_.front());
-        inbox_.pop_front();
-        deliver(l, std::move(r));
+      if (deliver_from_inbox(l)) {  // read by another thread, not delivered yet
         cv_.notify_all();
         continue;
       }
@@ -910,16 +907,22 @@ class Session final : public FutureSource, public std::enable_shared_from_this<S
       cv_.notify_all();
       if (!failure.empty()) {
         // What came before the failure first: those calls were answered.
-        while (!inbox_.empty()) {
-          Reply r = std::move(inbox_.front());
-          inbox_.pop_front();
-          deliver(l, std::move(r));
+        while (deliver_from_inbox(l)) {
         }
         fail_all(l, "the manager's server at " + address_text(address_) +
                         " is gone (its objects with it): " + failure);
         cv_.notify_all();
       }
     }
+  }
+
+  // The oldest reply read and not delivered, delivered; false if there is none.
+  bool deliver_from_inbox(std::unique_lock<std::mutex>& l) {
+    if (inbox_.empty()) return false;
+    Reply r = std::move(inbox_.front());
+    inbox_.pop_front();
+    deliver(l, std::move(r));
+    return true;
   }
 
   // One reply to its caller's slot, or to its job (finished without the lock: its callbacks
