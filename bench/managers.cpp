@@ -4,6 +4,8 @@
 //
 //   - floor_socketpair_roundtrip: 8 bytes to a fork()ed child on a socketpair and back, blocking
 //     (bench/socketpair_floor.hpp, as bench/pool.cpp's floor).
+//   - floor_socketpair_busypoll30us_roundtrip: the same, each end looking for its message 30 us
+//     before it sleeps, as the manager's client and server threads do: the like-for-like floor.
 //   - mp_manager_dict_get, mp_manager_dict_set: one DictProxy<std::string, int> get("k") or
 //     set("k", i) from this process: a request on the process's connection, the call on the
 //     server, its reply. Target <= 1.2x the floor (CPython ~1.5-2x, ~41 us).
@@ -20,6 +22,10 @@
 //     socketpair round trips with an echo process each for the same window.
 //   - mp_manager_update_with: d.update_with("n", add_one), a counter in one call run on the
 //     server (CPython: `with lock: d[k] += 1`, four round trips).
+//   - mp_manager_dead_holder_release: a child holding a manager Lock SIGKILLed, to the acquire
+//     this process had waiting for it returning (owner_died() then checked). Target <= 100 ms.
+//   - mp_manager_dead_server_reported: a fresh manager's server SIGKILLed, to a call blocked
+//     in it (a Queue get) failing with "is gone"; a later call must fail too. Target <= 100 ms.
 //   - mp_manager_update_with_2clients: two children racing kRace update_with calls each;
 //     increments_per_s from the barrier that starts them to the last one's report. The final
 //     count must be exactly 2 * kRace, or the case fails.
@@ -61,8 +67,9 @@ using Clock = std::chrono::steady_clock;
 using Dict = mp::DictProxy<std::string, int>;
 
 constexpr int kClients[] = {1, 2, 4};
-constexpr int kRace = 10'000;  // update_with calls per racing client
-constexpr auto kHang = 60s;    // a child that never reports: fail, do not hang the run
+constexpr int kRace = 10'000;     // update_with calls per racing client
+constexpr auto kHang = 60s;       // a child that never reports: fail, do not hang the run
+constexpr long kSpinNs = 30'000;  // as long as the manager's ends look before they sleep
 
 // How long the clients call for: long enough that their start-up skew does not count.
 double window_s() {
@@ -259,6 +266,85 @@ void run_update_with_2clients(benchmark::State& state) {
   }
 }
 
+// A lock's holder, a child: takes it, says so, and waits to be killed.
+void hold_lock(mp::LockProxy lock, mp::QueueProxy<std::int64_t> said) {
+  lock.acquire();
+  said.put(1);
+  for (;;) ::pause();
+}
+
+// The holder SIGKILLed to the next acquire (blocked since before the kill) returning, with
+// owner_died(): the server's release of a dead client's Lock (target <= 100 ms).
+void run_dead_holder_release(benchmark::State& state) {
+  try {
+    auto lock = g_manager->Lock();
+    auto said = g_manager->Queue<std::int64_t>();
+    for (auto _ : state) {
+      mp::Process p(hold_lock, lock, said);
+      p.start();
+      if (said.get(kHang) != 1) throw std::runtime_error("the holder did not report");
+      auto next = lock.async_call<&mp::managed::Lock::acquire>(true, -1.0);  // waits for it
+      const auto t0 = Clock::now();
+      p.kill();
+      if (!next.result(kHang)) throw std::runtime_error("the dead holder's lock stayed held");
+      state.SetIterationTime(seconds_since(t0));
+      const bool told = lock.owner_died();
+      lock.release();
+      p.join(kHang);
+      if (!told) throw std::runtime_error("the next holder was not told owner_died()");
+    }
+  } catch (const std::exception& e) {
+    state.SkipWithError(e.what());
+  }
+}
+
+void block_in_get(mp::QueueProxy<int> q, std::string* error) {
+  try {
+    q.get();
+  } catch (const mp::ManagerError& e) {
+    *error = e.what();
+  }
+}
+
+// A manager's server SIGKILLed to a call blocked in it (a Queue get) failing with the server's
+// end, and to a later call failing the same way (target <= 100 ms for each).
+void run_dead_server_reported(benchmark::State& state) {
+  try {
+    for (auto _ : state) {
+      auto before = mp::active_children();
+      mp::SyncManager m = mp::Manager();
+      auto q = m.Queue<int>();
+      auto v = m.Value<int>(0);
+      int server = -1;
+      for (auto& c : mp::active_children()) {
+        bool old = false;
+        for (auto& b : before) old = old || b->pid() == c->pid();
+        if (!old) server = c->pid().value_or(-1);
+      }
+      if (server < 0) throw std::runtime_error("the new manager's server not found");
+      std::string error;
+      std::thread waiter(block_in_get, q, &error);
+      // The get is in the server before the kill: a call made after it was sent is answered
+      // after it.
+      (void)v.get();
+      const auto t0 = Clock::now();
+      ::kill(server, SIGKILL);
+      waiter.join();
+      state.SetIterationTime(seconds_since(t0));
+      bool later = false;
+      try {
+        (void)v.get();
+      } catch (const mp::ManagerError&) {
+        later = true;
+      }
+      if (error.find("is gone") == std::string::npos || !later)
+        throw std::runtime_error("the server's death was not reported: '" + error + "'");
+    }
+  } catch (const std::exception& e) {
+    state.SkipWithError(e.what());
+  }
+}
+
 // The ceiling for the calls/s cases: `clients` client processes, each making blocking round
 // trips on a socketpair to an echo process of its own for the window, as the manager's clients do
 // to their connection's thread on the server; their round trips in all over the window. Between
@@ -343,6 +429,8 @@ void register_all() {
         5);
   };
   roundtrip("floor_socketpair_roundtrip", [](S& s) { bench::run_floor_roundtrip(s, 0); });
+  roundtrip("floor_socketpair_busypoll30us_roundtrip",
+            [](S& s) { bench::run_floor_roundtrip(s, kSpinNs); });
   roundtrip("mp_manager_dict_get", run_dict_get);
   roundtrip("mp_manager_dict_set", run_dict_set);
   roundtrip("mp_manager_proxy_create", run_proxy_create);
@@ -367,6 +455,12 @@ void register_all() {
             ->Unit(benchmark::kMillisecond),
         1, 5);
   }
+  using Case = std::pair<const char*, void (*)(S&)>;
+  for (auto [name, f] : {Case{"mp_manager_dead_holder_release", run_dead_holder_release},
+                         Case{"mp_manager_dead_server_reported", run_dead_server_reported}})
+    bench::repeat_iterations(
+        benchmark::RegisterBenchmark(name, f)->UseManualTime()->Unit(benchmark::kMillisecond), 1,
+        5);
   bench::repeat_iterations(
       benchmark::RegisterBenchmark("mp_manager_update_with_2clients", run_update_with_2clients)
           ->UseRealTime()
@@ -398,6 +492,8 @@ void print_summary(const bench::Collector& c, const std::string& load_before) {
   const Row rows[] = {
       {"mp_manager_dict_get", "floor_socketpair_roundtrip", 1.2, "(CPython ~1.5-2x)"},
       {"mp_manager_dict_set", "floor_socketpair_roundtrip", 1.2, "(CPython ~1.5-2x)"},
+      {"mp_manager_dict_get", "floor_socketpair_busypoll30us_roundtrip", 0,
+       "like for like: each end looks 30 us before it sleeps, as mp's do"},
       {"mp_manager_proxy_create", "mp_manager_dict_get", 3, "(create + drop against one call)"},
       {"mp_manager_update_with", "mp_manager_dict_get", 0, "a counter in one call, against a get"},
   };
@@ -431,6 +527,15 @@ void print_summary(const bench::Collector& c, const std::string& load_before) {
     if (auto p = counter("mp_manager_pipelined_calls/clients:" + std::to_string(n), "calls_per_s"))
       std::printf("    pipelined (async_call, %d in flight): %9.1f k calls/s (%.2fx blocking)\n",
                   kPipeline, *p / 1e3, *p / *v);
+  }
+  using Fault = std::pair<const char*, const char*>;
+  for (auto [name, what] :
+       {Fault{"mp_manager_dead_holder_release", "a SIGKILLed holder's Lock to the next"},
+        Fault{"mp_manager_dead_server_reported", "a SIGKILLed server to its calls' error"}}) {
+    auto v = t.find(name);
+    if (v == t.end()) continue;
+    std::printf("%-62s %9.2f ms (median)  <= 100 ms %s\n", what, v->second / 1e6,
+                verdict(v->second <= 100e6));
   }
   if (auto v = counter("mp_manager_update_with_2clients", "increments_per_s"))
     std::printf(

@@ -152,10 +152,8 @@ void serve_tasks(int fd, int parent, std::atomic_ref<std::uint64_t>* running,
         // Hot: the next task often comes within microseconds of the last result; polling for
         // it a bounded time saves the sleep and the wake-up (the idle worker then sleeps).
         if (spin_ns > 0) {
-          const auto until = Clock::now() + std::chrono::nanoseconds(spin_ns);
-          std::optional<std::size_t> n;
-          do n = posix::recv_nowait(fd, reader.space());
-          while (!n && Clock::now() < until);
+          const auto n =
+              posix::recv_spinning(fd, reader.space(), std::chrono::nanoseconds(spin_ns));
           if (n) {
             reader.commit(*n);
             if (*n == 0) return;

@@ -4,6 +4,8 @@
 #include <unistd.h>
 #include <mp/managers.hpp>
 
+#include <future>
+
 #include "posix/posix.hpp"
 #include "support.hpp"
 
@@ -118,6 +120,28 @@ TEST_P(ManagerAcross, AsyncCallsAreInFlightTogetherAndRunInOrder) {
   done.add_done_callback([&](const mp::Future<int>& f) { called += f.result(); });
   EXPECT_EQ(done.result(), 1020);
   EXPECT_EQ(called.load(), 1020);
+}
+
+// Nobody waits in result(): the session's reader thread finishes the futures, callbacks and
+// all (after the moment it leaves a caller to read its own replies), burst after burst.
+TEST(Manager, AsyncCallsFinishWithNobodyWaiting) {
+  mp::BaseManager m;
+  m.register_type<Counter>("Counter");
+  m.start();
+  auto c = m.create<Counter>();
+  for (int burst = 1; burst <= 3; ++burst) {
+    std::vector<std::promise<int>> called(8);
+    std::vector<mp::Future<int>> futures;
+    for (auto& p : called) {
+      futures.push_back(c.async_call<&Counter::increment>(1));
+      futures.back().add_done_callback([&p](const mp::Future<int>& f) { p.set_value(f.result()); });
+    }
+    for (std::size_t i = 0; i < called.size(); ++i) {
+      auto seen = called[i].get_future();
+      ASSERT_EQ(seen.wait_for(kHang), std::future_status::ready) << "burst " << burst;
+      EXPECT_EQ(seen.get(), static_cast<int>((burst - 1) * called.size() + i + 1));
+    }
+  }
 }
 
 // Rounds of 32 async calls, each awaited in turn with no timeout: a wait whose reply another

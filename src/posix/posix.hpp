@@ -200,6 +200,9 @@ Received recv_with_fds_nowait(int socket, std::span<std::byte> data, std::size_t
 /// recv() of what is there now, without waiting: the count (0 at EOF or a reset connection),
 /// or nullopt when nothing is there yet.
 std::optional<std::size_t> recv_nowait(int socket, std::span<std::byte> data);
+/// recv_nowait() again and again for up to `spin`, yielding the CPU now and then: what a
+/// reader whose data is microseconds away does instead of sleeping (nullopt: nothing came).
+std::optional<std::size_t> recv_spinning(int socket, std::span<std::byte> data, Duration spin);
 /// The descriptors among `fds` that are readable (or hung up) within `timeout`.
 std::vector<int> wait_any_readable(std::span<const int> fds, std::optional<Duration> timeout);
 /// One descriptor of a poll_fds() set: what to wait for, and what was found.

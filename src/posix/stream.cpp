@@ -1,6 +1,7 @@
 // Whole-message writes and exact reads on pipes and stream sockets, descriptors passed over
 // Unix sockets (SCM_RIGHTS), and waiting on many.
 #include <poll.h>
+#include <sched.h>
 #include <signal.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
@@ -242,6 +243,16 @@ std::optional<std::size_t> recv_nowait(int socket, std::span<std::byte> data) {
     if (errno != EINTR) check(-1, "recv");
   }
   return static_cast<std::size_t>(n);
+}
+
+std::optional<std::size_t> recv_spinning(int socket, std::span<std::byte> data, Duration spin) {
+  using clock = std::chrono::steady_clock;
+  const auto until = clock::now() + std::chrono::duration_cast<clock::duration>(spin);
+  for (int look = 1;; ++look) {
+    if (auto n = recv_nowait(socket, data)) return n;
+    if (clock::now() >= until) return std::nullopt;
+    if (look % 8 == 0) sched_yield();  // the writer may be waiting for this CPU
+  }
 }
 
 std::vector<int> wait_any_readable(std::span<const int> fds, std::optional<Duration> timeout) {
