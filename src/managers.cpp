@@ -79,13 +79,6 @@ constexpr auto kReaderGrace = std::chrono::microseconds(200);
 constexpr auto kReaderGraceMax = std::chrono::milliseconds(10);  // while callers keep reading
 using Clock = std::chrono::steady_clock;
 
-std::string frame(std::uint64_t id, std::uint8_t code, std::string_view body) {
-  std::string f;
-  f.reserve(kFrameHeader + body.size());
-  append_frame(f, id, code, body);
-  return f;
-}
-
 void write_frames(int fd, std::string_view frames) {
   const std::span<const std::byte> parts[] = {std::as_bytes(std::span(frames))};
   posix::write_all(fd, parts, true);
@@ -750,6 +743,10 @@ class Session final : public FutureSource, public std::enable_shared_from_this<S
 
   // Calls still in flight (their futures outlive every proxy) fail: nobody can read them now.
   ~Session() override {
+    try {
+      flush();  // async calls made and not yet sent: they run, as if sent at once
+    } catch (...) {
+    }
     std::vector<std::shared_ptr<Job>> orphans;
     for (auto& [id, entry] : waiting_)
       if (entry.job) orphans.push_back(std::move(entry.job));
@@ -793,7 +790,11 @@ class Session final : public FutureSource, public std::enable_shared_from_this<S
   // A request with no reply (a release); errors ignored: a gone server has released it all.
   void post(std::uint8_t op, const std::string& body) noexcept {
     try {
-      send(frame(0, op, body));
+      {
+        std::lock_guard l(mu_);
+        append_frame(outbox_, 0, op, body);
+      }
+      flush();
     } catch (...) {
     }
   }
@@ -868,6 +869,14 @@ class Session final : public FutureSource, public std::enable_shared_from_this<S
       // reads only once no caller came for a moment (looking less often while one does).
       const std::uint64_t seen = caller_entries_;
       reader_cv_.wait_for(l, grace, [&] { return !dead_.empty(); });
+      if (!outbox_.empty()) {  // calls nobody read for yet: they go now
+        l.unlock();
+        try {
+          flush();
+        } catch (...) {
+        }
+        l.lock();
+      }
       if (callers_ == 0 && caller_entries_ == seen) {
         grace = kReaderGrace;
         pump(
@@ -903,11 +912,17 @@ class Session final : public FutureSource, public std::enable_shared_from_this<S
           l, [&] { return async_pending_ == 0; }, std::nullopt);
     if (!dead_.empty()) throw ManagerError(dead_);
     const std::uint64_t id = ++next_id_;
-    if (job) ++async_pending_;
+    const bool async = job != nullptr;
+    if (async) ++async_pending_;
     waiting_[id] = Waiting{slot, std::move(job), method};
+    append_frame(outbox_, id, op, body);
+    // An async call's frame waits for the next reader (or the reader thread, a moment later),
+    // so that a burst goes in one write; unless a thread already reads: its reply may wait
+    // for this call (a get for a put), so it goes now, as a plain call does.
+    if (async && !reading_ && outbox_.size() < kReplyBatch) return id;
     l.unlock();
     try {
-      send(frame(id, op, body));
+      flush();
     } catch (...) {
       l.lock();
       forget(id);
@@ -948,7 +963,17 @@ class Session final : public FutureSource, public std::enable_shared_from_this<S
         continue;
       }
       if (deadline && std::chrono::steady_clock::now() >= *deadline) return;
-      reading_ = true;
+      if (!outbox_.empty()) {  // the replies read for may be for these: they go first
+        l.unlock();
+        try {
+          flush();
+        } catch (...) {
+          // The server is gone (flush said so to every call): the loop ends.
+        }
+        l.lock();
+        continue;
+      }
+      reading_ = true;  // with the outbox empty, in the same hold of the lock: see start()
       l.unlock();
       // Every reply one read brought (copied out: the buffer is the next reader's).
       std::vector<Reply> replies;
@@ -1048,10 +1073,18 @@ class Session final : public FutureSource, public std::enable_shared_from_this<S
     l.lock();
   }
 
-  void send(const std::string& f) {
+  // Writes the outbox's frames (taken under send_mu_: frames go in the order they were put
+  // in, whichever thread writes them).
+  void flush() {
     std::lock_guard l(send_mu_);
+    std::string frames;
+    {
+      std::lock_guard m(mu_);
+      frames.swap(outbox_);
+    }
+    if (frames.empty()) return;
     try {
-      write_frames(conn_.fileno(), f);
+      write_frames(conn_.fileno(), frames);
     } catch (const std::exception& e) {
       std::unique_lock m(mu_);
       fail_all(m, "the manager's server at " + address_text(address_) +
@@ -1066,6 +1099,7 @@ class Session final : public FutureSource, public std::enable_shared_from_this<S
   Connection conn_;  // the socket, its handshake done: frames from here on
   FrameReader replies_{kMaxRequest, "the manager's connection"};  // the reading thread's
   std::deque<Reply> inbox_;  // read, not yet delivered (under mu_)
+  std::string outbox_;       // frames not yet written (under mu_)
   int pid_;
   std::mutex send_mu_;
   std::mutex mu_;

@@ -6,6 +6,7 @@
 #include <unistd.h>
 
 #include <fstream>
+#include <future>
 #include <mp/managers.hpp>
 #include <set>
 #include <thread>
@@ -353,6 +354,38 @@ void block_in_get(mp::QueueProxy<int> q, std::string* error) {
   } catch (const mp::ManagerError& e) {
     *error = e.what();
   }
+}
+
+// Async calls wait to be written in a burst; never behind a read: nobody waits in result() here,
+// and the get (blocked in the server, the session reading for it) needs the put made after it.
+TEST(SyncManager, AnAsyncPutReachesTheAsyncGetWaitingForIt) {
+  using Q = mp::managed::Queue<int>;
+  auto m = mp::Manager();
+  auto q = m.Queue<int>();
+  for (int round = 0; round < 20; ++round) {
+    std::promise<int> got;
+    auto get = q.async_call<&Q::get>(true, -1.0);
+    get.add_done_callback([&got](const mp::Future<int>& f) { got.set_value(f.result()); });
+    auto put = q.async_call<&Q::put>(round, true, -1.0);
+    auto seen = got.get_future();
+    ASSERT_EQ(seen.wait_for(kHang), std::future_status::ready) << "round " << round;
+    EXPECT_EQ(seen.get(), round);
+    put.result(kHang);
+  }
+}
+
+// A proxy dropped right after its async call: the call still runs (its release goes after it).
+TEST(SyncManager, AnAsyncCallOutlivesItsProxy) {
+  using D = mp::managed::Dict<std::string, int>;
+  auto m = mp::Manager();
+  const std::size_t before = m.number_of_objects();
+  std::vector<mp::Future<void>> sets;
+  {
+    auto d = m.dict<std::string, int>();
+    for (int i = 0; i < 10; ++i) sets.push_back(d.async_call<&D::set>(std::to_string(i), i));
+  }
+  for (auto& f : sets) EXPECT_NO_THROW(f.result(kHang));
+  EXPECT_EQ(m.number_of_objects(), before) << "the dict went with its proxy";
 }
 
 TEST(SyncManager, ADeadServerFailsAPendingCall) {
