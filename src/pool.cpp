@@ -82,7 +82,8 @@ Status run_payload(std::string_view payload, std::string& out, RunnerCache& runn
     return kOk;
   } catch (const std::exception&) {
     // SystemExit (mp::exit in a task) is not a std::exception: it ends the worker.
-    ErrorInfo e{p.item, exception_type(), exception_what(), p.result_type};
+    ErrorInfo e{p.item, exception_type(), exception_what(),
+                p.result_type ? reduction::demangle(*p.result_type) : std::string()};
     out.clear();
     reduction::OutArchive ar(out);
     ar(e);

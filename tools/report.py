@@ -204,6 +204,9 @@ AREAS = [
         Row("dict set through a proxy", M("mp_manager_dict_set"),
             M("floor_socketpair_roundtrip"), "a blocking socketpair round trip",
             P("manager_dict_set")),
+        Row("dict get, against a floor that polls as mp does", M("mp_manager_dict_get"),
+            M("floor_socketpair_busypoll30us_roundtrip"),
+            "a socketpair round trip, each end polling 30 µs before it sleeps"),
         Row("proxy creation (a dict, then dropped)", M("mp_manager_proxy_create"),
             M("mp_manager_dict_get"), "one dict get", P("manager_proxy_create")),
         *[Row(f"dict gets from {n} client process{'es' if n > 1 else ''}",
@@ -212,6 +215,14 @@ AREAS = [
               "blocking socketpair round trips, an echo process each",
               P(f"manager_calls/clients:{n}"), kind="rate", unit="calls/s")
           for n in MANAGER_CLIENTS],
+        *[Row(f"pipelined dict gets (async_call, 32 in flight) from {n} client "
+              f"process{'es' if n > 1 else ''}",
+              M(f"mp_manager_pipelined_calls/clients:{n}", "calls_per_s"),
+              py=P(f"manager_calls/clients:{n}"), kind="rate", unit="calls/s")
+          for n in MANAGER_CLIENTS],
+        Row("a client SIGKILLed holding a Lock -> the next acquire returns (CPython: never)",
+            M("mp_manager_dead_holder_release")),
+        Row("the server SIGKILLed -> a call blocked in it fails", M("mp_manager_dead_server_reported")),
         Row("counter: update_with (CPython: with lock: d[k] += 1)", M("mp_manager_update_with"),
             M("mp_manager_dict_get"), "one dict get", P("manager_locked_increment")),
         Row("the same, 2 client processes racing", M("mp_manager_update_with_2clients",

@@ -16,6 +16,7 @@
 #include <string_view>
 #include <tuple>
 #include <type_traits>
+#include <typeinfo>
 #include <utility>
 #include <vector>
 
@@ -34,7 +35,7 @@ namespace detail {
 struct TaskProgress {
   std::size_t item = 0;
   bool encoding = false;
-  std::string result_type;  // for MaybeEncodingError
+  const std::type_info* result_type = nullptr;  // for MaybeEncodingError (named only then)
 };
 using TaskRunner = void (*)(reduction::InArchive& in, std::string& out, TaskProgress& progress);
 
@@ -80,7 +81,7 @@ constexpr void check_task() {
 template <class R>
 void encode_results(std::string& out, TaskProgress& p, const R& results) {
   p.encoding = true;
-  p.result_type = reduction::type_name<typename R::value_type>();
+  p.result_type = &typeid(typename R::value_type);
   reduction::OutArchive ar(out);
   ar(results);
 }
