@@ -1386,7 +1386,7 @@ void BaseManager::serve_forever() {
 }
 
 void BaseManager::shutdown() {
-  if (!s_->server || s_->shut || s_->owner != detail::own_pid()) return;
+  if (!s_ || !s_->server || s_->shut || s_->owner != detail::own_pid()) return;  // !s_: moved from
   s_->shut = true;
   if (s_->session) {
     try {

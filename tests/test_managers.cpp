@@ -90,6 +90,18 @@ TEST_P(ManagerAcross, ADeadServerIsOneErrorForEveryLaterCall) {
   EXPECT_EQ(error_text<mp::ManagerError>([&] { c.get(); }), text);
 }
 
+// The manager moved to: it owns the server, which its scope end stops; the moved-from one's
+// shutdown() (and its scope end) does nothing.
+TEST(Manager, AMovedFromManagerShutsNothingDown) {
+  mp::BaseManager a;
+  a.register_type<Counter>("Counter");
+  a.start();
+  mp::BaseManager b(std::move(a));
+  a.shutdown();
+  auto c = b.create<Counter>();
+  EXPECT_EQ(c.increment(2), 2) << "the server still serves";
+}
+
 TEST_P(ManagerAcross, AsyncCallsAreInFlightTogetherAndRunInOrder) {
   mp::BaseManager m({.context = &ctx()});
   m.register_type<Counter>("Counter");

@@ -342,7 +342,8 @@ class BaseManager {
   void connect();
   /// Serves in this process until a client's shutdown() (Python's get_server().serve_forever()).
   void serve_forever();
-  /// Stops the server this manager started (its objects go with it); idempotent.
+  /// Stops the server this manager started (its objects go with it); idempotent, and nothing
+  /// for a manager moved from.
   void shutdown();
 
   /// How many objects the server holds (CPython's _number_of_objects()).
