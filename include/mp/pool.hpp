@@ -44,8 +44,8 @@ struct PoolOptions {
   Initializer initializer = {};                        ///< run once in each worker before any task
   std::optional<int> maxtasksperchild = std::nullopt;  ///< a worker is replaced after this many
   const Context* context = nullptr;  ///< start method (default: the default context)
-  int window = 0;  ///< tasks sent to a worker ahead of its results (1-64; 0: automatic,
-                   ///< 4, growing to 64 while tasks take well under a millisecond)
+  int window = 0;  ///< tasks sent to a worker ahead of its results (1-256; 0: automatic,
+                   ///< 4, growing to 256 while tasks take well under a millisecond)
   Duration spin = Duration(0);  ///< hot mode: a worker waiting for a task, and a caller waiting
                                 ///< in get(), poll this long before sleeping (at most 50 us is
                                 ///< useful; it costs CPU only while the pool is busy, none idle)
