@@ -981,7 +981,10 @@ class Session final : public FutureSource, public std::enable_shared_from_this<S
       try {
         const int fd = conn_.fileno();
         if (!replies_.has_frame()) {
-          std::optional<std::size_t> n = posix::recv_spinning(fd, replies_.space(), kSpin);
+          // No longer than the caller's deadline: result(0) looks once.
+          const auto spin = deadline ? std::min<Clock::duration>(kSpin, *deadline - Clock::now())
+                                     : Clock::duration(kSpin);
+          std::optional<std::size_t> n = posix::recv_spinning(fd, replies_.space(), spin);
           if (!n && (!deadline || posix::wait_readable(fd, Duration(*deadline - Clock::now()))))
             n = posix::recv_some(fd, replies_.space());
           if (n == 0) throw EOFError("EOF: the other end of the connection was closed");
