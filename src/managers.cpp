@@ -66,7 +66,8 @@ enum Code : std::uint8_t {
   kManagerError = 12,
 };
 constexpr std::size_t kMaxRequest = 64u << 20;  // a request or reply longer than this is refused
-// Replies waiting for the end of their burst of requests are written once they reach this.
+// Replies waiting for the end of their burst of requests, and a client's async requests waiting
+// in its outbox, are written once they reach this.
 constexpr std::size_t kReplyBatch = 64u << 10;
 // How long a server thread looks for its client's next request, and a caller for its reply,
 // before sleeping: a client that calls in a loop sends again within microseconds, and waking a
@@ -373,7 +374,7 @@ class Server {
       deliver_challenge(fd, authkey_, deadline);
       answer_challenge(fd, authkey_, deadline);
       FrameReader requests(kMaxRequest, "the manager's server");
-      Awake awake(awake_);
+      Awake serving(awake_, 1);
       for (;;) {
         if (auto f = requests.next()) {
           if (!serve_request(client, f->id, f->code, f->payload, held)) break;
@@ -387,7 +388,7 @@ class Server {
         if (awake_.load(std::memory_order_relaxed) == 1)
           n = posix::recv_spinning(fd, requests.space(), kSpin);
         if (!n) {
-          Asleep asleep(awake_);
+          Awake sleeping(awake_, -1);
           n = posix::recv_some(fd, requests.space());
         }
         if (*n == 0) break;
@@ -642,16 +643,15 @@ class Server {
     }
   }
 
-  // The number of connection threads serving, not sleeping for their client's next request.
+  // The number of connection threads serving, not sleeping for their client's next request:
+  // `by` added for a scope (1: this thread serves; -1: it sleeps a while).
   struct Awake {
-    explicit Awake(std::atomic<int>& n) : n(n) { n.fetch_add(1, std::memory_order_relaxed); }
-    ~Awake() { n.fetch_sub(1, std::memory_order_relaxed); }
+    Awake(std::atomic<int>& n, int by) : n(n), by(by) {
+      n.fetch_add(by, std::memory_order_relaxed);
+    }
+    ~Awake() { n.fetch_sub(by, std::memory_order_relaxed); }
     std::atomic<int>& n;
-  };
-  struct Asleep {
-    explicit Asleep(std::atomic<int>& n) : n(n) { n.fetch_sub(1, std::memory_order_relaxed); }
-    ~Asleep() { n.fetch_add(1, std::memory_order_relaxed); }
-    std::atomic<int>& n;
+    int by;
   };
   std::atomic<int> awake_{0};
 
@@ -743,10 +743,7 @@ class Session final : public FutureSource, public std::enable_shared_from_this<S
 
   // Calls still in flight (their futures outlive every proxy) fail: nobody can read them now.
   ~Session() override {
-    try {
-      flush();  // async calls made and not yet sent: they run, as if sent at once
-    } catch (...) {
-    }
+    try_flush();  // async calls made and not yet sent: they run, as if sent at once
     std::vector<std::shared_ptr<Job>> orphans;
     for (auto& [id, entry] : waiting_)
       if (entry.job) orphans.push_back(std::move(entry.job));
@@ -790,13 +787,12 @@ class Session final : public FutureSource, public std::enable_shared_from_this<S
   // A request with no reply (a release); errors ignored: a gone server has released it all.
   void post(std::uint8_t op, const std::string& body) noexcept {
     try {
-      {
-        std::lock_guard l(mu_);
-        append_frame(outbox_, 0, op, body);
-      }
-      flush();
+      std::lock_guard l(mu_);
+      append_frame(outbox_, 0, op, body);
     } catch (...) {
+      return;
     }
+    try_flush();
   }
 
   // FutureSource: a call is sent at once, so it is running and cannot be cancelled.
@@ -871,10 +867,7 @@ class Session final : public FutureSource, public std::enable_shared_from_this<S
       reader_cv_.wait_for(l, grace, [&] { return !dead_.empty(); });
       if (!outbox_.empty()) {  // calls nobody read for yet: they go now
         l.unlock();
-        try {
-          flush();
-        } catch (...) {
-        }
+        try_flush();
         l.lock();
       }
       if (callers_ == 0 && caller_entries_ == seen) {
@@ -965,11 +958,7 @@ class Session final : public FutureSource, public std::enable_shared_from_this<S
       if (deadline && std::chrono::steady_clock::now() >= *deadline) return;
       if (!outbox_.empty()) {  // the replies read for may be for these: they go first
         l.unlock();
-        try {
-          flush();
-        } catch (...) {
-          // The server is gone (flush said so to every call): the loop ends.
-        }
+        try_flush();  // failed: the server is gone, dead_ says so and the loop ends
         l.lock();
         continue;
       }
@@ -1074,6 +1063,14 @@ class Session final : public FutureSource, public std::enable_shared_from_this<S
     l.unlock();
     jobs.clear();
     l.lock();
+  }
+
+  // flush() for a caller with nobody to throw to: a failure has failed every call already.
+  void try_flush() noexcept {
+    try {
+      flush();
+    } catch (...) {
+    }
   }
 
   // Writes the outbox's frames (taken under send_mu_: frames go in the order they were put
