@@ -26,6 +26,7 @@
 #include "mp/shared.hpp"
 #include "pool_transport.hpp"
 #include "posix/posix.hpp"
+#include "result_ring.hpp"
 #include "runtime.hpp"
 
 namespace mp {
@@ -93,38 +94,43 @@ Status run_payload(std::string_view payload, std::string& out, RunnerCache& runn
 
 }  // namespace
 
-// A worker process: its socket, its slot in the shared array of running task ids.
+// A worker process: its socket, its slot in the shared array of running task ids and its
+// ring in the shared array of result rings.
 struct PoolWorker : Process {
   Connection conn;
   RawArray<std::uint64_t> slots;
+  RawArray<std::uint64_t> rings;
   std::uint32_t slot = 0;
   std::string initializer;
   std::int64_t maxtasks = 0;
   std::int64_t spin_ns = 0;  // EngineOptions::spin
 
   PoolWorker() = default;
-  PoolWorker(Connection c, RawArray<std::uint64_t> s, std::uint32_t i, std::string init,
-             std::int64_t m, std::int64_t spin)
+  PoolWorker(Connection c, RawArray<std::uint64_t> s, RawArray<std::uint64_t> r, std::uint32_t i,
+             std::string init, std::int64_t m, std::int64_t spin)
       : Process(Options{.daemon = true}),
         conn(std::move(c)),
         slots(std::move(s)),
+        rings(std::move(r)),
         slot(i),
         initializer(std::move(init)),
         maxtasks(m),
         spin_ns(spin) {}
 
   void run() override;
-  MP_FIELDS(PoolWorker, conn, slots, slot, initializer, maxtasks, spin_ns)
+  MP_FIELDS(PoolWorker, conn, slots, rings, slot, initializer, maxtasks, spin_ns)
 };
 
 void PoolWorker::run() {
   std::atomic_ref<std::uint64_t> running(slots[slot]);
   const int parent = parent_process() ? parent_process()->sentinel() : -1;
-  serve_tasks(conn.fileno(), parent, &running, initializer, maxtasks, spin_ns);
+  ResultRing ring(&rings[std::size_t(slot) * ResultRing::kWords]);
+  serve_tasks(conn.fileno(), parent, &running, initializer, maxtasks, spin_ns, &ring);
 }
 
 void serve_tasks(int fd, int parent, std::atomic_ref<std::uint64_t>* running,
-                 const std::string& initializer, std::int64_t maxtasks, std::int64_t spin_ns) {
+                 const std::string& initializer, std::int64_t maxtasks, std::int64_t spin_ns,
+                 ResultRing* ring) {
   RunnerCache runners;
   std::string out, frame;
   auto send = [&](std::uint64_t id, Status status) {
@@ -134,7 +140,10 @@ void serve_tasks(int fd, int parent, std::atomic_ref<std::uint64_t>* running,
     std::memcpy(frame.data(), &len, 8);
     const std::span<const std::byte> parts[] = {std::as_bytes(std::span(frame)),
                                                 std::as_bytes(std::span(out))};
-    posix::write_all(fd, parts, true);
+    if (ring)
+      ring->write(parts, fd, parent);
+    else
+      posix::write_all(fd, parts, true);
   };
   try {
     if (!initializer.empty()) {
@@ -231,10 +240,12 @@ std::string method_prefix(StartMethod m) {
 class LocalLink final : public WorkerLink {
  public:
   LocalLink(std::unique_ptr<PoolWorker> proc, Connection conn, RawArray<std::uint64_t> slots,
-            std::uint32_t slot)
+            RawArray<std::uint64_t> rings, std::uint32_t slot)
       : proc_(std::move(proc)),
         conn_(std::move(conn)),
         slots_(std::move(slots)),
+        rings_(std::move(rings)),
+        ring_(&rings_[std::size_t(slot) * ResultRing::kWords]),
         slot_(slot),
         pid_(proc_->pid().value_or(0)) {}
   ~LocalLink() override {
@@ -258,33 +269,39 @@ class LocalLink final : public WorkerLink {
       proc_->join();
   }
   std::optional<int> exitcode() const override { return proc_->exitcode(); }
+  ResultRing* ring() override { return &ring_; }
 
  private:
   std::unique_ptr<PoolWorker> proc_;  // the parent's copy of the process object
   Connection conn_;                   // the parent's end
   mutable RawArray<std::uint64_t> slots_;
+  RawArray<std::uint64_t> rings_;
+  ResultRing ring_;
   std::uint32_t slot_;
   int pid_;
 };
 
 class LocalTransport final : public Transport {
  public:
-  explicit LocalTransport(std::size_t processes) : slots_(processes) {}
+  explicit LocalTransport(std::size_t processes)
+      : slots_(processes), rings_(processes * ResultRing::kWords) {}
   std::unique_ptr<WorkerLink> start(const WorkerSpec& spec) override {
     auto [ours, theirs] = Pipe(true);
-    auto proc = std::make_unique<PoolWorker>(std::move(theirs), slots_, spec.slot, spec.initializer,
-                                             spec.maxtasks, spec.spin_ns);
+    auto proc = std::make_unique<PoolWorker>(std::move(theirs), slots_, rings_, spec.slot,
+                                             spec.initializer, spec.maxtasks, spec.spin_ns);
     const Context& ctx = spec.context ? *spec.context : get_context();
     ctx.bind_to(*proc);
     proc->set_name(method_prefix(ctx.start_method()) + proc->name());
     std::atomic_ref<std::uint64_t>(slots_[spec.slot]).store(0, std::memory_order_relaxed);
+    ResultRing(&rings_[std::size_t(spec.slot) * ResultRing::kWords]).reset();
     proc->start();
     proc->conn.close();  // the worker's end is the worker's alone now
-    return std::make_unique<LocalLink>(std::move(proc), std::move(ours), slots_, spec.slot);
+    return std::make_unique<LocalLink>(std::move(proc), std::move(ours), slots_, rings_, spec.slot);
   }
 
  private:
   RawArray<std::uint64_t> slots_;
+  RawArray<std::uint64_t> rings_;  // ResultRing::kWords a slot
 };
 
 }  // namespace
@@ -510,8 +527,28 @@ struct Engine::Impl {
     tasks.erase(it);
   }
 
-  // Reads what the worker sent; false once it has closed its end.
-  bool drain(Worker& w) {
+  // Reads what the worker sent; false once it has closed its end. With a ring, its socket is
+  // read (for the bytes that ring, and the end) only when `socket`: when it is readable.
+  bool drain(Worker& w, bool socket = true) {
+    if (ResultRing* ring = w.link->ring()) {
+      bool ended = false;
+      while (socket) {
+        std::byte bells[256];
+        const auto n = posix::recv_nowait(w.link->fd(), bells);
+        if (!n) break;
+        if (*n == 0) ended = true;  // what it published before it ended is read below
+        if (*n < sizeof bells) break;
+      }
+      for (;;) {
+        auto space = w.inbox.space();
+        const std::size_t n = ring->read(space);
+        w.inbox.commit(n);
+        while (auto f = w.inbox.next()) on_frame(w, *f);
+        if (n < space.size()) break;
+      }
+      if (ended) w.eof = true;
+      return !ended;
+    }
     for (;;) {
       auto space = w.inbox.space();
       auto n = posix::recv_nowait(w.link->fd(), space);
@@ -712,9 +749,12 @@ void Engine::Impl::loop() {
       l.lock();
       delivered(batch);
     }
-    l.unlock();
     std::optional<Duration> timeout;
     if (next_deadline) timeout = std::max(Duration(*next_deadline - Clock::now()), Duration(0));
+    // Rung for a result from here on; one that came since the last look is read now.
+    for (auto& w : workers)
+      if (w && !w->eof && w->link->ring() && !w->link->ring()->arm()) timeout = Duration(0);
+    l.unlock();
     posix::poll_fds(fds, timeout);
     l.lock();
     if (fds[0].readable) {
@@ -731,9 +771,9 @@ void Engine::Impl::loop() {
       Worker& w = *workers[i];
       if (owner[k] & 0x80000000u) {
         if (fds[k].readable) on_death(i);
-      } else if (fds[k].readable && !w.eof) {
+      } else if ((fds[k].readable || w.link->ring()) && !w.eof) {
         try {
-          drain(w);
+          drain(w, fds[k].readable);
         } catch (const std::exception&) {
           w.link->kill();  // it sent garbage: it goes, as a dead worker does
         }
@@ -783,6 +823,7 @@ bool Engine::Impl::wait(const Job* job, const std::function<bool()>& done,
           : Clock::time_point::max();
   std::vector<Outcome> mine;
   std::vector<posix::PollFd> fds;
+  bool spin_more = false;
   for (;;) {
     if (done()) return true;
     const auto now = Clock::now();
@@ -805,8 +846,14 @@ bool Engine::Impl::wait(const Job* job, const std::function<bool()>& done,
       std::move(outcomes.begin(), others, std::back_inserter(mine));
       outcomes.erase(outcomes.begin(), others);
       if (send_now() || !outcomes.empty()) wake();
+      bool more = false;  // a ring has something: read it, no sleep
+      if (mine.empty() && !spinning)
+        for (auto& w : workers)
+          if (w && !w->eof && w->link->ring() && !w->link->ring()->arm()) more = true;
       if (!mine.empty()) {
         // Delivered below; a caller polling for this same job is told then.
+      } else if (more) {
+        spin_more = true;
       } else if (!spinning) {
         fds.clear();
         fds.push_back({bell.first.get()});
@@ -822,7 +869,7 @@ bool Engine::Impl::wait(const Job* job, const std::function<bool()>& done,
       delivered(mine);
       continue;
     }
-    if (spinning) continue;
+    if (spinning || std::exchange(spin_more, false)) continue;
     // Checked again now that we are registered: the result may have been handed out between
     // the check above and the registration.
     if (!done()) {

@@ -16,6 +16,8 @@
 
 namespace mp::detail {
 
+class ResultRing;
+
 // One worker as the engine sees it.
 class WorkerLink {
  public:
@@ -36,6 +38,9 @@ class WorkerLink {
   /// Waits for the end (within `timeout`); then exitcode() is set.
   virtual void join(std::optional<Duration> timeout) = 0;
   virtual std::optional<int> exitcode() const = 0;
+  /// Where the worker's frames come from when not from fd() (which then carries only the
+  /// bytes that ring for them, and the end); null: from fd().
+  virtual ResultRing* ring() { return nullptr; }
 };
 
 // What each worker is started with.
@@ -57,8 +62,10 @@ class Transport {
 // A worker's loop, whatever carries its frames: runs `initializer`, says kReady, then runs
 // the tasks read from `fd` in order, writing each result back, until told to stop, EOF,
 // `maxtasks` tasks, or (parent >= 0) the parent's sentinel. Before each task, the task's id
-// is stored in `running` (when not null). Returns when done; the parent gone ends it quietly.
+// is stored in `running` (when not null). Its frames go to `ring` (not null: `fd` then only
+// rings for them) or to `fd`. Returns when done; the parent gone ends it quietly.
 void serve_tasks(int fd, int parent, std::atomic_ref<std::uint64_t>* running,
-                 const std::string& initializer, std::int64_t maxtasks, std::int64_t spin_ns);
+                 const std::string& initializer, std::int64_t maxtasks, std::int64_t spin_ns,
+                 ResultRing* ring = nullptr);
 
 }  // namespace mp::detail

@@ -9,6 +9,7 @@
 
 #include <algorithm>
 #include <atomic>
+#include <fstream>
 #include <numeric>
 #include <random>
 #include <set>
@@ -603,6 +604,72 @@ int pool_in_a_child(int n) {
 }
 void run_pool_in_child(std::string path) {
   Channel::send(path, std::to_string(pool_in_a_child(9)));
+}
+// Results several times the size of a worker's result ring (256 KiB), each with its own bytes.
+std::string blob(int i) {
+  std::string s(std::size_t(3) << 20, '\0');
+  for (std::size_t k = 0; k < s.size(); ++k)
+    s[k] = static_cast<char>('a' + (k * 7 + std::size_t(i)) % 26);
+  return s;
+}
+// Says which worker runs it, then returns more than its ring holds: with its parent stopped,
+// the worker waits for room.
+std::string pid_then_64mib(std::string path) {
+  Channel::send(path, std::to_string(::getpid()));
+  return std::string(std::size_t(64) << 20, 'x');
+}
+void own_a_pool_waiting_for_64mib(std::string path) {
+  // The second worker is started by the pool's thread, so no parent-death signal ends it
+  // with us (that follows the thread that started it): it has to notice by itself.
+  mp::Pool pool(mp::PoolOptions{.processes = 1, .maxtasksperchild = 1});
+  pool.apply(sqr, 2);
+  pool.apply(pid_then_64mib, path);
+  Channel::send(path, "read it all");  // not expected: the test kills us first
+}
+// Gone: no such process, or a zombie (reparented, its reaper is not ours to wait for).
+bool process_gone(int pid) {
+  if (::kill(pid, 0) != 0) return true;
+  std::ifstream stat("/proc/" + std::to_string(pid) + "/stat");
+  std::string text((std::istreambuf_iterator<char>(stat)), {});
+  const auto paren = text.rfind(')');
+  return paren == std::string::npos || text.compare(paren + 2, 1, "Z") == 0;
+}
+
+TEST_P(PoolAcross, ResultsLargerThanTheResultRingArriveWhole) {
+  mp::Pool pool(opts(2));
+  const std::vector<int> in{0, 1, 2, 3, 4, 5};
+  const auto out = pool.map(blob, in, 1);
+  ASSERT_EQ(out.size(), in.size());
+  for (int i : in) EXPECT_TRUE(out[std::size_t(i)] == blob(i)) << "result " << i;
+  // Big and tiny results interleaved on the same workers keep their order and their bytes.
+  std::vector<mp::AsyncResult<std::string>> big;
+  std::vector<mp::AsyncResult<int>> small;
+  for (int i = 0; i < 8; ++i) {
+    big.push_back(pool.apply_async(blob, i));
+    small.push_back(pool.apply_async(sqr, i));
+  }
+  for (int i = 0; i < 8; ++i) {
+    EXPECT_TRUE(big[std::size_t(i)].get(kHang) == blob(i)) << "big " << i;
+    EXPECT_EQ(small[std::size_t(i)].get(kHang), i * i);
+  }
+}
+
+TEST_P(PoolAcross, AWorkerWaitingForRoomLeavesWhenItsParentDies) {
+  Channel ch;
+  auto owner = ctx().Process(own_a_pool_waiting_for_64mib, ch.path());
+  owner.start();
+  const auto line = ch.recv();
+  ASSERT_TRUE(line) << "the task did not start";
+  const int worker = std::stoi(*line);
+  // The parent stops reading: the worker fills its ring and waits; then the parent dies.
+  ASSERT_EQ(::kill(*owner.pid(), SIGSTOP), 0);
+  ASSERT_EQ(::kill(*owner.pid(), SIGKILL), 0);
+  owner.join(kHang);
+  EXPECT_EQ(owner.exitcode(), -SIGKILL);
+  const auto deadline = std::chrono::steady_clock::now() + kHang;
+  while (!process_gone(worker) && std::chrono::steady_clock::now() < deadline)
+    std::this_thread::sleep_for(10ms);  // polling another process's end: nothing to wait on
+  EXPECT_TRUE(process_gone(worker)) << "worker " << worker << " outlived its parent";
 }
 
 TEST_P(PoolAcross, APoolInsideAChildWorks) {
