@@ -7,7 +7,9 @@
 // result it sent, knows exactly what it held: the task in its slot failed (WorkerLost), the
 // ones behind it never began (sent again, to any worker). No lock is shared with a worker,
 // and the parent never blocks on one: it writes without waiting and polls every socket and
-// every worker's sentinel in one call.
+// every worker's sentinel in one call. A local worker's results come back through a ring in
+// shared memory (src/result_ring.hpp), no system call each while the parent is busy reading;
+// what it published before it died is read before its death is handled.
 #include "mp/pool.hpp"
 
 #include <algorithm>
