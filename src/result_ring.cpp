@@ -42,11 +42,12 @@ void ResultRing::reset() {
 }
 
 namespace {
-// After a publish: the parent asked to be rung (it armed, then found nothing): one byte.
-// Fenced against arm()'s: either it sees what was published or the publisher sees its ask.
+// After a publish (a seq_cst store of the tail): the parent asked to be rung (it armed, then
+// found nothing): one byte. Both sides store, then load the other's word, all seq_cst (no
+// fences: ThreadSanitizer does not model them): either arm() sees what was published or this
+// sees its ask.
 void ring_if_asked(std::atomic<std::uint32_t>& ring_me, int bell) {
-  std::atomic_thread_fence(std::memory_order_seq_cst);
-  if (ring_me.load(std::memory_order_relaxed) != 0 &&
+  if (ring_me.load(std::memory_order_seq_cst) != 0 &&
       ring_me.exchange(0, std::memory_order_acq_rel) != 0) {
     const std::byte b{1};
     // A full socket already holds a byte that rings; a parent gone reads nothing anyway.
@@ -63,12 +64,12 @@ void ResultRing::write(std::span<const std::span<const std::byte>> parts, int be
       const std::uint64_t used = tail - r.head.load(std::memory_order_acquire);
       if (used >= kBytes) {
         // Full: what is written so far goes now, and the parent is rung for it; then wait.
-        r.tail.store(tail, std::memory_order_release);
+        r.tail.store(tail, std::memory_order_seq_cst);
         ring_if_asked(r.ring_me, bell);
+        // As with the bell: store our ask, then load theirs (read()'s head), both seq_cst.
         r.waiting.store(1, std::memory_order_seq_cst);
-        std::atomic_thread_fence(std::memory_order_seq_cst);
-        const std::uint32_t seen = r.room.load(std::memory_order_acquire);
-        if (tail - r.head.load(std::memory_order_acquire) < kBytes) continue;
+        const std::uint32_t seen = r.room.load(std::memory_order_seq_cst);
+        if (tail - r.head.load(std::memory_order_seq_cst) < kBytes) continue;
         // Bounded, so that a parent gone (its sentinel) is noticed.
         posix::futex_wait(r.room, seen, posix::Clock::now() + std::chrono::milliseconds(100));
         if (parent >= 0) {
@@ -87,7 +88,7 @@ void ResultRing::write(std::span<const std::span<const std::byte>> parts, int be
       part = part.subspan(n);
     }
   }
-  r.tail.store(tail, std::memory_order_release);
+  r.tail.store(tail, std::memory_order_seq_cst);
   ring_if_asked(r.ring_me, bell);
 }
 
@@ -101,9 +102,8 @@ std::size_t ResultRing::read(std::span<std::byte> into) {
   const std::size_t at = head % kBytes, first = std::min(n, kBytes - at);
   std::memcpy(into.data(), data_ + at, first);
   std::memcpy(into.data() + first, data_, n - first);
-  r.head.store(head + n, std::memory_order_release);
-  std::atomic_thread_fence(std::memory_order_seq_cst);
-  if (r.waiting.load(std::memory_order_relaxed) != 0 &&
+  r.head.store(head + n, std::memory_order_seq_cst);
+  if (r.waiting.load(std::memory_order_seq_cst) != 0 &&
       r.waiting.exchange(0, std::memory_order_acq_rel) != 0) {
     r.room.fetch_add(1, std::memory_order_release);
     posix::futex_wake(r.room, 1);
@@ -115,8 +115,7 @@ bool ResultRing::arm() {
   Header& r = h();
   // Left set even when something is there: another thread of the parent may sleep on it.
   r.ring_me.store(1, std::memory_order_seq_cst);
-  std::atomic_thread_fence(std::memory_order_seq_cst);
-  return r.tail.load(std::memory_order_acquire) == r.head.load(std::memory_order_relaxed);
+  return r.tail.load(std::memory_order_seq_cst) == r.head.load(std::memory_order_relaxed);
 }
 
 }  // namespace mp::detail
