@@ -94,6 +94,11 @@ Status run_payload(std::string_view payload, std::string& out, RunnerCache& runn
   }
 }
 
+// Slot `slot`'s result ring in the shared array of them (ResultRing::kWords a slot).
+ResultRing ring_of(const RawArray<std::uint64_t>& rings, std::uint32_t slot) {
+  return ResultRing(&rings[std::size_t(slot) * ResultRing::kWords]);
+}
+
 }  // namespace
 
 // A worker process: its socket, its slot in the shared array of running task ids and its
@@ -126,7 +131,7 @@ struct PoolWorker : Process {
 void PoolWorker::run() {
   std::atomic_ref<std::uint64_t> running(slots[slot]);
   const int parent = parent_process() ? parent_process()->sentinel() : -1;
-  ResultRing ring(&rings[std::size_t(slot) * ResultRing::kWords]);
+  ResultRing ring = ring_of(rings, slot);
   serve_tasks(conn.fileno(), parent, &running, initializer, maxtasks, spin_ns, &ring);
 }
 
@@ -247,7 +252,7 @@ class LocalLink final : public WorkerLink {
         conn_(std::move(conn)),
         slots_(std::move(slots)),
         rings_(std::move(rings)),
-        ring_(&rings_[std::size_t(slot) * ResultRing::kWords]),
+        ring_(ring_of(rings_, slot)),
         slot_(slot),
         pid_(proc_->pid().value_or(0)) {}
   ~LocalLink() override {
@@ -295,7 +300,7 @@ class LocalTransport final : public Transport {
     ctx.bind_to(*proc);
     proc->set_name(method_prefix(ctx.start_method()) + proc->name());
     std::atomic_ref<std::uint64_t>(slots_[spec.slot]).store(0, std::memory_order_relaxed);
-    ResultRing(&rings_[std::size_t(spec.slot) * ResultRing::kWords]).reset();
+    ring_of(rings_, spec.slot).reset();
     proc->start();
     proc->conn.close();  // the worker's end is the worker's alone now
     return std::make_unique<LocalLink>(std::move(proc), std::move(ours), slots_, rings_, spec.slot);
@@ -303,7 +308,7 @@ class LocalTransport final : public Transport {
 
  private:
   RawArray<std::uint64_t> slots_;
-  RawArray<std::uint64_t> rings_;  // ResultRing::kWords a slot
+  RawArray<std::uint64_t> rings_;
 };
 
 }  // namespace
@@ -527,6 +532,15 @@ struct Engine::Impl {
       outcomes.push_back({std::move(t.job), t.index, {}, std::move(error)});
     }
     tasks.erase(it);
+  }
+
+  // Under the lock, before a thread sleeps: every live worker's ring rings from here on; false
+  // if one already has something to read.
+  bool arm_rings() {
+    bool empty = true;
+    for (auto& w : workers)
+      if (w && !w->eof && w->link->ring() && !w->link->ring()->arm()) empty = false;
+    return empty;
   }
 
   // Reads what the worker sent; false once it has closed its end. With a ring, its socket is
@@ -753,9 +767,7 @@ void Engine::Impl::loop() {
     }
     std::optional<Duration> timeout;
     if (next_deadline) timeout = std::max(Duration(*next_deadline - Clock::now()), Duration(0));
-    // Rung for a result from here on; one that came since the last look is read now.
-    for (auto& w : workers)
-      if (w && !w->eof && w->link->ring() && !w->link->ring()->arm()) timeout = Duration(0);
+    if (!arm_rings()) timeout = Duration(0);  // one came since the last look: read it now
     l.unlock();
     posix::poll_fds(fds, timeout);
     l.lock();
@@ -825,12 +837,12 @@ bool Engine::Impl::wait(const Job* job, const std::function<bool()>& done,
           : Clock::time_point::max();
   std::vector<Outcome> mine;
   std::vector<posix::PollFd> fds;
-  bool spin_more = false;
   for (;;) {
     if (done()) return true;
     const auto now = Clock::now();
     if (now >= deadline) return false;
     const bool spinning = now < spin_until;
+    bool more = false;
     {
       std::lock_guard l(m);
       for (auto& w : workers) {
@@ -848,15 +860,10 @@ bool Engine::Impl::wait(const Job* job, const std::function<bool()>& done,
       std::move(outcomes.begin(), others, std::back_inserter(mine));
       outcomes.erase(outcomes.begin(), others);
       if (send_now() || !outcomes.empty()) wake();
-      bool more = false;  // a ring has something: read it, no sleep
-      if (mine.empty() && !spinning)
-        for (auto& w : workers)
-          if (w && !w->eof && w->link->ring() && !w->link->ring()->arm()) more = true;
+      more = mine.empty() && !spinning && !arm_rings();  // one came: read it, no sleep
       if (!mine.empty()) {
         // Delivered below; a caller polling for this same job is told then.
-      } else if (more) {
-        spin_more = true;
-      } else if (!spinning) {
+      } else if (!more && !spinning) {
         fds.clear();
         fds.push_back({bell.first.get()});
         for (auto& w : workers)
@@ -871,7 +878,7 @@ bool Engine::Impl::wait(const Job* job, const std::function<bool()>& done,
       delivered(mine);
       continue;
     }
-    if (spinning || std::exchange(spin_more, false)) continue;
+    if (spinning || more) continue;
     // Checked again now that we are registered: the result may have been handed out between
     // the check above and the registration.
     if (!done()) {

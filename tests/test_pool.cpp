@@ -9,12 +9,12 @@
 
 #include <algorithm>
 #include <atomic>
-#include <fstream>
 #include <numeric>
 #include <random>
 #include <set>
 #include <thread>
 
+#include "posix/posix.hpp"
 #include "support.hpp"
 
 using namespace mp_test;
@@ -626,14 +626,6 @@ void own_a_pool_waiting_for_64mib(std::string path) {
   pool.apply(pid_then_64mib, path);
   Channel::send(path, "read it all");  // not expected: the test kills us first
 }
-// Gone: no such process, or a zombie (reparented, its reaper is not ours to wait for).
-bool process_gone(int pid) {
-  if (::kill(pid, 0) != 0) return true;
-  std::ifstream stat("/proc/" + std::to_string(pid) + "/stat");
-  std::string text((std::istreambuf_iterator<char>(stat)), {});
-  const auto paren = text.rfind(')');
-  return paren == std::string::npos || text.compare(paren + 2, 1, "Z") == 0;
-}
 
 TEST_P(PoolAcross, ResultsLargerThanTheResultRingArriveWhole) {
   mp::Pool pool(opts(2));
@@ -661,15 +653,15 @@ TEST_P(PoolAcross, AWorkerWaitingForRoomLeavesWhenItsParentDies) {
   const auto line = ch.recv();
   ASSERT_TRUE(line) << "the task did not start";
   const int worker = std::stoi(*line);
+  auto worker_fd = mp::posix::open_pidfd(worker);  // readable once it has ended
+  ASSERT_TRUE(worker_fd) << "pidfd_open(" << worker << ")";
   // The parent stops reading: the worker fills its ring and waits; then the parent dies.
   ASSERT_EQ(::kill(*owner.pid(), SIGSTOP), 0);
   ASSERT_EQ(::kill(*owner.pid(), SIGKILL), 0);
   owner.join(kHang);
   EXPECT_EQ(owner.exitcode(), -SIGKILL);
-  const auto deadline = std::chrono::steady_clock::now() + kHang;
-  while (!process_gone(worker) && std::chrono::steady_clock::now() < deadline)
-    std::this_thread::sleep_for(10ms);  // polling another process's end: nothing to wait on
-  EXPECT_TRUE(process_gone(worker)) << "worker " << worker << " outlived its parent";
+  EXPECT_TRUE(wait_readable(worker_fd.get(), kHang))
+      << "worker " << worker << " outlived its parent";
 }
 
 TEST_P(PoolAcross, APoolInsideAChildWorks) {
