@@ -209,6 +209,7 @@ struct Worker {
   std::string outbox;
   std::size_t sent = 0;       // of the outbox
   std::size_t unflushed = 0;  // tasks of `inflight` whose frames are still (partly) in the outbox
+  std::size_t answered = 0;   // results read since `started`
   // How long its tasks take, as the parent sees results come back (automatic window).
   Clock::time_point started;  // when the first of `inflight` began, as far as we can tell
   double service_s = 0;       // moving average; 0: nothing measured yet
@@ -509,12 +510,7 @@ struct Engine::Impl {
     w.deadline.reset();
     set_deadline(w);
     ++w.completed;
-    // The next task began when this one ended (or when it arrives, if later: then the time
-    // measured includes its trip, which errs towards the small window).
-    const auto now = Clock::now();
-    const double took = std::chrono::duration<double>(now - w.started).count();
-    w.service_s = w.service_s > 0 ? w.service_s + (took - w.service_s) / 8 : took;
-    w.started = now;
+    ++w.answered;
     startup_failures = 0;
     auto it = tasks.find(f.id);
     if (it == tasks.end()) return;  // failed already (timed out)
@@ -543,9 +539,31 @@ struct Engine::Impl {
     return empty;
   }
 
+  // The results read in one go share the time since the last read (the next task began when
+  // one ended, or when it arrived, if later: then its trip is counted, which errs towards the
+  // small window). Each result its own sample made the first of a batch look slow and the rest
+  // free. A worker left with nothing in flight may have sat idle since it answered: its time
+  // only bounds the tasks' from above, so it may lower the estimate, never raise it (else a
+  // window too small starves the worker, which makes its tasks look slower, which shrinks the
+  // window further).
+  void measure_service(Worker& w) {
+    if (w.answered == 0) return;
+    const auto now = Clock::now();
+    double took = std::chrono::duration<double>(now - w.started).count() / double(w.answered);
+    if (w.inflight.empty() && w.service_s > 0) took = std::min(took, w.service_s);
+    w.service_s = w.service_s > 0 ? w.service_s + (took - w.service_s) / 8 : took;
+    w.started = now;
+    w.answered = 0;
+  }
+
   // Reads what the worker sent; false once it has closed its end. With a ring, its socket is
   // read (for the bytes that ring, and the end) only when `socket`: when it is readable.
   bool drain(Worker& w, bool socket = true) {
+    const bool open = read_frames(w, socket);
+    measure_service(w);
+    return open;
+  }
+  bool read_frames(Worker& w, bool socket) {
     if (ResultRing* ring = w.link->ring()) {
       bool ended = false;
       while (socket) {
