@@ -287,6 +287,40 @@ TEST(Executor, ConstructorChecksUseCPythonsTexts) {
       "supply a different mp_context.");
 }
 
+TEST(Executor, ThreadsSubmittingAsItShutsDownLoseNoFuture) {
+  mp::ProcessPoolExecutor ex({.max_workers = 2});
+  constexpr int kThreads = 4, kEach = 5000;
+  std::vector<std::vector<std::pair<int, mp::Future<int>>>> accepted(kThreads);
+  std::vector<int> refused(kThreads, 0);
+  std::atomic<int> under_way{0};
+  std::vector<std::thread> threads;
+  for (int t = 0; t < kThreads; ++t)
+    threads.emplace_back([&, t] {
+      for (int i = 0; i < kEach; ++i) {
+        try {
+          accepted[t].emplace_back(i, ex.submit(square, i));
+        } catch (const std::runtime_error& e) {
+          EXPECT_STREQ(e.what(), "cannot schedule new futures after shutdown");
+          ++refused[t];
+        }
+        if (i == 500) ++under_way;
+      }
+    });
+  while (under_way.load() < kThreads) std::this_thread::yield();  // every thread submitting
+  ex.shutdown(false);
+  for (auto& th : threads) th.join();
+  std::size_t done = 0;
+  for (int t = 0; t < kThreads; ++t) {
+    EXPECT_EQ(accepted[t].size() + std::size_t(refused[t]), std::size_t(kEach));
+    for (auto& [i, f] : accepted[t]) {
+      EXPECT_EQ(f.result(kHang), i * i);  // accepted before the shutdown: it runs
+      ++done;
+    }
+  }
+  EXPECT_GT(done, std::size_t(kThreads) * 500);
+  ex.shutdown(true);
+}
+
 TEST(Executor, TerminateWorkersFailsWhatWasOutstanding) {
   mp::ProcessPoolExecutor ex({.max_workers = 2});
   std::vector<mp::Future<int>> fs;

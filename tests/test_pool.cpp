@@ -754,6 +754,63 @@ TEST(Pool, AnInputThatThrowsWhileReadBehavesAsCPython) {
   }
 }
 
+// Tasks submitted by other threads while the engine's thread holds its lock wait in an intake
+// of their own (a submitter never blocks on that lock): none may be lost when the pool closes
+// or terminates meanwhile, and none may slip in after.
+TEST(Pool, ThreadsSubmittingAsThePoolClosesOrTerminatesLoseNoTask) {
+  for (const bool terminate : {false, true}) {
+    SCOPED_TRACE(terminate ? "terminate" : "close");
+    mp::Pool pool(2);
+    constexpr int kThreads = 4, kEach = 5000;
+    std::vector<std::vector<std::pair<int, mp::AsyncResult<int>>>> accepted(kThreads);
+    std::vector<int> refused(kThreads, 0);
+    std::atomic<int> under_way{0};
+    std::vector<std::thread> threads;
+    for (int t = 0; t < kThreads; ++t)
+      threads.emplace_back([&, t] {
+        for (int i = 0; i < kEach; ++i) {
+          try {
+            accepted[t].emplace_back(i, pool.apply_async(sqr, i));
+          } catch (const std::logic_error& e) {
+            EXPECT_STREQ(e.what(), "Pool not running");
+            ++refused[t];
+          }
+          if (i == 500) ++under_way;
+        }
+      });
+    while (under_way.load() < kThreads) std::this_thread::yield();  // every thread submitting
+    terminate ? pool.terminate() : pool.close();
+    for (auto& th : threads) th.join();
+    pool.join();
+    std::size_t done = 0, failed = 0;
+    for (int t = 0; t < kThreads; ++t) {
+      EXPECT_EQ(accepted[t].size() + std::size_t(refused[t]), std::size_t(kEach));
+      for (auto& [i, r] : accepted[t]) {
+        ASSERT_TRUE(r.wait(kHang)) << "task " << i << " of thread " << t << " never settled";
+        if (r.successful()) {
+          EXPECT_EQ(r.get(), i * i);
+          ++done;
+          continue;
+        }
+        // Refused (it passed the pool's check as close() began), or failed by terminate().
+        try {
+          r.get();
+        } catch (const mp::BrokenProcessPool& e) {
+          EXPECT_TRUE(terminate);  // closing runs every accepted task
+          EXPECT_STREQ(e.what(), "pool terminated");
+          ++failed;
+        } catch (const std::logic_error& e) {
+          EXPECT_STREQ(e.what(), "Pool not running");
+        }
+      }
+    }
+    EXPECT_GT(done + failed, std::size_t(kThreads) * 500);
+    if (!terminate) {
+      EXPECT_EQ(failed, 0u);
+    }
+  }
+}
+
 TEST(Pool, NoFailFastMapWaitsForEveryChunk) {
   mp::Pool pool(2);
   std::vector<int> in = {300, -1, 300, 300};

@@ -147,7 +147,7 @@ class ProcessPoolExecutor {
   void submit_tasks(std::vector<detail::Task> tasks);
   static void check_map(std::size_t chunksize, std::optional<std::size_t> buffersize);
   std::shared_ptr<detail::Engine> engine_;
-  bool shutdown_ = false;
+  std::atomic<bool> shutdown_{false};  // atomic: any thread may submit while another shuts down
 };
 
 }  // namespace mp

@@ -495,8 +495,8 @@ class Pool {
   auto lazy(F f, Range&& items, std::size_t chunksize);
 
   std::shared_ptr<detail::Engine> engine_;
-  bool closed_ = false;
-  bool terminated_ = false;
+  std::atomic<bool> closed_{false};  // atomic: any thread may submit while another closes
+  std::atomic<bool> terminated_{false};
 };
 
 namespace detail {
