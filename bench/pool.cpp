@@ -30,9 +30,7 @@
 // of load on the machine hits every case alike. One pool serves every mp case. At the end: each
 // mp case against its floor and the targets.
 //
-// ProcessPoolExecutor cases (submit().result() round trip, submit throughput) are written and
-// compiled out until <mp/executor.hpp> lands: build with -DMP_BENCH_EXECUTOR=1 (or flip the
-// default below).
+// The same round trips and submit throughput for ProcessPoolExecutor (one engine under both).
 //
 //   pool [--benchmark_* flags]
 #include <mp/mp.hpp>
@@ -64,12 +62,7 @@
 #include <thread>
 #include <vector>
 
-#ifndef MP_BENCH_EXECUTOR
-#define MP_BENCH_EXECUTOR 0  // 1 once <mp/executor.hpp> is in the tree
-#endif
-#if MP_BENCH_EXECUTOR
 #include <mp/executor.hpp>
-#endif
 
 #include "collector.hpp"
 #include "repetitions.hpp"
@@ -313,7 +306,6 @@ void run_mp_idle_cpu(benchmark::State& state, mp::Pool* pool) {
   }
 }
 
-#if MP_BENCH_EXECUTOR
 // ProcessPoolExecutor on the same engine: the same trivial task.
 void run_mp_executor_submit_roundtrip(benchmark::State& state, mp::Duration spin) {
   try {
@@ -348,7 +340,6 @@ void run_mp_executor_submit_throughput(benchmark::State& state) {
     state.SkipWithError(e.what());
   }
 }
-#endif
 
 // ---- registration
 
@@ -364,12 +355,10 @@ void register_all() {
   roundtrip("floor_socketpair_roundtrip", [](S& s) { bench::run_floor_roundtrip(s, 0); });
   roundtrip("floor_socketpair_busypoll20us_roundtrip",
             [](S& s) { bench::run_floor_roundtrip(s, kSpinNs); });
-#if MP_BENCH_EXECUTOR
   roundtrip("mp_executor_submit_roundtrip",
             [](S& s) { run_mp_executor_submit_roundtrip(s, mp::Duration(0)); });
   roundtrip("mp_executor_submit_roundtrip_hot",
             [](S& s) { run_mp_executor_submit_roundtrip(s, kHotSpin); });
-#endif
   bench::repeat_iterations(
       benchmark::RegisterBenchmark("mp_pool_apply_async_throughput",
                                    [](S& s) { run_mp_apply_async_throughput(s, 0); })
@@ -382,13 +371,11 @@ void register_all() {
           ->UseRealTime()
           ->Unit(kMillisecond),
       1, 3);
-#if MP_BENCH_EXECUTOR
   bench::repeat_iterations(benchmark::RegisterBenchmark("mp_executor_submit_throughput",
                                                         run_mp_executor_submit_throughput)
                                ->UseRealTime()
                                ->Unit(kMillisecond),
                            1, 5);
-#endif
   bench::repeat(benchmark::RegisterBenchmark("mp_pool_map_1M", run_mp_map_1M)
                     ->UseRealTime()
                     ->Unit(kMillisecond),

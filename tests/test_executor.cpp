@@ -125,6 +125,17 @@ TEST_P(ExecutorAcross, FutureStatesCancelAndCallbacks) {
   }
   f.add_done_callback([&](const mp::Future<int>&) { ++called; });  // done already: at once
   EXPECT_EQ(called, 2);
+  // Nobody calls result(): the callback still runs (the engine's thread reads the result).
+  auto unwatched = ex.submit(square, 5);
+  unwatched.add_done_callback([&](const mp::Future<int>& done) {
+    std::lock_guard l(m);
+    called += done.result();
+    cv.notify_all();
+  });
+  {
+    std::unique_lock l(m);
+    ASSERT_TRUE(cv.wait_for(l, kHang, [&] { return called == 27; }));
+  }
   for (std::size_t i = 0; i + 1 < queued.size(); ++i)
     EXPECT_EQ(queued[i].result(kHang), int(i * i));
   auto slow = ex.submit(pause_ms, 400);

@@ -289,6 +289,75 @@ TEST_P(PoolAcross, CallbacksRunInAPoolThread) {
   EXPECT_EQ(error, "std::invalid_argument");
 }
 
+void results_nobody_waits_for_arrive(mp::PoolOptions options);
+
+TEST_P(PoolAcross, ResultsNobodyWaitsForStillArrive) {
+  // The engine's thread leaves the workers' sockets to a caller in get(), and to nobody while
+  // no task is out: results polled with ready(), or delivered to a callback, must not depend
+  // on a caller coming to wait. In a hot pool too (its callers spin; the engine then looks by
+  // itself now and then instead of being told).
+  for (const mp::Duration spin : {mp::Duration(0), mp::Duration(50e-6)})
+    results_nobody_waits_for_arrive({.processes = 2, .context = &ctx(), .spin = spin});
+}
+
+void results_nobody_waits_for_arrive(mp::PoolOptions options) {
+  SCOPED_TRACE(options.spin.count());
+  mp::Pool pool(options);
+  auto polled = pool.apply_async(sqr, 7);
+  const auto until = std::chrono::steady_clock::now() + kHang;
+  while (!polled.ready() && std::chrono::steady_clock::now() < until) std::this_thread::yield();
+  ASSERT_TRUE(polled.ready());
+  EXPECT_EQ(polled.get(), 49);
+  std::mutex m;
+  std::condition_variable cv;
+  std::vector<int> got;
+  auto note = [&](const int& v) {
+    std::lock_guard l(m);
+    got.push_back(v);
+    cv.notify_all();
+  };
+  pool.apply_async_with(sqr, note, {}, 8);
+  {
+    std::unique_lock l(m);
+    ASSERT_TRUE(cv.wait_for(l, kHang, [&] { return got.size() == 1; }));
+  }
+  // While a caller waits for another result (it polls the workers itself), and after it left.
+  auto slow = pool.apply_async(pause_then, 50);
+  pool.apply_async_with(sqr, note, {}, 9);
+  auto late = pool.apply_async(pause_then, 100);
+  EXPECT_EQ(slow.get(kHang), 50);
+  while (!late.ready() && std::chrono::steady_clock::now() < until) std::this_thread::yield();
+  EXPECT_TRUE(late.ready());
+  std::unique_lock l(m);
+  ASSERT_TRUE(cv.wait_for(l, kHang, [&] { return got.size() == 2; }));
+  EXPECT_EQ(got, (std::vector<int>{64, 81}));
+}
+
+TEST_P(PoolAcross, AHotPoolServesAndLosesNothing) {
+  // Hot: workers and waiting callers spin before they sleep; the engine's thread mostly leaves
+  // the workers to them. Round trips, a death, a map, callbacks, tasks from two threads.
+  mp::Pool pool({.processes = 2, .context = &ctx(), .spin = mp::Duration(50e-6)});
+  for (int i = 0; i < 200; ++i) ASSERT_EQ(pool.apply(sqr, i), i * i);
+  EXPECT_THROW(pool.apply(die_by, SIGKILL), mp::WorkerLost);
+  std::vector<int> in(1000);
+  std::iota(in.begin(), in.end(), 0);
+  const auto out = pool.map(sqr, in, 7);
+  for (int i : in) ASSERT_EQ(out[std::size_t(i)], i * i);
+  std::atomic<int> called{0};
+  std::thread other([&] {
+    for (int i = 0; i < 100; ++i)
+      pool.apply_async_with(
+          sqr, [&](const int&) { ++called; }, {}, i);
+  });
+  for (int i = 0; i < 100; ++i) ASSERT_EQ(pool.apply(mul, i, 2), 2 * i);
+  other.join();
+  const auto until = std::chrono::steady_clock::now() + kHang;
+  while (called < 100 && std::chrono::steady_clock::now() < until) std::this_thread::yield();
+  EXPECT_EQ(called, 100);
+  pool.close();
+  pool.join();
+}
+
 TEST_P(PoolAcross, ADeadWorkerFailsOnlyItsTaskAndIsReplaced) {
   mp::Pool pool(opts(2));
   const struct {

@@ -764,7 +764,13 @@ def summary(parts):
         fl = part.mp_value(r.floor) if r.floor else None
         py = part.py_value(r.py) if r.py else None
         fl, py = fl and fl.to(r.kind), py and py.to(r.kind)
-        against = f"{fmt_ratio(cost_ratio(mp, fl))} {r.floor_label}" if fl else ""
+        against = ""
+        if fl and r.kind == "time":
+            against = f"{fmt_ratio(cost_ratio(mp, fl))} {r.floor_label}"
+        elif fl:  # a rate's ratio as a time's would mislead: say which side is faster
+            c = cost_ratio(mp, fl)
+            against = (f"{r.floor_label}: {fmt_ratio(c)} faster" if c >= 1 else
+                       f"{fmt_ratio(1 / c)} faster than {r.floor_label}")
         cpy = ""
         if py:
             slower = cost_ratio(py, mp)

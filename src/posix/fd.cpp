@@ -2,8 +2,10 @@
 #include <fcntl.h>
 #include <poll.h>
 #include <sys/socket.h>
+#include <sys/timerfd.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <chrono>
 #include <system_error>
@@ -42,6 +44,31 @@ std::pair<unique_fd, unique_fd> make_socketpair() {
   check(::socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, fds), "socketpair");
   unique_fd a(fds[0]), b(fds[1]);
   return {above_stdio(std::move(a)), above_stdio(std::move(b))};
+}
+
+unique_fd make_timer() {
+  return above_stdio(
+      unique_fd(check(::timerfd_create(CLOCK_MONOTONIC, TFD_CLOEXEC | TFD_NONBLOCK), "timerfd")));
+}
+
+void arm_timer(int timer, Duration after) {
+  const auto ns = std::max<std::int64_t>(
+      1, std::chrono::duration_cast<std::chrono::nanoseconds>(after).count());
+  itimerspec t{};
+  t.it_value.tv_sec = time_t(ns / 1'000'000'000);
+  t.it_value.tv_nsec = long(ns % 1'000'000'000);
+  check(::timerfd_settime(timer, 0, &t, nullptr), "timerfd_settime");
+}
+
+void disarm_timer(int timer) {
+  const itimerspec t{};
+  check(::timerfd_settime(timer, 0, &t, nullptr), "timerfd_settime");
+}
+
+void clear_timer(int timer) {
+  std::uint64_t expirations;
+  while (::read(timer, &expirations, sizeof expirations) < 0 && errno == EINTR) {
+  }
 }
 
 unique_fd open_devnull(int flags) {

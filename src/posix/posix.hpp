@@ -48,6 +48,14 @@ std::pair<unique_fd, unique_fd> make_pipe();
 std::pair<unique_fd, unique_fd> make_socketpair();
 /// open("/dev/null") with O_CLOEXEC.
 unique_fd open_devnull(int flags);
+/// A timerfd on CLOCK_MONOTONIC (close-on-exec, non-blocking, above 2): readable once it
+/// has expired, until cleared.
+unique_fd make_timer();
+/// Expires once, `after` from now (a positive time; 0 would disarm it).
+void arm_timer(int timer, Duration after);
+void disarm_timer(int timer);
+/// Takes the expiry back (the timer is no longer readable); nothing to take is fine.
+void clear_timer(int timer);
 
 /// Wait until fd is readable (or hung up); nullopt timeout waits forever. EINTR is retried
 /// with the time left. Negative timeouts mean 0.
