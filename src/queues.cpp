@@ -817,6 +817,11 @@ struct QueueAccessImpl {
   static std::uint64_t try_claim(QueueState& s, OwnerCache& me, std::uint32_t bytes, bool large,
                                  bool& busy) {
     const std::uint64_t n = units_of(bytes);
+    // The claim's stamp but for its lap, made once in a register: packed in the loop from
+    // `large` and `bytes` spilled to the stack, it was read back wider than written (a
+    // store-forwarding stall, which waits for every older store, the last item's included, to
+    // reach the cache: the one cache miss of each put taken twice).
+    const std::uint64_t claim = pack({Unit::claimed, large, me.index, bytes, 0});
     int stale = 0;
     std::uint64_t hint = s.tail.load(std::memory_order_acquire);
     // Mine is at or before the tail (the end of my last claim); but laps old when the hint is
@@ -852,8 +857,7 @@ struct QueueAccessImpl {
         }
       }
       if (st.lap == lap && st.state == Unit::free) {
-        if (first.compare_exchange_strong(w, pack({Unit::claimed, large, me.index, bytes, lap}),
-                                          std::memory_order_seq_cst)) {
+        if (first.compare_exchange_strong(w, claim | lap, std::memory_order_seq_cst)) {
           me.tail = t + n;
           if (t + n - hint >= kHintLag) {
             std::uint64_t expect = hint;
